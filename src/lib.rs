@@ -1,1 +1,17 @@
+//! The Backend.AI manager: an actor-based control plane on actix. The API
+//! gateway authenticates and rate-limits signed requests; actors keep the state
+//! of access keys (and of agents and sessions) and persist it with SeaORM.
 
+pub mod actors;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod fixtures;
+pub mod images;
+pub mod middleware;
+pub mod routes;
+pub mod startup;
+pub mod stores;
+pub mod telemetry;

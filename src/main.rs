@@ -1,1 +1,5 @@
-fn main() {}
+//! The `backendai-manager` binary.
+
+fn main() -> std::process::ExitCode {
+    backendai_manager::cli::main()
+}

@@ -1,0 +1,8 @@
+//! The actor-based control plane: a supervised [`registry::Registry`] per
+//! manager process owns one actor per access key (and, later, per agent and per
+//! session). HTTP handlers reach them through the plain async functions of each
+//! actor's module, never through `Addr::send` directly.
+
+pub mod keypair;
+pub mod messages;
+pub mod registry;

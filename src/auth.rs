@@ -1,0 +1,280 @@
+//! The request signing scheme of the API contract (HMAC over a canonical string,
+//! with a key derived from the date and the host), legacy Sorna headers included.
+//! Pure functions; the gateway middleware applies them to requests.
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, Problem};
+
+/// The hash behind `signMethod=HMAC-<NAME>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    /// The default.
+    Sha256,
+    /// Stronger.
+    Sha512,
+    /// Legacy clients.
+    Sha1,
+    /// Legacy clients.
+    Md5,
+}
+
+impl HashAlgorithm {
+    fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_uppercase().as_str() {
+            "SHA256" => Some(Self::Sha256),
+            "SHA512" => Some(Self::Sha512),
+            "SHA1" => Some(Self::Sha1),
+            "MD5" => Some(Self::Md5),
+            _ => None,
+        }
+    }
+
+    /// The hex digest of `data`.
+    pub fn hex_digest(self, data: &[u8]) -> String {
+        match self {
+            Self::Sha256 => hex::encode(sha2::Sha256::digest(data)),
+            Self::Sha512 => hex::encode(sha2::Sha512::digest(data)),
+            Self::Sha1 => hex::encode(sha1::Sha1::digest(data)),
+            Self::Md5 => hex::encode(md5::Md5::digest(data)),
+        }
+    }
+
+    /// HMAC of `message` under `key`.
+    pub fn hmac(self, key: &[u8], message: &[u8]) -> Vec<u8> {
+        fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8]) -> Vec<u8> {
+            // HMAC takes keys of any length, so this cannot fail.
+            match <M as hmac::digest::KeyInit>::new_from_slice(key) {
+                Ok(mut mac) => {
+                    mac.update(message);
+                    mac.finalize().into_bytes().to_vec()
+                }
+                Err(_) => Vec::new(),
+            }
+        }
+        match self {
+            Self::Sha256 => run::<Hmac<sha2::Sha256>>(key, message),
+            Self::Sha512 => run::<Hmac<sha2::Sha512>>(key, message),
+            Self::Sha1 => run::<Hmac<sha1::Sha1>>(key, message),
+            Self::Md5 => run::<Hmac<md5::Md5>>(key, message),
+        }
+    }
+}
+
+/// The parsed `Authorization` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    /// The hash of the signature.
+    pub algorithm: HashAlgorithm,
+    /// The access key that signed.
+    pub access_key: String,
+    /// The hex signature as sent.
+    pub signature: String,
+}
+
+fn invalid(detail: &str) -> ApiError {
+    ApiError::new(Problem::InvalidAuthParams).with_detail(detail)
+}
+
+/// Parses `BackendAI signMethod=HMAC-SHA256, credential=<ACCESS_KEY>:<SIGNATURE>`
+/// (or the legacy `Sorna` type name).
+pub fn parse_authorization(value: &str) -> Result<Credential, ApiError> {
+    let (kind, params) =
+        value.trim().split_once(char::is_whitespace).ok_or_else(|| invalid("malformed Authorization header"))?;
+    if !(kind == "BackendAI" || kind == "Sorna") {
+        return Err(invalid("unsupported authorization type"));
+    }
+    let mut algorithm = None;
+    let mut credential = None;
+    for param in params.split(',') {
+        match param.trim().split_once('=') {
+            Some(("signMethod", method)) => algorithm = Some(method.trim()),
+            Some(("credential", value)) => credential = Some(value.trim()),
+            _ => {}
+        }
+    }
+    let method = algorithm.ok_or_else(|| invalid("signMethod is missing"))?;
+    let algorithm =
+        method.strip_prefix("HMAC-").and_then(HashAlgorithm::parse).ok_or_else(|| invalid("unsupported signMethod"))?;
+    let (access_key, signature) =
+        credential.and_then(|c| c.split_once(':')).ok_or_else(|| invalid("credential is missing or malformed"))?;
+    let valid_key =
+        !access_key.is_empty() && access_key.len() <= 64 && access_key.bytes().all(|b| b.is_ascii_alphanumeric());
+    let valid_signature =
+        !signature.is_empty() && signature.len() <= 256 && signature.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid_key || !valid_signature {
+        return Err(invalid("credential is malformed"));
+    }
+    Ok(Credential { algorithm, access_key: access_key.to_owned(), signature: signature.to_ascii_lowercase() })
+}
+
+/// Parses an ISO 8601 date (no offset means UTC), or an RFC 2822 HTTP date.
+pub fn parse_date(value: &str) -> Result<DateTime<FixedOffset>, ApiError> {
+    let value = value.trim();
+    if let Ok(date) = DateTime::parse_from_rfc3339(value) {
+        return Ok(date);
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+        if let Ok(date) = DateTime::parse_from_str(value, format) {
+            return Ok(date);
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y%m%dT%H%M%SZ"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(value, format) {
+            return Ok(Utc.from_utc_datetime(&naive).fixed_offset());
+        }
+    }
+    DateTime::parse_from_rfc2822(value).map_err(|_| invalid("unparsable date"))
+}
+
+/// Checks that `date` is within `max_skew_secs` of `now`.
+pub fn check_skew(date: DateTime<FixedOffset>, now: DateTime<Utc>, max_skew_secs: i64) -> Result<(), ApiError> {
+    let skew = (now - date.with_timezone(&Utc)).num_seconds().abs();
+    if skew > max_skew_secs {
+        return Err(invalid("date is too far from the server time"));
+    }
+    Ok(())
+}
+
+/// The parts of a request that its signature covers.
+#[derive(Clone, Debug)]
+pub struct SignedParts<'a> {
+    /// The HTTP method, upper-case.
+    pub method: &'a str,
+    /// The path and query as sent.
+    pub path_and_query: &'a str,
+    /// The date header value, exactly as sent.
+    pub date_header: &'a str,
+    /// The parsed date (its own offset decides the signing day).
+    pub date: DateTime<FixedOffset>,
+    /// The Host header, port included when present.
+    pub host: &'a str,
+    /// The lower-case mime type without parameters.
+    pub content_type: &'a str,
+    /// `x-backendai-version` or the legacy `x-sorna-version`.
+    pub version_header: &'a str,
+    /// That header's value.
+    pub version: &'a str,
+    /// The hex hash of the body (of an empty body for multipart requests).
+    pub body_hash: &'a str,
+}
+
+/// The signature of a request, in hex.
+pub fn sign(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>) -> String {
+    let sign_str = format!(
+        "{}\n{}\n{}\nhost:{}\ncontent-type:{}\n{}:{}\n{}",
+        parts.method,
+        parts.path_and_query,
+        parts.date_header,
+        parts.host,
+        parts.content_type,
+        parts.version_header,
+        parts.version,
+        parts.body_hash,
+    );
+    let day = parts.date.format("%Y%m%d").to_string();
+    let k1 = algorithm.hmac(secret_key.as_bytes(), day.as_bytes());
+    let k2 = algorithm.hmac(&k1, parts.host.as_bytes());
+    hex::encode(algorithm.hmac(&k2, sign_str.as_bytes()))
+}
+
+/// Whether `signature` matches, compared in constant time.
+pub fn verify(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>, signature: &str) -> bool {
+    let expected = sign(algorithm, secret_key, parts);
+    expected.as_bytes().ct_eq(signature.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+    fn parts(date_header: &str) -> SignedParts<'_> {
+        SignedParts {
+            method: "GET",
+            path_and_query: "/v2/authorize",
+            date_header,
+            date: parse_date(date_header).unwrap_or_else(|e| panic!("{e}")),
+            host: "127.0.0.1:8080",
+            content_type: "application/json",
+            version_header: "x-backendai-version",
+            version: "v2.20170315",
+            // sha256 of {"echo": "hi"}
+            body_hash: "729eb111e0922a37066b9911e8862336875d936c7375a856c59f6d6d196d7e06",
+        }
+    }
+
+    /// Computed with `ai.backend.client.auth.generate_signature` of the SDK 1.0.6.
+    #[test]
+    fn matches_the_official_sdk() {
+        let date = "2026-11-28T05:31:58.123456+00:00";
+        let expected = "acae20f02746d6772ecd4e60b10940ad57afa4fc2650bd43d573aa84c13c4267";
+        assert_eq!(sign(HashAlgorithm::Sha256, SECRET, &parts(date)), expected);
+        assert!(verify(HashAlgorithm::Sha256, SECRET, &parts(date), expected));
+    }
+
+    #[test]
+    fn signing_day_follows_the_dates_own_offset() {
+        // 23:30 at -05:00 is the next day in UTC: the key must use the local day.
+        let local = parts("2026-11-27T23:30:00-05:00");
+        let utc = parts("2026-11-28T04:30:00+00:00");
+        assert_ne!(sign(HashAlgorithm::Sha256, SECRET, &local), sign(HashAlgorithm::Sha256, SECRET, &utc));
+    }
+
+    #[test]
+    fn a_changed_part_fails_verification() {
+        let date = "2026-11-28T05:31:58+00:00";
+        let signature = sign(HashAlgorithm::Sha256, SECRET, &parts(date));
+        let mut other = parts(date);
+        other.path_and_query = "/v2/authorize?x=1";
+        assert!(!verify(HashAlgorithm::Sha256, SECRET, &other, &signature));
+        assert!(!verify(HashAlgorithm::Sha256, "another secret", &parts(date), &signature));
+    }
+
+    #[test]
+    fn parses_authorization_headers() {
+        let credential =
+            parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AKIAIOSFODNN7EXAMPLE:ABCDEF01")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(credential.algorithm, HashAlgorithm::Sha256);
+        assert_eq!(credential.access_key, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(credential.signature, "abcdef01");
+        assert!(parse_authorization("Sorna signMethod=HMAC-SHA1, credential=AK:00").is_ok());
+        for bad in [
+            "",
+            "BackendAI",
+            "Bearer abc",
+            "BackendAI signMethod=HMAC-SHA256",
+            "BackendAI signMethod=HMAC-CRC32, credential=AK:00",
+            "BackendAI signMethod=HMAC-SHA256, credential=AK",
+            "BackendAI signMethod=HMAC-SHA256, credential=A K:00",
+            "BackendAI signMethod=HMAC-SHA256, credential=AK:xyz",
+        ] {
+            assert!(parse_authorization(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_dates() {
+        assert_eq!(parse_date("2026-11-28T05:31:58.123456+00:00").map(|d| d.timestamp()).ok(), Some(1_795_843_918));
+        assert_eq!(parse_date("2026-11-28T05:31:58").map(|d| d.timestamp()).ok(), Some(1_795_843_918));
+        assert_eq!(parse_date("Sat, 28 Nov 2026 05:31:58 GMT").map(|d| d.timestamp()).ok(), Some(1_795_843_918));
+        for bad in ["", "yesterday", "2026-13-01T00:00:00", "2026-11-28T05:31:58+99:00"] {
+            assert!(parse_date(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn skew_beyond_fifteen_minutes_is_refused() {
+        let now = Utc::now();
+        let date = |minutes: i64| (now - chrono::Duration::minutes(minutes)).fixed_offset();
+        assert!(check_skew(date(14), now, 900).is_ok());
+        assert!(check_skew(date(-14), now, 900).is_ok());
+        assert!(check_skew(date(16), now, 900).is_err());
+        assert!(check_skew(date(-16), now, 900).is_err());
+    }
+}

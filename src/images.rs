@@ -1,0 +1,140 @@
+//! Kernel image definitions and aliases in the config store:
+//! `images/{name}/{cpu,mem,gpu,runner,command}`, `images/{name}/tags/{tag}` and
+//! `images/_aliases/{alias}`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::stores::ConfigStore;
+
+/// The image definitions shipped in `fixtures/`, loaded into an empty embedded store.
+pub const BUILTIN_IMAGES: &str = include_str!("../fixtures/images.toml");
+/// The aliases shipped in `fixtures/`.
+pub const BUILTIN_ALIASES: &str = include_str!("../fixtures/aliases.toml");
+
+/// An images file: `[[images]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesFile {
+    /// The images.
+    pub images: Vec<ImageDefinition>,
+}
+
+/// One kernel image.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDefinition {
+    /// Its name, e.g. `python3`.
+    pub name: String,
+    /// How the agent drives it: `python` or `shell`.
+    pub runner: String,
+    /// The interpreter the process runtime starts.
+    pub command: String,
+    /// CPU cores a session needs.
+    pub cpu: f64,
+    /// Memory a session needs, in MiB.
+    pub mem: i64,
+    /// GPUs a session needs.
+    #[serde(default)]
+    pub gpu: f64,
+    /// Its tags; the first is the default when `latest` is absent.
+    pub tags: Vec<String>,
+}
+
+/// An aliases file: `[aliases]` mapping an alias to `name` or `name:tag`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AliasesFile {
+    /// Alias to target.
+    pub aliases: BTreeMap<String, String>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('_') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
+/// Parses an images file into config-store pairs.
+pub fn image_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let file: ImagesFile = toml::from_str(text).map_err(|e| format!("malformed images file: {e}"))?;
+    let mut pairs = Vec::new();
+    for image in file.images {
+        if !valid_name(&image.name) || image.name.contains(':') {
+            return Err(format!("invalid image name {:?}", image.name));
+        }
+        if image.tags.is_empty() || !image.tags.iter().all(|t| valid_name(t) && !t.contains(':')) {
+            return Err(format!("image {:?} needs valid tags", image.name));
+        }
+        if !(image.cpu > 0.0 && image.mem > 0 && image.gpu >= 0.0) {
+            return Err(format!("image {:?} needs positive cpu and mem", image.name));
+        }
+        let base = format!("images/{}", image.name);
+        pairs.push((format!("{base}/cpu"), image.cpu.to_string()));
+        pairs.push((format!("{base}/mem"), image.mem.to_string()));
+        pairs.push((format!("{base}/gpu"), image.gpu.to_string()));
+        pairs.push((format!("{base}/runner"), image.runner.clone()));
+        pairs.push((format!("{base}/command"), image.command.clone()));
+        for tag in &image.tags {
+            pairs.push((format!("{base}/tags/{tag}"), format!("{}:{tag}", image.name)));
+        }
+    }
+    Ok(pairs)
+}
+
+/// Parses an aliases file into config-store pairs.
+pub fn alias_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let file: AliasesFile = toml::from_str(text).map_err(|e| format!("malformed aliases file: {e}"))?;
+    file.aliases
+        .into_iter()
+        .map(|(alias, target)| {
+            if valid_name(&alias) && valid_name(&target) {
+                Ok((format!("images/_aliases/{alias}"), target))
+            } else {
+                Err(format!("invalid alias {alias:?} -> {target:?}"))
+            }
+        })
+        .collect()
+}
+
+/// Loads the shipped images and aliases into a store that has none.
+pub async fn seed_builtin(store: &dyn ConfigStore) -> Result<bool, Error> {
+    if !store.get_prefix("images/").await?.is_empty() {
+        return Ok(false);
+    }
+    let mut pairs = image_pairs(BUILTIN_IMAGES).map_err(Error::ConfigStore)?;
+    pairs.extend(alias_pairs(BUILTIN_ALIASES).map_err(Error::ConfigStore)?);
+    store.put_many(&pairs).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_files_parse() {
+        let images = image_pairs(BUILTIN_IMAGES).unwrap_or_else(|e| panic!("{e}"));
+        assert!(images.contains(&("images/python3/runner".into(), "python".into())));
+        assert!(images.contains(&("images/bash/tags/latest".into(), "bash:latest".into())));
+        let aliases = alias_pairs(BUILTIN_ALIASES).unwrap_or_else(|e| panic!("{e}"));
+        for alias in ["python", "python3", "python:3", "sh"] {
+            assert!(aliases.iter().any(|(k, _)| k == &format!("images/_aliases/{alias}")), "{alias}");
+        }
+    }
+
+    #[test]
+    fn bad_definitions_are_refused() {
+        assert!(image_pairs(
+            "[[images]]\nname = \"../x\"\nrunner=\"python\"\ncommand=\"python3\"\ncpu=1\nmem=1\ntags=[\"latest\"]"
+        )
+        .is_err());
+        assert!(image_pairs(
+            "[[images]]\nname = \"x\"\nrunner=\"python\"\ncommand=\"python3\"\ncpu=0\nmem=1\ntags=[\"latest\"]"
+        )
+        .is_err());
+        assert!(image_pairs("[[images]]\nname = \"x\"\nrunner=\"python\"\ncommand=\"python3\"\ncpu=1\nmem=1\ntags=[]")
+            .is_err());
+        assert!(alias_pairs("[aliases]\n\"a/b\" = \"x\"").is_err());
+    }
+}

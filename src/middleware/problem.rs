@@ -1,0 +1,105 @@
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::Method;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError};
+
+use futures_util::FutureExt;
+
+use super::OriginalMethod;
+use crate::error::{problem_for_status, ApiError, Problem, PROBLEM_JSON};
+
+/// Logs one line per request with its status and duration.
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let response = next.call(req).await;
+    let status = match &response {
+        Ok(response) => response.status(),
+        Err(error) => error.as_response_error().status_code(),
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, %peer, "request");
+    response
+}
+
+/// Re-routes a POST carrying `X-Method-Override: DELETE` (etc.) as that method.
+/// The method as sent stays available to the signature check.
+pub async fn method_override(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let requested = req.headers().get("X-Method-Override").map(|v| v.to_str().map(str::trim));
+    if let Some(requested) = requested {
+        if req.method() == Method::POST {
+            let method = requested
+                .ok()
+                .and_then(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()).ok())
+                .filter(|m| [Method::GET, Method::PUT, Method::PATCH, Method::DELETE, Method::POST].contains(m))
+                .ok_or_else(|| {
+                    ApiError::new(Problem::GenericBadRequest).with_detail("unsupported X-Method-Override")
+                })?;
+            req.extensions_mut().insert(OriginalMethod(Method::POST));
+            req.head_mut().method = method;
+        }
+    }
+    next.call(req).await
+}
+
+/// Answers a panic in a handler with an opaque 500 instead of dropping the connection.
+pub async fn catch_panic(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let path = req.path().to_owned();
+    match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(response) => response.map(ServiceResponse::map_into_boxed_body),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(%path, %message, "handler panicked");
+            Err(ApiError::new(Problem::InternalServerError).into())
+        }
+    }
+}
+
+/// Makes every error response problem+json, whoever produced it (a handler, an
+/// extractor, the router's 404/405, a payload limit).
+pub async fn problem_json(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = match next.call(req).await {
+        Ok(response) => response.map_into_boxed_body(),
+        Err(error) => return Err(error),
+    };
+    let status = response.status();
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return Ok(response);
+    }
+    let (request, old) = response.into_parts();
+    let mut problem = ApiError::new(problem_for_status(status)).error_response();
+    // Keep the status and any headers the original response carried (e.g. Allow).
+    *problem.status_mut() = status;
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    problem.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    Ok(ServiceResponse::new(request, problem))
+}

@@ -1,0 +1,198 @@
+//! Wiring: builds the application from its settings, serves it, and shuts it
+//! down gracefully. Tests build the very same [`Application`].
+
+use std::io::BufReader;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+
+use crate::actors::keypair;
+use crate::actors::registry::Registry;
+use crate::config::Settings;
+use crate::error::{ApiError, Problem};
+use crate::middleware;
+use crate::routes;
+use crate::stores::Stores;
+use crate::{db, fixtures, images};
+
+/// The value of every response's `Server` header.
+pub const SERVER_HEADER: &str = "BackendAI-API/v3.20170615";
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The settings the process started with.
+    pub settings: Arc<Settings>,
+    /// The relational database.
+    pub db: DatabaseConnection,
+    /// The config, stat and rate-limit stores.
+    pub stores: Stores,
+    /// The actor registry.
+    pub registry: Addr<Registry>,
+}
+
+/// A built, bound, not yet running manager.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Connects to the database and stores (failing fast when one is unreachable),
+    /// prepares the embedded deployment, and binds the gateway.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = db::connect(&settings.db).await.context("cannot connect to the database")?;
+        Self::build_with_db(settings, db).await
+    }
+
+    /// Like [`Application::build`], with an existing database connection.
+    pub async fn build_with_db(settings: Settings, db: DatabaseConnection) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let stores = Stores::connect(&settings).await.context("cannot connect to the config or Redis stores")?;
+        prepare_database(&settings, &db).await?;
+        if settings.etcd.addr.is_none() && images::seed_builtin(stores.config.as_ref()).await? {
+            tracing::info!("loaded the built-in kernel images into the embedded config store");
+        }
+        let registry = Registry::start_supervised(db.clone());
+        let state = web::Data::new(AppState { settings: Arc::new(settings), db, stores, registry });
+
+        let settings = &state.settings;
+        let listener =
+            TcpListener::bind((settings.manager.service_ip, settings.manager.service_port)).with_context(|| {
+                format!("cannot listen on {}:{}", settings.manager.service_ip, settings.manager.service_port)
+            })?;
+        let port = listener.local_addr()?.port();
+        let server_state = state.clone();
+        let max_body_size = settings.manager.max_body_size;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(server_state.clone())
+                .app_data(web::JsonConfig::default().limit(max_body_size).error_handler(|error, _req| {
+                    ApiError::new(Problem::InvalidApiParams).with_detail(error.to_string()).into()
+                }))
+                .app_data(web::PayloadConfig::new(max_body_size))
+                .app_data(web::PathConfig::default().error_handler(|error, _req| {
+                    ApiError::new(Problem::InvalidApiParams).with_detail(error.to_string()).into()
+                }))
+                .app_data(web::QueryConfig::default().error_handler(|error, _req| {
+                    ApiError::new(Problem::InvalidApiParams).with_detail(error.to_string()).into()
+                }))
+                .wrap(from_fn(middleware::problem_json))
+                .wrap(from_fn(middleware::catch_panic))
+                .wrap(from_fn(middleware::method_override))
+                .wrap(DefaultHeaders::new().add((header::SERVER, SERVER_HEADER)))
+                .wrap(from_fn(middleware::log_request))
+                .route("/healthz", web::get().to(routes::healthz))
+                .service(web::scope("/v{version}").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                .default_service(web::to(|| async {
+                    Err::<actix_web::HttpResponse, _>(ApiError::new(Problem::GenericNotFound))
+                }))
+        })
+        .disable_signals()
+        .shutdown_timeout(10);
+        if settings.manager.workers > 0 {
+            server = server.workers(settings.manager.workers);
+        }
+        let server = match (&settings.manager.ssl_cert, &settings.manager.ssl_key) {
+            (Some(cert), Some(key)) => server.listen_rustls_0_23(listener, tls_config(cert, key)?)?,
+            _ => server.listen(listener)?,
+        }
+        .run();
+        Ok(Self { port, server, state })
+    }
+
+    /// The port the gateway listens on (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state, for tests.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// A handle that stops the server.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains requests, writes pending
+    /// usage, and deregisters from the config store.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            handle.stop(true).await;
+        });
+        let served = self.server.await;
+        signals.abort();
+        if let Err(error) = keypair::shutdown(&self.state.registry).await {
+            tracing::error!(%error, "could not stop the actors cleanly");
+        }
+        self.state.db.clone().close().await.ok();
+        tracing::info!("stopped");
+        Ok(served?)
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for signals; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Migrates the embedded database; refuses to serve an outdated real one.
+async fn prepare_database(settings: &Settings, db: &DatabaseConnection) -> anyhow::Result<()> {
+    if settings.db.is_embedded() {
+        db::upgrade(db).await.context("cannot migrate the embedded database")?;
+        if entity::keypairs::Entity::find().count(db).await? == 0 {
+            let fixture = fixtures::load("example_keypair").map_err(anyhow::Error::msg)?;
+            fixtures::populate(db, fixture).await?;
+            tracing::warn!("embedded database: created the well-known example keypair AKIAIOSFODNN7EXAMPLE");
+        }
+        return Ok(());
+    }
+    let pending = db::pending_migrations(db).await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "the database schema is outdated ({} pending migrations); run `backendai-manager schema upgrade`",
+            pending.len()
+        );
+    }
+    Ok(())
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    let open = |path: &std::path::Path| {
+        std::fs::File::open(path).map(BufReader::new).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let certs = rustls_pemfile::certs(&mut open(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("malformed certificate {}", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut open(key)?)
+        .with_context(|| format!("malformed key {}", key.display()))?
+        .with_context(|| format!("no private key in {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?)
+}

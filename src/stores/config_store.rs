@@ -1,0 +1,221 @@
+//! The config store: a namespaced key-value tree, etcd v3 in production.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
+
+use super::CONNECT_TIMEOUT;
+use crate::error::Error;
+
+/// A key-value tree under the cluster's namespace. Keys are relative to the
+/// namespace, e.g. `images/python3/cpu`.
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// The value of one key.
+    async fn get(&self, key: &str) -> Result<Option<String>, Error>;
+    /// Every key starting with `prefix`, sorted, with its value.
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, Error>;
+    /// Sets the keys, all or none.
+    async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), Error>;
+    /// Deletes one key, or every key under it when `prefix` is set.
+    async fn delete(&self, key: &str, prefix: bool) -> Result<(), Error>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), Error>;
+    /// A label for logs and health reports.
+    fn kind(&self) -> &'static str;
+
+    /// Sets one key.
+    async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
+        self.put_many(&[(key.to_owned(), value.to_owned())]).await
+    }
+}
+
+/// etcd v3, with keys under `/sorna/{namespace}/`.
+pub struct EtcdConfigStore {
+    client: Client,
+    root: String,
+}
+
+fn etcd_error(error: etcd_client::Error) -> Error {
+    Error::ConfigStore(error.to_string())
+}
+
+/// etcd refuses transactions of more than 128 operations by default.
+const ETCD_MAX_TXN_OPS: usize = 128;
+
+impl EtcdConfigStore {
+    /// Connects and checks that etcd answers, within [`CONNECT_TIMEOUT`].
+    pub async fn connect(addr: &str, namespace: &str) -> Result<Self, Error> {
+        let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT).with_timeout(CONNECT_TIMEOUT);
+        let endpoint = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+        let connect = Client::connect([endpoint], Some(options));
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| Error::ConfigStore(format!("etcd at {addr} did not answer in time")))?
+            .map_err(etcd_error)?;
+        let store = Self { client, root: format!("/sorna/{namespace}/") };
+        tokio::time::timeout(CONNECT_TIMEOUT, store.ping())
+            .await
+            .map_err(|_| Error::ConfigStore(format!("etcd at {addr} did not answer in time")))??;
+        Ok(store)
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.root)
+    }
+}
+
+#[async_trait]
+impl ConfigStore for EtcdConfigStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        let response = self.client.clone().get(self.full(key), None).await.map_err(etcd_error)?;
+        Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, Error> {
+        let options = GetOptions::new().with_prefix();
+        let response = self.client.clone().get(self.full(prefix), Some(options)).await.map_err(etcd_error)?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                let key = key.strip_prefix(&self.root).unwrap_or(&key).to_owned();
+                (key, String::from_utf8_lossy(kv.value()).into_owned())
+            })
+            .collect())
+    }
+
+    async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), Error> {
+        for chunk in pairs.chunks(ETCD_MAX_TXN_OPS) {
+            let ops: Vec<TxnOp> = chunk.iter().map(|(k, v)| TxnOp::put(self.full(k), v.as_str(), None)).collect();
+            self.client.clone().txn(Txn::new().and_then(ops)).await.map_err(etcd_error)?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str, prefix: bool) -> Result<(), Error> {
+        let options = prefix.then(|| DeleteOptions::new().with_prefix());
+        self.client.clone().delete(self.full(key), options).await.map_err(etcd_error)?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.client.clone().status().await.map_err(etcd_error)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+/// An in-process tree for the embedded deployment, kept in a JSON file so that
+/// the `etcd` CLI commands and a running `serve` see the same data.
+pub struct MemoryConfigStore {
+    path: Option<PathBuf>,
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    tree: BTreeMap<String, String>,
+    /// Modification time of the file when it was last read or written.
+    seen: Option<SystemTime>,
+}
+
+impl MemoryConfigStore {
+    /// A store kept only in memory (tests).
+    pub fn ephemeral() -> Self {
+        Self { path: None, state: Mutex::new(MemoryState::default()) }
+    }
+
+    /// A store kept in the JSON file at `path`, created on the first write.
+    pub fn open(path: PathBuf) -> Result<Self, Error> {
+        let store = Self { path: Some(path), state: Mutex::new(MemoryState::default()) };
+        store.with_state(|_| ())?;
+        Ok(store)
+    }
+
+    fn file_error(&self, what: &str, error: impl std::fmt::Display) -> Error {
+        let path = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        Error::ConfigStore(format!("{what} {path}: {error}"))
+    }
+
+    /// Runs `f` on the tree, first re-reading the file if another process changed it.
+    fn with_state<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> Result<T, Error> {
+        let mut state = self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))?;
+        if let Some(path) = &self.path {
+            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if modified.is_some() && modified != state.seen {
+                let text = std::fs::read_to_string(path).map_err(|e| self.file_error("cannot read", e))?;
+                state.tree = serde_json::from_str(&text).map_err(|e| self.file_error("malformed", e))?;
+                state.seen = modified;
+            }
+        }
+        Ok(f(&mut state.tree))
+    }
+
+    fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
+        let Some(path) = &self.path else {
+            return self.with_state(f);
+        };
+        let text = self.with_state(|tree| {
+            f(tree);
+            serde_json::to_string_pretty(tree)
+        })?;
+        let text = text.map_err(|e| self.file_error("cannot encode", e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| self.file_error("cannot create the folder of", e))?;
+        }
+        // Write and rename, so a reader never sees half a file.
+        let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&temporary, text).map_err(|e| self.file_error("cannot write", e))?;
+        std::fs::rename(&temporary, path).map_err(|e| self.file_error("cannot write", e))?;
+        let mut state = self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))?;
+        state.seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ConfigStore for MemoryConfigStore {
+    async fn get(&self, key: &str) -> Result<Option<String>, Error> {
+        self.with_state(|tree| tree.get(key).cloned())
+    }
+
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, Error> {
+        self.with_state(|tree| {
+            tree.range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+    }
+
+    async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), Error> {
+        self.modify(|tree| tree.extend(pairs.iter().cloned()))
+    }
+
+    async fn delete(&self, key: &str, prefix: bool) -> Result<(), Error> {
+        self.modify(|tree| {
+            if prefix {
+                tree.retain(|k, _| !k.starts_with(key));
+            } else {
+                tree.remove(key);
+            }
+        })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.with_state(|_| ())
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}

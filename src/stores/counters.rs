@@ -1,0 +1,260 @@
+//! Counters and live stats: Redis in production, a process-local map embedded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+
+use super::CONNECT_TIMEOUT;
+use crate::error::Error;
+
+/// The state of one rate-limit window after a request was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Requests counted in the window, this one included.
+    pub count: u64,
+    /// Milliseconds until the window resets.
+    pub reset_ms: u64,
+}
+
+/// Fixed-window request counters, exact under concurrency.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync {
+    /// Counts one request against `key`; a new window of `window_ms` starts when none is open.
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<Window, Error>;
+    /// The open window of `key` without counting (count 0 when none is open).
+    async fn peek(&self, key: &str) -> Result<Window, Error>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), Error>;
+    /// A label for logs and health reports.
+    fn kind(&self) -> &'static str;
+}
+
+/// Live per-kernel usage stats, written by agents and read by the manager.
+#[async_trait]
+pub trait StatStore: Send + Sync {
+    /// The stats of a kernel (field name to value), empty when none are known.
+    async fn kernel_stats(&self, kernel_id: &str) -> Result<HashMap<String, i64>, Error>;
+    /// Replaces the stats of a kernel; they expire after `ttl` without update.
+    async fn set_kernel_stats(&self, kernel_id: &str, stats: &HashMap<String, i64>, ttl: Duration)
+        -> Result<(), Error>;
+    /// Forgets the stats of a kernel.
+    async fn remove_kernel_stats(&self, kernel_id: &str) -> Result<(), Error>;
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), Error>;
+}
+
+/// Counts and returns the window in one atomic step: no lost updates between
+/// managers, and a key never outlives its window.
+const HIT_SCRIPT: &str = r"
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+";
+
+/// One Redis database through a connection pool.
+pub struct RedisStore {
+    pool: Pool,
+    hit: redis::Script,
+}
+
+fn redis_error(error: impl std::fmt::Display) -> Error {
+    Error::Redis(error.to_string())
+}
+
+impl RedisStore {
+    /// Connects to database `db` of the Redis at `addr` and checks it answers.
+    pub async fn connect(addr: &str, db: u8) -> Result<Self, Error> {
+        let url = if addr.contains("://") {
+            format!("{}/{db}", addr.trim_end_matches('/'))
+        } else {
+            format!("redis://{addr}/{db}")
+        };
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(PoolConfig {
+            max_size: 32,
+            timeouts: Timeouts {
+                wait: Some(CONNECT_TIMEOUT),
+                create: Some(CONNECT_TIMEOUT),
+                recycle: Some(CONNECT_TIMEOUT),
+            },
+            ..PoolConfig::default()
+        });
+        let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(redis_error)?;
+        let store = Self { pool, hit: redis::Script::new(HIT_SCRIPT) };
+        RateLimitStore::ping(&store)
+            .await
+            .map_err(|e| Error::Redis(format!("redis at {addr} (database {db}): {e}")))?;
+        Ok(store)
+    }
+
+    async fn connection(&self) -> Result<deadpool_redis::Connection, Error> {
+        self.pool.get().await.map_err(redis_error)
+    }
+
+    fn stats_key(kernel_id: &str) -> String {
+        kernel_id.to_owned()
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for RedisStore {
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<Window, Error> {
+        let mut connection = self.connection().await?;
+        let (count, ttl): (u64, i64) =
+            self.hit.key(key).arg(window_ms).invoke_async(&mut connection).await.map_err(redis_error)?;
+        Ok(Window { count, reset_ms: ttl.max(0) as u64 })
+    }
+
+    async fn peek(&self, key: &str) -> Result<Window, Error> {
+        let mut connection = self.connection().await?;
+        let (count, ttl): (Option<u64>, i64) =
+            redis::pipe().get(key).pttl(key).query_async(&mut connection).await.map_err(redis_error)?;
+        Ok(Window { count: count.unwrap_or(0), reset_ms: ttl.max(0) as u64 })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let mut connection = self.connection().await?;
+        let _: String = redis::cmd("PING").query_async(&mut connection).await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[async_trait]
+impl StatStore for RedisStore {
+    async fn kernel_stats(&self, kernel_id: &str) -> Result<HashMap<String, i64>, Error> {
+        let mut connection = self.connection().await?;
+        connection.hgetall(Self::stats_key(kernel_id)).await.map_err(redis_error)
+    }
+
+    async fn set_kernel_stats(
+        &self,
+        kernel_id: &str,
+        stats: &HashMap<String, i64>,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        let mut connection = self.connection().await?;
+        let key = Self::stats_key(kernel_id);
+        let fields: Vec<(&String, &i64)> = stats.iter().collect();
+        redis::pipe()
+            .atomic()
+            .del(&key)
+            .hset_multiple(&key, &fields)
+            .pexpire(&key, ttl.as_millis() as i64)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn remove_kernel_stats(&self, kernel_id: &str) -> Result<(), Error> {
+        let mut connection = self.connection().await?;
+        connection.del::<_, ()>(Self::stats_key(kernel_id)).await.map_err(redis_error)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        RateLimitStore::ping(self).await
+    }
+}
+
+/// Stats of one kernel and when they expire.
+type ExpiringStats = (HashMap<String, i64>, Instant);
+
+/// Process-local counters and stats for the embedded deployment.
+#[derive(Default)]
+pub struct MemoryCounters {
+    /// Count and end of each open window, by key.
+    windows: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Stats by kernel id.
+    stats: Mutex<HashMap<String, ExpiringStats>>,
+}
+
+/// Expired entries are swept when a map grows past this many.
+const SWEEP_THRESHOLD: usize = 10_000;
+
+fn poisoned<T>(_: T) -> Error {
+    Error::Redis("in-process store lock poisoned".to_owned())
+}
+
+impl MemoryCounters {
+    fn window(count: u64, expires: Instant, now: Instant) -> Window {
+        Window { count, reset_ms: expires.saturating_duration_since(now).as_millis() as u64 }
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for MemoryCounters {
+    async fn hit(&self, key: &str, window_ms: u64) -> Result<Window, Error> {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().map_err(poisoned)?;
+        if windows.len() > SWEEP_THRESHOLD {
+            windows.retain(|_, (_, expires)| *expires > now);
+        }
+        let entry = windows.entry(key.to_owned()).or_insert((0, now));
+        if entry.1 <= now {
+            *entry = (0, now + Duration::from_millis(window_ms));
+        }
+        entry.0 += 1;
+        Ok(Self::window(entry.0, entry.1, now))
+    }
+
+    async fn peek(&self, key: &str) -> Result<Window, Error> {
+        let now = Instant::now();
+        let windows = self.windows.lock().map_err(poisoned)?;
+        Ok(match windows.get(key) {
+            Some(&(count, expires)) if expires > now => Self::window(count, expires, now),
+            _ => Window { count: 0, reset_ms: 0 },
+        })
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[async_trait]
+impl StatStore for MemoryCounters {
+    async fn kernel_stats(&self, kernel_id: &str) -> Result<HashMap<String, i64>, Error> {
+        let now = Instant::now();
+        let stats = self.stats.lock().map_err(poisoned)?;
+        Ok(stats.get(kernel_id).filter(|(_, expires)| *expires > now).map(|(s, _)| s.clone()).unwrap_or_default())
+    }
+
+    async fn set_kernel_stats(
+        &self,
+        kernel_id: &str,
+        values: &HashMap<String, i64>,
+        ttl: Duration,
+    ) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut stats = self.stats.lock().map_err(poisoned)?;
+        if stats.len() > SWEEP_THRESHOLD {
+            stats.retain(|_, (_, expires)| *expires > now);
+        }
+        stats.insert(kernel_id.to_owned(), (values.clone(), now + ttl));
+        Ok(())
+    }
+
+    async fn remove_kernel_stats(&self, kernel_id: &str) -> Result<(), Error> {
+        self.stats.lock().map_err(poisoned)?.remove(kernel_id);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}

@@ -1,0 +1,53 @@
+//! The manager's two non-relational stores, each behind a small trait with an
+//! in-process implementation (the embedded default) and a real one:
+//! - [`ConfigStore`]: cluster configuration and discovery (etcd v3);
+//! - [`RateLimitStore`] and [`StatStore`]: counters and live stats (Redis
+//!   databases 1 and 0).
+
+mod config_store;
+mod counters;
+
+pub use config_store::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
+pub use counters::{MemoryCounters, RateLimitStore, RedisStore, StatStore, Window};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Settings;
+use crate::error::Error;
+
+/// How long start-up waits for a backing service before giving up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stores of one manager process.
+#[derive(Clone)]
+pub struct Stores {
+    /// Cluster configuration: images, aliases, overbook factors, discovery.
+    pub config: Arc<dyn ConfigStore>,
+    /// Rate-limit counters (Redis database 1).
+    pub ratelimit: Arc<dyn RateLimitStore>,
+    /// Live kernel stats (Redis database 0).
+    pub stats: Arc<dyn StatStore>,
+}
+
+impl Stores {
+    /// Connects to etcd and Redis when configured, else builds in-process stores.
+    /// Fails within [`CONNECT_TIMEOUT`] when a configured service is unreachable.
+    pub async fn connect(settings: &Settings) -> Result<Self, Error> {
+        let namespace = &settings.manager.namespace;
+        let config: Arc<dyn ConfigStore> = match &settings.etcd.addr {
+            Some(addr) => Arc::new(EtcdConfigStore::connect(addr, namespace).await?),
+            None => Arc::new(MemoryConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
+        };
+        let (ratelimit, stats): (Arc<dyn RateLimitStore>, Arc<dyn StatStore>) = match &settings.redis.addr {
+            Some(addr) => {
+                (Arc::new(RedisStore::connect(addr, 1).await?), Arc::new(RedisStore::connect(addr, 0).await?))
+            }
+            None => {
+                let memory = Arc::new(MemoryCounters::default());
+                (memory.clone(), memory)
+            }
+        };
+        Ok(Self { config, ratelimit, stats })
+    }
+}

@@ -1,0 +1,193 @@
+//! The `backendai-manager` binary: configuration errors, start-up failures, and
+//! the schema, fixture, keypair and etcd commands.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{services, unique};
+
+fn manager(dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_backendai-manager"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("BACKENDAI_CONFIG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn an_unknown_config_key_exits_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "[manager]\nservice_prot = 1\n").unwrap();
+    let output = manager(dir.path(), &["--config", "c.toml", "serve"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("service_prot"), "{}", text(&output));
+}
+
+#[test]
+fn a_bad_flag_value_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = manager(dir.path(), &["--service-ip", "not-an-ip", "serve"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(text(&output).contains("manager.service_ip"), "{}", text(&output));
+    let output = manager(dir.path(), &["--heartbeat-timeout", "-3", "serve"]);
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+}
+
+#[test]
+fn secrets_are_not_printed_on_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let output =
+        manager(dir.path(), &["--db-addr", "127.0.0.1:1", "--db-password", "hunter2-secret", "schema", "status"]);
+    assert_ne!(output.status.code(), Some(0));
+    assert!(!text(&output).contains("hunter2-secret"), "{}", text(&output));
+}
+
+#[test]
+fn an_unreachable_database_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let output = manager(dir.path(), &["--db-addr", "127.0.0.1:1", "--service-port", "0", "serve"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(text(&output).contains("database"), "{}", text(&output));
+}
+
+#[test]
+fn an_unreachable_etcd_or_redis_fails_fast() {
+    for flag in ["--etcd-addr", "--redis-addr"] {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let output = manager(dir.path(), &[flag, "127.0.0.1:1", "--service-port", "0", "serve"]);
+        assert_eq!(output.status.code(), Some(1), "{flag}: {}", text(&output));
+        assert!(started.elapsed() < Duration::from_secs(10), "{flag} took {:?}", started.elapsed());
+    }
+}
+
+#[test]
+fn every_command_has_help_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let help = text(&manager(dir.path(), &["serve", "--help"]));
+    for expected in [
+        "--service-port",
+        "[default: 8080]",
+        "--events-port",
+        "[default: 5002]",
+        "--namespace",
+        "--etcd-addr",
+        "--redis-addr",
+        "--db-addr",
+        "--db-name",
+        "--db-user",
+        "--db-password",
+        "--service-ip",
+        "--ssl-cert",
+        "--ssl-key",
+        "--heartbeat-timeout",
+        "--docker-registry",
+    ] {
+        assert!(help.contains(expected), "serve --help lacks {expected}:\n{help}");
+    }
+    for command in [
+        &["schema", "oneshot"][..],
+        &["schema", "upgrade"],
+        &["schema", "status"],
+        &["fixture", "populate"],
+        &["fixture", "list"],
+        &["keypair", "generate"],
+        &["etcd", "put"],
+        &["etcd", "update-images"],
+        &["etcd", "update-aliases"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let output = manager(dir.path(), &args);
+        assert_eq!(output.status.code(), Some(0), "{command:?}");
+    }
+}
+
+#[test]
+fn keypair_generate_prints_a_well_formed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = text(&manager(dir.path(), &["keypair", "generate"]));
+    let access = output.lines().find_map(|l| l.strip_prefix("access_key: ")).unwrap();
+    assert!(access.starts_with("AKIA") && access.len() == 20, "{access}");
+    assert!(access.chars().all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c)), "{access}");
+    let secret = output.lines().find_map(|l| l.strip_prefix("secret_key: ")).unwrap();
+    assert_eq!(secret.len(), 40);
+}
+
+/// Runs the schema and fixture commands on the embedded database, then on PostgreSQL.
+#[actix_web::test]
+async fn schema_and_fixture_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut targets = vec![vec!["--data-dir".to_owned(), dir.path().join("db").display().to_string()]];
+    if let Some(services) = services() {
+        let name = unique("bai_test_");
+        let admin = sea_orm::Database::connect(&services.db_url).await.unwrap();
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE \"{name}\"")).await.unwrap();
+        let (prefix, _) = services.db_url.rsplit_once('/').unwrap();
+        targets.push(vec!["--db-url".to_owned(), format!("{prefix}/{name}")]);
+    }
+    for target in targets {
+        let run = |args: &[&str]| {
+            let mut all: Vec<&str> = target.iter().map(String::as_str).collect();
+            all.extend_from_slice(args);
+            manager(dir.path(), &all)
+        };
+        let status = text(&run(&["schema", "status"]));
+        assert!(status.contains("pending") && !status.contains("applied"), "{status}");
+        let oneshot = run(&["schema", "oneshot"]);
+        assert_eq!(oneshot.status.code(), Some(0), "{}", text(&oneshot));
+        let status = text(&run(&["schema", "status"]));
+        assert!(status.contains("applied") && !status.contains("pending"), "{status}");
+        assert_eq!(run(&["schema", "oneshot"]).status.code(), Some(1), "a second oneshot must refuse");
+        assert_eq!(run(&["schema", "upgrade"]).status.code(), Some(0));
+        assert!(text(&run(&["fixture", "list"])).contains("example_keypair"));
+        let populated = text(&run(&["fixture", "populate", "example_keypair"]));
+        assert!(populated.contains("1 new rows"), "{populated}");
+        let again = text(&run(&["fixture", "populate", "example_keypair"]));
+        assert!(again.contains("0 new rows"), "{again}");
+        assert_ne!(run(&["fixture", "populate", "no_such_fixture"]).status.code(), Some(0));
+        let saved = run(&["keypair", "generate", "--save-for-user", "9"]);
+        assert_eq!(saved.status.code(), Some(0), "{}", text(&saved));
+    }
+}
+
+#[test]
+fn etcd_commands_work_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images.toml");
+    let aliases = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/aliases.toml");
+    assert_eq!(manager(dir.path(), &["etcd", "update-images", images]).status.code(), Some(0));
+    assert_eq!(manager(dir.path(), &["etcd", "update-aliases", aliases]).status.code(), Some(0));
+    assert_eq!(text(&manager(dir.path(), &["etcd", "get", "images/python3/runner"])).trim(), "python");
+    assert_eq!(text(&manager(dir.path(), &["etcd", "get", "images/_aliases/sh"])).trim(), "bash");
+    assert_eq!(manager(dir.path(), &["etcd", "put", "config/overbook/cpu", "4.0"]).status.code(), Some(0));
+    let listed = text(&manager(dir.path(), &["etcd", "get", "--prefix", "config/"]));
+    assert!(listed.contains("config/overbook/cpu: 4.0"), "{listed}");
+    assert_eq!(manager(dir.path(), &["etcd", "delete", "--prefix", "config/"]).status.code(), Some(0));
+    assert_ne!(manager(dir.path(), &["etcd", "get", "config/overbook/cpu"]).status.code(), Some(0));
+}
+
+#[test]
+fn etcd_commands_work_on_etcd() {
+    let Some(services) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let namespace = unique("cli");
+    let run = |args: &[&str]| {
+        let mut all = vec!["--etcd-addr", &services.etcd_addr, "--namespace", &namespace];
+        all.extend_from_slice(args);
+        manager(dir.path(), &all)
+    };
+    let images = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images.toml");
+    assert_eq!(run(&["etcd", "update-images", images]).status.code(), Some(0));
+    assert_eq!(text(&run(&["etcd", "get", "images/bash/runner"])).trim(), "shell");
+    assert_eq!(run(&["etcd", "put", "nodes/redis", "127.0.0.1:6379"]).status.code(), Some(0));
+    assert_eq!(text(&run(&["etcd", "get", "nodes/redis"])).trim(), "127.0.0.1:6379");
+    assert_eq!(run(&["etcd", "delete", "--prefix", ""]).status.code(), Some(0));
+}

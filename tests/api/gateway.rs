@@ -1,0 +1,278 @@
+//! Routing, errors and authentication of the API gateway.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use entity::keypairs;
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Backend, BACKENDS};
+
+#[actix_web::test]
+async fn version_root_answers_without_auth_on_every_version() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        for n in 1..=3 {
+            let response = app.get(&format!("/v{n}")).await;
+            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(response.headers()["server"], "BackendAI-API/v3.20170615");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body, json!({"version": "v3.20170615"}));
+        }
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn unsupported_versions_are_bad_requests() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    for path in ["/v0", "/v4/authorize", "/v99", "/vx/kernel/create"] {
+        let response = app.get(path).await;
+        assert_eq!(response.headers()["server"], "BackendAI-API/v3.20170615", "{path}");
+        assert_problem(response, 400, "generic-bad-request").await;
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn unknown_paths_are_problem_json_404() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    assert_problem(app.get("/nope").await, 404, "generic-not-found").await;
+    let response = app.send(app.signed("GET", "/v3/no/such/thing", None)).await;
+    assert_problem(response, 404, "generic-not-found").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn signed_authorize_echoes_on_every_backend() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        for method in ["GET", "POST"] {
+            let response = app.send(app.signed(method, "/v2/authorize", Some(json!({"echo": [1, "two"]})))).await;
+            assert_eq!(response.status().as_u16(), 200, "{method} on {backend:?}");
+            assert_eq!(response.headers()["x-ratelimit-limit"], "1000");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body, json!({"authorized": "yes", "echo": [1, "two"]}));
+        }
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn unsigned_requests_are_refused() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    assert_problem(app.get("/v3/authorize").await, 401, "auth-failed").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_wrong_secret_or_unknown_key_fails_auth() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let mut request = app.signed("GET", "/v3/authorize", None);
+        request.secret_key = "not the secret";
+        assert_problem(app.send(request).await, 401, "auth-failed").await;
+        let mut request = app.signed("GET", "/v3/authorize", None);
+        request.access_key = "AKIANOSUCHKEY0000000";
+        assert_problem(app.send(request).await, 401, "auth-failed").await;
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_tampered_body_fails_auth() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let date = Utc::now().fixed_offset();
+    let signed = app.signed("POST", "/v3/authorize", Some(json!({"echo": 1})));
+    let response = app
+        .client
+        .post(format!("{}/v3/authorize", app.address))
+        .header("Date", date.to_rfc3339())
+        .header("X-BackendAI-Version", "v2.20170315")
+        .header("Content-Type", "application/json")
+        .header(
+            "Authorization",
+            format!("BackendAI signMethod=HMAC-SHA256, credential={}:{}", app.access_key, "ab".repeat(32)),
+        )
+        .body(signed.body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 401, "auth-failed").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn dates_out_of_range_or_malformed_are_invalid_auth_params() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let mut request = app.signed("GET", "/v3/authorize", None);
+    request.date = (Utc::now() - chrono::Duration::minutes(16)).fixed_offset();
+    assert_problem(app.send(request).await, 400, "invalid-auth-params").await;
+    let mut request = app.signed("GET", "/v3/authorize", None);
+    request.date = (Utc::now() + chrono::Duration::minutes(16)).fixed_offset();
+    assert_problem(app.send(request).await, 400, "invalid-auth-params").await;
+    let auth = format!("BackendAI signMethod=HMAC-SHA256, credential={}:00", app.access_key);
+    for (date, authorization) in [
+        (None, auth.as_str()),
+        (Some("yesterday"), auth.as_str()),
+        (Some("2026-11-28T05:31:58+00:00"), "BackendAI nonsense"),
+        (Some("2026-11-28T05:31:58+00:00"), "BackendAI signMethod=HMAC-WHIRLPOOL, credential=AK:00"),
+    ] {
+        let mut builder =
+            app.client.get(format!("{}/v3/authorize", app.address)).header("Authorization", authorization);
+        if let Some(date) = date {
+            builder = builder.header("Date", date);
+        }
+        assert_problem(builder.send().await.unwrap(), 400, "invalid-auth-params").await;
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn legacy_sorna_headers_are_accepted() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let date = Utc::now().fixed_offset();
+    let date_header = date.to_rfc3339();
+    let body = b"{}".to_vec();
+    let body_hash = backendai_manager::auth::HashAlgorithm::Sha256.hex_digest(&body);
+    let parts = backendai_manager::auth::SignedParts {
+        method: "POST",
+        path_and_query: "/v1/authorize",
+        date_header: &date_header,
+        date,
+        host: &app.host,
+        content_type: "application/json",
+        version_header: "x-sorna-version",
+        version: "v1.20160915",
+        body_hash: &body_hash,
+    };
+    let signature =
+        backendai_manager::auth::sign(backendai_manager::auth::HashAlgorithm::Sha256, &app.secret_key, &parts);
+    let response = app
+        .client
+        .post(format!("{}/v1/authorize", app.address))
+        .header("X-Sorna-Date", date_header.as_str())
+        .header("X-Sorna-Version", "v1.20160915")
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Sorna signMethod=HMAC-SHA256, credential={}:{signature}", app.access_key))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn malformed_json_is_invalid_api_params() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let mut request = app.signed("POST", "/v3/authorize", None);
+    request.body = b"{not json".to_vec();
+    assert_problem(app.send(request).await, 400, "invalid-api-params").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn oversized_bodies_are_refused_with_413() {
+    let app = spawn_app_with(Backend::Embedded, |s| s.manager.max_body_size = 4096).await.unwrap();
+    let big = json!({"echo": "x".repeat(10_000)});
+    let response = app.send(app.signed("POST", "/v3/authorize", Some(big))).await;
+    assert_problem(response, 413, "generic-bad-request").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn method_override_reroutes_a_post() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    // Signed as sent (POST); routed as GET.
+    let signed = app.signed("POST", "/v3", None);
+    let response = app
+        .client
+        .post(format!("{}/v3", app.address))
+        .header("X-Method-Override", "GET")
+        .body(signed.body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let bogus =
+        app.client.post(format!("{}/v3", app.address)).header("X-Method-Override", "BREW").send().await.unwrap();
+    assert_problem(bogus, 400, "generic-bad-request").await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn wrong_method_on_a_known_path_is_problem_json() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let response = app.send(app.signed("DELETE", "/v3/authorize", None)).await;
+    assert!(response.status().is_client_error());
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn healthz_reports_every_store() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let response = app.get("/healthz").await;
+        assert_eq!(response.status().as_u16(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "ok", "{body}");
+        let expected = if backend == Backend::Embedded {
+            ["sqlite", "embedded", "embedded"]
+        } else {
+            ["postgres", "etcd", "redis"]
+        };
+        assert_eq!(
+            [&body["database"]["kind"], &body["etcd"]["kind"], &body["redis"]["kind"]],
+            expected.map(Value::from).each_ref()
+        );
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn usage_is_written_in_batches() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        for _ in 0..5 {
+            let response = app.send(app.signed("GET", "/v3/authorize", None)).await;
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        let mut row = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            row = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap();
+            if row.as_ref().is_some_and(|r| r.num_queries == 5) {
+                break;
+            }
+        }
+        let row = row.unwrap();
+        assert_eq!(row.num_queries, 5, "{backend:?}");
+        assert!(row.last_used.is_some());
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_deactivated_key_is_refused_within_seconds() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        assert_eq!(app.send(app.signed("GET", "/v3/authorize", None)).await.status().as_u16(), 200);
+        let row = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap().unwrap();
+        let mut row = row.into_active_model();
+        row.is_active = Set(false);
+        row.update(&app.state.db).await.unwrap();
+        let mut status = 200;
+        for _ in 0..50 {
+            status = app.send(app.signed("GET", "/v3/authorize", None)).await.status().as_u16();
+            if status == 401 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 401, "{backend:?}: still accepted 5 s after deactivation");
+        app.stop().await;
+    }
+}

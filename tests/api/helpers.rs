@@ -1,0 +1,242 @@
+//! `spawn_app` and typed helpers to talk to it.
+
+use std::io::Write;
+use std::sync::Once;
+
+use actix_web::dev::ServerHandle;
+use actix_web::web;
+use backendai_manager::auth::{self, HashAlgorithm, SignedParts};
+use backendai_manager::config::{Secret, Settings};
+use backendai_manager::startup::{AppState, Application};
+use backendai_manager::{db, fixtures};
+use chrono::{DateTime, FixedOffset, Utc};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{json, Value};
+
+/// Which stores a test app uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file and in-process stores.
+    Embedded,
+    /// PostgreSQL, Redis and etcd from `BACKENDAI_TEST_*`.
+    Services,
+}
+
+/// Both backends, for tests that must pass on each.
+pub const BACKENDS: [Backend; 2] = [Backend::Embedded, Backend::Services];
+
+/// Addresses of the real services.
+pub struct Services {
+    pub db_url: String,
+    pub redis_addr: String,
+    pub etcd_addr: String,
+}
+
+fn required() -> bool {
+    std::env::var("BACKENDAI_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Skips loudly, or fails when `BACKENDAI_REQUIRE_SERVICES=1`.
+pub fn skip(what: &str) {
+    assert!(!required(), "BACKENDAI_REQUIRE_SERVICES=1 but {what}");
+    // Straight to the process's stderr: libtest would swallow eprintln! of a passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED (set BACKENDAI_TEST_DB_URL, BACKENDAI_TEST_REDIS_URL, BACKENDAI_TEST_ETCD_ADDR): {what}"
+    );
+}
+
+/// The real services, when configured.
+pub fn services() -> Option<Services> {
+    let db_url = std::env::var("BACKENDAI_TEST_DB_URL").ok();
+    let redis = std::env::var("BACKENDAI_TEST_REDIS_URL").ok();
+    let etcd_addr = std::env::var("BACKENDAI_TEST_ETCD_ADDR").ok();
+    match (db_url, redis, etcd_addr) {
+        (Some(db_url), Some(redis), Some(etcd_addr)) => {
+            let redis_addr = redis.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+            Some(Services { db_url, redis_addr, etcd_addr })
+        }
+        _ => {
+            skip("the real services are not configured");
+            None
+        }
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh, migrated PostgreSQL database on the test server; returns its URL.
+pub async fn fresh_postgres(base_url: &str) -> String {
+    let name = unique("bai_test_");
+    let admin = Database::connect(base_url).await.expect("connect to the test PostgreSQL");
+    admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create a test database");
+    admin.close().await.ok();
+    let (prefix, _) = base_url.rsplit_once('/').expect("a database URL with a name");
+    let url = format!("{prefix}/{name}");
+    let db = Database::connect(&url).await.expect("connect to the new database");
+    db::upgrade(&db).await.expect("migrate the new database");
+    db.close().await.ok();
+    url
+}
+
+/// A running manager with its own database and stores and a fresh admin key.
+pub struct TestApp {
+    pub address: String,
+    pub host: String,
+    pub client: reqwest::Client,
+    pub state: web::Data<AppState>,
+    pub access_key: String,
+    pub secret_key: String,
+    handle: ServerHandle,
+    _data_dir: tempfile::TempDir,
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            backendai_manager::telemetry::init(&Default::default());
+        }
+    });
+}
+
+/// Test settings for `backend` (None when its services are not configured).
+pub async fn test_settings(backend: Backend) -> Option<(Settings, tempfile::TempDir)> {
+    init_logs();
+    let data_dir = tempfile::tempdir().expect("a temporary folder");
+    let mut settings = Settings::default();
+    settings.manager.service_port = 0;
+    settings.manager.workers = 2;
+    settings.manager.cluster_secret = Secret::new("test-cluster-secret");
+    settings.manager.namespace = unique("test");
+    settings.db.data_dir = data_dir.path().to_owned();
+    if backend == Backend::Services {
+        let services = services()?;
+        settings.db.url = Some(Secret::new(fresh_postgres(&services.db_url).await));
+        settings.redis.addr = Some(services.redis_addr);
+        settings.etcd.addr = Some(services.etcd_addr);
+    }
+    Some((settings, data_dir))
+}
+
+/// Starts a manager on `backend` (None, after a loud skip, when its services are
+/// not configured).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_app`], with settings changed by `customize`.
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+    let (mut settings, data_dir) = test_settings(backend).await?;
+    customize(&mut settings);
+    let app = Application::build(settings).await.expect("the application builds");
+    let port = app.port();
+    let state = app.state();
+    let handle = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    let access_key = unique("AK").chars().take(20).collect::<String>().to_uppercase();
+    let secret_key = unique("secret");
+    add_keypair(&state, &access_key, &secret_key, 1000, true).await;
+    Some(TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        host: format!("127.0.0.1:{port}"),
+        client: reqwest::Client::new(),
+        state,
+        access_key,
+        secret_key,
+        handle,
+        _data_dir: data_dir,
+    })
+}
+
+/// Inserts a keypair.
+pub async fn add_keypair(state: &AppState, access_key: &str, secret_key: &str, rate_limit: i32, is_active: bool) {
+    let fixture = serde_json::from_value(json!({"keypairs": [{
+        "user_id": 7, "access_key": access_key, "secret_key": secret_key,
+        "rate_limit": rate_limit, "is_active": is_active, "concurrency_limit": 5,
+    }]}))
+    .unwrap();
+    fixtures::populate(&state.db, fixture).await.expect("insert a keypair");
+}
+
+/// What to sign and send.
+pub struct Signed<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub body: Vec<u8>,
+    pub content_type: &'a str,
+    pub date: DateTime<FixedOffset>,
+    pub access_key: &'a str,
+    pub secret_key: &'a str,
+}
+
+impl TestApp {
+    /// A signed request with the app's key and a JSON body.
+    pub fn signed<'a>(&'a self, method: &'a str, path: &'a str, body: Option<Value>) -> Signed<'a> {
+        Signed {
+            method,
+            path,
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            content_type: "application/json",
+            date: Utc::now().fixed_offset(),
+            access_key: &self.access_key,
+            secret_key: &self.secret_key,
+        }
+    }
+
+    /// Sends a signed request, signed as the official client does.
+    pub async fn send(&self, request: Signed<'_>) -> reqwest::Response {
+        let date_header = request.date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        let body_hash = HashAlgorithm::Sha256.hex_digest(&request.body);
+        let parts = SignedParts {
+            method: request.method,
+            path_and_query: request.path,
+            date_header: &date_header,
+            date: request.date,
+            host: &self.host,
+            content_type: request.content_type,
+            version_header: "x-backendai-version",
+            version: "v2.20170315",
+            body_hash: &body_hash,
+        };
+        let signature = auth::sign(HashAlgorithm::Sha256, request.secret_key, &parts);
+        self.client
+            .request(request.method.parse().unwrap(), format!("{}{}", self.address, request.path))
+            .header("Date", date_header)
+            .header("X-BackendAI-Version", "v2.20170315")
+            .header("Content-Type", request.content_type)
+            .header(
+                "Authorization",
+                format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", request.access_key),
+            )
+            .body(request.body)
+            .send()
+            .await
+            .expect("the request is sent")
+    }
+
+    /// An unsigned request.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).send().await.expect("the request is sent")
+    }
+
+    /// Stops the server and waits until it stopped.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+    }
+}
+
+/// Asserts a problem+json response of the given status and problem name.
+pub async fn assert_problem(response: reqwest::Response, status: u16, name: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert_eq!(
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).as_deref(),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(body["type"], format!("https://api.backend.ai/probs/{name}"), "{body}");
+    assert!(body["title"].is_string(), "{body}");
+    body
+}

@@ -1,0 +1,11 @@
+//! Black-box tests of the manager: the real application on port 0, against the
+//! embedded stores and, when `BACKENDAI_TEST_*` are set, real PostgreSQL, Redis
+//! and etcd.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cli;
+mod gateway;
+mod helpers;
+mod ratelimit;
+mod sdk;
+mod stores;

@@ -1,0 +1,116 @@
+//! The config store and counter stores, each implementation against the same checks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backendai_manager::stores::{
+    ConfigStore, EtcdConfigStore, MemoryConfigStore, MemoryCounters, RateLimitStore, RedisStore, StatStore,
+};
+use futures_util::future::join_all;
+
+use crate::helpers::{services, unique};
+
+async fn config_stores() -> Vec<Box<dyn ConfigStore>> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let mut stores: Vec<Box<dyn ConfigStore>> = vec![
+        Box::new(MemoryConfigStore::ephemeral()),
+        Box::new(MemoryConfigStore::open(dir.join("store.json")).unwrap()),
+    ];
+    if let Some(services) = services() {
+        stores.push(Box::new(EtcdConfigStore::connect(&services.etcd_addr, &unique("test")).await.unwrap()));
+    }
+    stores
+}
+
+#[actix_web::test]
+async fn config_stores_get_put_prefix_and_delete() {
+    for store in config_stores().await {
+        let kind = store.kind();
+        assert_eq!(store.get("images/python3/cpu").await.unwrap(), None, "{kind}");
+        let pairs: Vec<(String, String)> = (0..200).map(|i| (format!("images/img{i:03}/cpu"), i.to_string())).collect();
+        store.put_many(&pairs).await.unwrap();
+        store.put("images_other", "x").await.unwrap();
+        assert_eq!(store.get("images/img007/cpu").await.unwrap().as_deref(), Some("7"), "{kind}");
+        let found = store.get_prefix("images/").await.unwrap();
+        assert_eq!(found.len(), 200, "{kind}");
+        assert_eq!(found[0], ("images/img000/cpu".to_owned(), "0".to_owned()), "{kind}");
+        store.delete("images/img000/cpu", false).await.unwrap();
+        assert_eq!(store.get("images/img000/cpu").await.unwrap(), None, "{kind}");
+        store.delete("images/", true).await.unwrap();
+        assert!(store.get_prefix("images/").await.unwrap().is_empty(), "{kind}");
+        assert_eq!(
+            store.get("images_other").await.unwrap().as_deref(),
+            Some("x"),
+            "{kind}: prefix delete went too far"
+        );
+        store.ping().await.unwrap();
+    }
+}
+
+#[actix_web::test]
+async fn the_embedded_config_store_is_shared_through_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.json");
+    let server = MemoryConfigStore::open(path.clone()).unwrap();
+    server.put("nodes/manager", "m1").await.unwrap();
+    // Another process (the CLI) writes while the server runs.
+    let cli = MemoryConfigStore::open(path).unwrap();
+    assert_eq!(cli.get("nodes/manager").await.unwrap().as_deref(), Some("m1"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    cli.put("config/overbook/cpu", "4").await.unwrap();
+    assert_eq!(server.get("config/overbook/cpu").await.unwrap().as_deref(), Some("4"));
+}
+
+async fn counters() -> Vec<(Arc<dyn RateLimitStore>, Arc<dyn StatStore>)> {
+    let memory = Arc::new(MemoryCounters::default());
+    let mut stores: Vec<(Arc<dyn RateLimitStore>, Arc<dyn StatStore>)> = vec![(memory.clone(), memory)];
+    if let Some(services) = services() {
+        stores.push((
+            Arc::new(RedisStore::connect(&services.redis_addr, 1).await.unwrap()),
+            Arc::new(RedisStore::connect(&services.redis_addr, 0).await.unwrap()),
+        ));
+    }
+    stores
+}
+
+#[actix_web::test]
+async fn rate_limit_counts_are_exact_under_concurrency() {
+    for (store, _) in counters().await {
+        let key = unique("ratelimit:test:");
+        let windows = join_all((0..200).map(|_| store.hit(&key, 60_000))).await;
+        let mut counts: Vec<u64> = windows.iter().map(|w| w.as_ref().unwrap().count).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=200).collect::<Vec<_>>(), "{}", store.kind());
+        let peek = store.peek(&key).await.unwrap();
+        assert_eq!(peek.count, 200);
+        assert!(peek.reset_ms > 0 && peek.reset_ms <= 60_000);
+    }
+}
+
+#[actix_web::test]
+async fn a_rate_limit_window_resets() {
+    for (store, _) in counters().await {
+        let key = unique("ratelimit:test:");
+        store.hit(&key, 100).await.unwrap();
+        store.hit(&key, 100).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(store.peek(&key).await.unwrap().count, 0, "{}", store.kind());
+        assert_eq!(store.hit(&key, 100).await.unwrap().count, 1, "{}", store.kind());
+    }
+}
+
+#[actix_web::test]
+async fn kernel_stats_are_stored_and_expire() {
+    for (_, stats) in counters().await {
+        let kernel = unique("kernel-");
+        let values = HashMap::from([("cpu_used".to_owned(), 120), ("mem_cur_bytes".to_owned(), 1 << 20)]);
+        stats.set_kernel_stats(&kernel, &values, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(stats.kernel_stats(&kernel).await.unwrap(), values);
+        stats.remove_kernel_stats(&kernel).await.unwrap();
+        assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
+        stats.set_kernel_stats(&kernel, &values, Duration::from_millis(100)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
+    }
+}
