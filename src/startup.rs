@@ -35,6 +35,8 @@ pub struct AppState {
     pub stores: Stores,
     /// The actor registry.
     pub registry: Addr<Registry>,
+    /// This process's id in the config store (`nodes/manager`).
+    pub manager_id: String,
 }
 
 /// A built, bound, not yet running manager.
@@ -61,7 +63,9 @@ impl Application {
             tracing::info!("loaded the built-in kernel images into the embedded config store");
         }
         let registry = Registry::start_supervised(db.clone());
-        let state = web::Data::new(AppState { settings: Arc::new(settings), db, stores, registry });
+        let manager_id = format!("manager-{}-{}", hostname(), settings.manager.service_port);
+        register(&settings, &stores, &manager_id).await?;
+        let state = web::Data::new(AppState { settings: Arc::new(settings), db, stores, registry, manager_id });
 
         let settings = &state.settings;
         let listener =
@@ -137,6 +141,9 @@ impl Application {
         if let Err(error) = keypair::shutdown(&self.state.registry).await {
             tracing::error!(%error, "could not stop the actors cleanly");
         }
+        if let Err(error) = deregister(&self.state).await {
+            tracing::error!(%error, "could not deregister from the config store");
+        }
         self.state.db.clone().close().await.ok();
         tracing::info!("stopped");
         Ok(served?)
@@ -157,6 +164,29 @@ async fn wait_for_signal() {
             std::future::pending::<()>().await;
         }
     }
+}
+
+fn hostname() -> String {
+    hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".to_owned())
+}
+
+/// Announces this manager in the config store, where agents discover it.
+async fn register(settings: &Settings, stores: &Stores, manager_id: &str) -> anyhow::Result<()> {
+    let mut pairs = vec![("nodes/manager".to_owned(), manager_id.to_owned())];
+    if let Some(redis) = &settings.redis.addr {
+        pairs.push(("nodes/redis".to_owned(), redis.clone()));
+    }
+    stores.config.put_many(&pairs).await.context("cannot register in the config store")?;
+    Ok(())
+}
+
+/// Removes this manager's announcement, unless another manager replaced it.
+async fn deregister(state: &AppState) -> Result<(), crate::error::Error> {
+    let config = &state.stores.config;
+    if config.get("nodes/manager").await?.as_deref() == Some(state.manager_id.as_str()) {
+        config.delete("nodes/manager", false).await?;
+    }
+    Ok(())
 }
 
 /// Migrates the embedded database; refuses to serve an outdated real one.

@@ -103,3 +103,47 @@ pub async fn problem_json(
     problem.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     Ok(ServiceResponse::new(request, problem))
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::middleware::from_fn;
+    use actix_web::{test, web, App, HttpResponse};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_panicking_handler_gets_an_opaque_500() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(problem_json))
+                .wrap(from_fn(catch_panic))
+                .route("/boom", web::get().to(|| async { panic!("secret internals") as HttpResponse }))
+                .route("/ok", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let error = test::try_call_service(&app, test::TestRequest::get().uri("/boom").to_request())
+            .await
+            .expect_err("the panic becomes an error");
+        let response = error.error_response();
+        assert_eq!(response.status(), 500);
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("internal-server-error") && !text.contains("secret internals"), "{text}");
+        // The worker survives.
+        let response = test::call_service(&app, test::TestRequest::get().uri("/ok").to_request()).await;
+        assert_eq!(response.status(), 200);
+    }
+
+    #[actix_web::test]
+    async fn plain_error_responses_become_problem_json() {
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(problem_json))
+                .route("/teapot", web::get().to(|| async { HttpResponse::MethodNotAllowed().finish() })),
+        )
+        .await;
+        let response = test::call_service(&app, test::TestRequest::get().uri("/teapot").to_request()).await;
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()), Some(PROBLEM_JSON.as_bytes()));
+    }
+}

@@ -6,6 +6,7 @@
 mod cli;
 mod gateway;
 mod helpers;
+mod lifecycle;
 mod ratelimit;
 mod sdk;
 mod stores;

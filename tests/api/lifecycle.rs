@@ -1,0 +1,105 @@
+//! The daemon's lifecycle: TLS, registration, graceful shutdown.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use entity::keypairs;
+use sea_orm::{Database, EntityTrait};
+
+use crate::helpers::{skip, spawn_app, spawn_app_with, Backend, BACKENDS};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[actix_web::test]
+async fn serves_https_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = tokio::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if !made.is_ok_and(|s| s.success()) {
+        skip("openssl is not installed to make a test certificate");
+        return;
+    }
+    let (cert_path, key_path) = (cert.clone(), key.clone());
+    let app = spawn_app_with(Backend::Embedded, move |s| {
+        s.manager.ssl_cert = Some(cert_path);
+        s.manager.ssl_key = Some(key_path);
+    })
+    .await
+    .unwrap();
+    let url = format!("https://127.0.0.1:{}/v3", app.host.rsplit(':').next().unwrap());
+    let output =
+        tokio::process::Command::new("curl").args(["-sS", "--cacert"]).arg(&cert).arg(&url).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), r#"{"version":"v3.20170615"}"#);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_manager_registers_in_the_config_store() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let config = app.state.stores.config.clone();
+        assert_eq!(config.get("nodes/manager").await.unwrap().as_deref(), Some(app.state.manager_id.as_str()));
+        if backend == Backend::Services {
+            assert!(config.get("nodes/redis").await.unwrap().is_some());
+        }
+        app.stop().await;
+    }
+}
+
+/// SIGTERM drains the server, writes pending usage and exits 0.
+#[actix_web::test]
+async fn sigterm_stops_gracefully_without_losing_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backendai-manager"))
+        .current_dir(dir.path())
+        .args(["--service-port", &port.to_string(), "serve"])
+        .env_remove("BACKENDAI_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    while client.get(format!("http://127.0.0.1:{port}/v3")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "serve did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One signed request with the embedded example key; its usage is still pending.
+    let python = crate::sdk::sdk_python();
+    if let Some(python) = &python {
+        let output = crate::sdk::run_script(
+            python,
+            "authorize.py",
+            &format!("http://127.0.0.1:{port}"),
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        )
+        .await;
+        assert!(output.contains("OK authorize"));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id().unwrap() as i32), nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits in time").unwrap();
+    assert!(status.success(), "{status}");
+    let db = Database::connect(format!("sqlite://{}/data/backend.ai.db", dir.path().display())).await.unwrap();
+    let row = keypairs::Entity::find_by_id("AKIAIOSFODNN7EXAMPLE".to_owned()).one(&db).await.unwrap().unwrap();
+    if python.is_some() {
+        // authorize.py makes two signed requests and one refused one.
+        assert_eq!(row.num_queries, 2);
+    }
+    let store = std::fs::read_to_string(dir.path().join("data/config-store.json")).unwrap();
+    assert!(!store.contains("nodes/manager\""), "still registered after shutdown: {store}");
+}
