@@ -3,15 +3,22 @@
 //! of access keys (and of agents and sessions) and persist it with SeaORM.
 
 pub mod actors;
+pub mod agent_client;
 pub mod auth;
 pub mod cli;
 pub mod config;
+mod context;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod fixtures;
 pub mod images;
 pub mod middleware;
 pub mod routes;
+pub mod scheduler;
+pub mod sessions;
 pub mod startup;
 pub mod stores;
 pub mod telemetry;
+
+pub use context::Core;

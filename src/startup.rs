@@ -4,6 +4,7 @@
 use std::io::BufReader;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Addr;
 use actix_web::dev::{Server, ServerHandle};
@@ -15,12 +16,12 @@ use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::actors::keypair;
 use crate::actors::registry::Registry;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
 use crate::middleware;
 use crate::routes;
 use crate::stores::Stores;
-use crate::{db, fixtures, images};
+use crate::{db, fixtures, images, Core};
 
 /// The value of every response's `Server` header.
 pub const SERVER_HEADER: &str = "BackendAI-API/v3.20170615";
@@ -37,12 +38,15 @@ pub struct AppState {
     pub registry: Addr<Registry>,
     /// This process's id in the config store (`nodes/manager`).
     pub manager_id: String,
+    /// Where agents send their events.
+    pub events_addr: std::net::SocketAddr,
 }
 
 /// A built, bound, not yet running manager.
 pub struct Application {
     port: u16,
     server: Server,
+    events: Server,
     state: web::Data<AppState>,
 }
 
@@ -62,17 +66,28 @@ impl Application {
         if settings.etcd.addr.is_none() && images::seed_builtin(stores.config.as_ref()).await? {
             tracing::info!("loaded the built-in kernel images into the embedded config store");
         }
-        let registry = Registry::start_supervised(db.clone());
-        let manager_id = format!("manager-{}-{}", hostname(), settings.manager.service_port);
-        register(&settings, &stores, &manager_id).await?;
-        let state = web::Data::new(AppState { settings: Arc::new(settings), db, stores, registry, manager_id });
-
-        let settings = &state.settings;
-        let listener =
-            TcpListener::bind((settings.manager.service_ip, settings.manager.service_port)).with_context(|| {
-                format!("cannot listen on {}:{}", settings.manager.service_ip, settings.manager.service_port)
-            })?;
+        let mut settings = settings;
+        if settings.manager.cluster_secret.is_empty() && settings.local_agent.enabled {
+            // Only the built-in agent talks to this manager: a secret of the process's own.
+            settings.manager.cluster_secret = Secret::new(crate::cli::generate_keypair().1);
+        }
+        let bind = |port: u16| {
+            TcpListener::bind((settings.manager.service_ip, port))
+                .with_context(|| format!("cannot listen on {}:{port}", settings.manager.service_ip))
+        };
+        let listener = bind(settings.manager.service_port)?;
+        let events_listener = bind(settings.manager.events_port)?;
         let port = listener.local_addr()?.port();
+        let events_addr = events_listener.local_addr()?;
+        let manager_id = format!("manager-{}-{port}", hostname());
+        register(&settings, &stores, &manager_id, &events_addr.to_string()).await?;
+        let settings = Arc::new(settings);
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(60)).build()?;
+        let core = Arc::new(Core { settings: settings.clone(), db: db.clone(), stores: stores.clone(), http });
+        let registry = Registry::start_supervised(core, manager_id.clone());
+        let state = web::Data::new(AppState { settings, db, stores, registry, manager_id, events_addr });
+        let events = crate::events::server(state.clone(), events_listener)?;
+        let settings = &state.settings;
         let server_state = state.clone();
         let max_body_size = settings.manager.max_body_size;
         let mut server = HttpServer::new(move || {
@@ -109,7 +124,7 @@ impl Application {
             _ => server.listen(listener)?,
         }
         .run();
-        Ok(Self { port, server, state })
+        Ok(Self { port, server, events, state })
     }
 
     /// The port the gateway listens on (useful with port 0).
@@ -136,8 +151,12 @@ impl Application {
             tracing::info!("shutting down");
             handle.stop(true).await;
         });
+        let events_handle = self.events.handle();
+        let events = tokio::spawn(self.events);
         let served = self.server.await;
         signals.abort();
+        events_handle.stop(true).await;
+        events.await.ok();
         if let Err(error) = keypair::shutdown(&self.state.registry).await {
             tracing::error!(%error, "could not stop the actors cleanly");
         }
@@ -171,8 +190,11 @@ fn hostname() -> String {
 }
 
 /// Announces this manager in the config store, where agents discover it.
-async fn register(settings: &Settings, stores: &Stores, manager_id: &str) -> anyhow::Result<()> {
-    let mut pairs = vec![("nodes/manager".to_owned(), manager_id.to_owned())];
+async fn register(settings: &Settings, stores: &Stores, manager_id: &str, events_addr: &str) -> anyhow::Result<()> {
+    let mut pairs = vec![
+        ("nodes/manager".to_owned(), manager_id.to_owned()),
+        ("nodes/manager/event_addr".to_owned(), events_addr.to_owned()),
+    ];
     if let Some(redis) = &settings.redis.addr {
         pairs.push(("nodes/redis".to_owned(), redis.clone()));
     }
@@ -185,6 +207,7 @@ async fn deregister(state: &AppState) -> Result<(), crate::error::Error> {
     let config = &state.stores.config;
     if config.get("nodes/manager").await?.as_deref() == Some(state.manager_id.as_str()) {
         config.delete("nodes/manager", false).await?;
+        config.delete("nodes/manager/event_addr", false).await?;
     }
     Ok(())
 }

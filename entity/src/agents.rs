@@ -51,6 +51,27 @@ pub struct Model {
     pub used_cpu_slots: f64,
     /// GPU slots reserved by live sessions.
     pub used_gpu_slots: f64,
+    /// When the agent's latest heartbeat arrived.
+    pub last_heartbeat: Option<DateTimeWithTimeZone>,
+}
+
+impl Model {
+    /// Whether the agent has room for the given slots.
+    pub fn has_room(&self, cpu: f64, mem: i64, gpu: f64) -> bool {
+        const EPSILON: f64 = 1e-9;
+        self.used_cpu_slots + cpu <= self.cpu_slots + EPSILON
+            && self.used_mem_slots + mem <= self.mem_slots
+            && self.used_gpu_slots + gpu <= self.gpu_slots + EPSILON
+    }
+
+    /// Free (gpu, mem, cpu) slots: agents with more are preferred, in that order.
+    pub fn free_slots(&self) -> (f64, i64, f64) {
+        (
+            self.gpu_slots - self.used_gpu_slots,
+            self.mem_slots - self.used_mem_slots,
+            self.cpu_slots - self.used_cpu_slots,
+        )
+    }
 }
 
 /// Relations of an agent.

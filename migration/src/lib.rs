@@ -7,6 +7,7 @@ mod m20261128_000002_create_agents;
 mod m20261128_000003_create_kernels;
 mod m20261128_000004_create_vfolders;
 mod m20261128_000005_create_vfolder_attachment;
+mod m20261128_000006_add_agents_last_heartbeat;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_create_kernels::Migration),
             Box::new(m20261128_000004_create_vfolders::Migration),
             Box::new(m20261128_000005_create_vfolder_attachment::Migration),
+            Box::new(m20261128_000006_add_agents_last_heartbeat::Migration),
         ]
     }
 }

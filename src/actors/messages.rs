@@ -1,11 +1,17 @@
 //! Messages between the HTTP layer, the registry and its child actors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use entity::keypairs;
+use entity::{kernels, keypairs};
+use serde_json::Value;
+use uuid::Uuid;
 
+use super::agent::AgentActor;
 use super::keypair::KeypairActor;
+use super::session::SessionActor;
+use crate::agent_client::{ImageSpec, KernelLimits};
 use crate::error::Error;
 
 /// Registry: the actor of an access key, started if it is not running.
@@ -44,3 +50,171 @@ pub struct RecordQuery;
 #[derive(Message)]
 #[rtype(result = "Result<(), Error>")]
 pub struct FlushUsage;
+
+/// Registry: the actor of a live session, started from its row if not running.
+#[derive(Message)]
+#[rtype(result = "Addr<SessionActor>")]
+pub struct GetSessionActor {
+    /// The session's row, as just read from the database.
+    pub kernel: kernels::Model,
+}
+
+/// Registry: a session actor stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionActorStopped {
+    /// The kernel it served.
+    pub kernel_id: Uuid,
+}
+
+/// Session: start the kernel on its agent (PREPARING -> RUNNING, or ERROR and
+/// the reservation released).
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct StartKernel {
+    /// The image to start.
+    pub image: ImageSpec,
+    /// Its resources.
+    pub limits: KernelLimits,
+    /// Virtual folders to mount.
+    pub mounts: Vec<String>,
+}
+
+/// Session: run or resume code; the answer is the agent's v2 result.
+#[derive(Message)]
+#[rtype(result = "Result<Value, Error>")]
+pub struct Execute {
+    /// `{api_version, run_id, mode, code, options}` for the agent.
+    pub request: Value,
+}
+
+/// Session: a fresh interpreter with the same resources.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Restart;
+
+/// Session: interrupt the running code.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Interrupt;
+
+/// Session: completions at a cursor.
+#[derive(Message)]
+#[rtype(result = "Result<Value, Error>")]
+pub struct Complete {
+    /// The code before the cursor.
+    pub code: String,
+    /// `{row, col, line, post}`.
+    pub options: Value,
+}
+
+/// Session: write one file into the kernel's working directory.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct UploadFile {
+    /// The relative path.
+    pub path: String,
+    /// Its content (at most 1 MiB).
+    pub data: bytes::Bytes,
+}
+
+/// Session: destroy the kernel; the answer is its final stats.
+#[derive(Message)]
+#[rtype(result = "Result<Value, Error>")]
+pub struct Destroy;
+
+/// Session: the agent reported the kernel's end.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KernelTerminated {
+    /// Why (`exited`, `oom-killed`, ...).
+    pub reason: String,
+    /// Its final stats.
+    pub stats: HashMap<String, i64>,
+}
+
+/// Session: the session was ended elsewhere (e.g. its agent was lost); stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionEnded;
+
+/// Registry: sessions ended without their actor (agent lost or terminated).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionsEnded {
+    /// The kernels.
+    pub kernel_ids: Vec<Uuid>,
+}
+
+/// Session: the session's row, with the queries counted so far.
+#[derive(Message)]
+#[rtype(result = "Result<kernels::Model, Error>")]
+pub struct GetKernel;
+
+/// What an agent reports about itself in `instance_started` and `instance_heartbeat`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct AgentReport {
+    /// Its region label.
+    #[serde(default)]
+    pub region: String,
+    /// `host:port` of its RPC server.
+    pub addr: String,
+    /// Its slots before overbooking.
+    pub slots: ReportedSlots,
+    /// The kernels it runs.
+    #[serde(default)]
+    pub kernels: Vec<String>,
+}
+
+/// Slots as an agent reports them.
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+pub struct ReportedSlots {
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory in MiB.
+    pub mem: i64,
+    /// GPUs.
+    #[serde(default)]
+    pub gpu: f64,
+}
+
+/// Registry: the actor of an agent, started if not running.
+#[derive(Message)]
+#[rtype(result = "Addr<AgentActor>")]
+pub struct GetAgentActor {
+    /// The agent's id.
+    pub agent_id: String,
+}
+
+/// Registry: an agent actor stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentActorStopped {
+    /// The agent's id.
+    pub agent_id: String,
+}
+
+/// Agent: a heartbeat (or the first report after the agent started).
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct AgentHeartbeat {
+    /// What it reported.
+    pub report: AgentReport,
+    /// Whether it just started (its previous kernels are gone).
+    pub started: bool,
+}
+
+/// Agent: it stopped gracefully.
+#[derive(Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct AgentTerminated;
+
+/// Agent: it was declared lost (by this or another manager); stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AgentLost;
+
+/// Registry: declare agents without a recent heartbeat lost (periodic).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckLiveness;

@@ -3,6 +3,8 @@
 //! session). HTTP handlers reach them through the plain async functions of each
 //! actor's module, never through `Addr::send` directly.
 
+pub mod agent;
 pub mod keypair;
 pub mod messages;
 pub mod registry;
+pub mod session;

@@ -2,6 +2,7 @@
 
 mod authorize;
 mod health;
+mod kernel;
 mod root;
 
 use actix_web::web;
@@ -12,4 +13,5 @@ pub use health::healthz;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     root::configure(cfg);
     authorize::configure(cfg);
+    kernel::configure(cfg);
 }

@@ -51,7 +51,8 @@ fn secrets_are_not_printed_on_errors() {
 fn an_unreachable_database_fails_fast() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let output = manager(dir.path(), &["--db-addr", "127.0.0.1:1", "--service-port", "0", "serve"]);
+    let output =
+        manager(dir.path(), &["--db-addr", "127.0.0.1:1", "--service-port", "0", "--events-port", "0", "serve"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(text(&output).contains("database"), "{}", text(&output));
@@ -62,7 +63,7 @@ fn an_unreachable_etcd_or_redis_fails_fast() {
     for flag in ["--etcd-addr", "--redis-addr"] {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let output = manager(dir.path(), &[flag, "127.0.0.1:1", "--service-port", "0", "serve"]);
+        let output = manager(dir.path(), &[flag, "127.0.0.1:1", "--service-port", "0", "--events-port", "0", "serve"]);
         assert_eq!(output.status.code(), Some(1), "{flag}: {}", text(&output));
         assert!(started.elapsed() < Duration::from_secs(10), "{flag} took {:?}", started.elapsed());
     }

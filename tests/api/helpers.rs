@@ -108,6 +108,7 @@ pub async fn test_settings(backend: Backend) -> Option<(Settings, tempfile::Temp
     let data_dir = tempfile::tempdir().expect("a temporary folder");
     let mut settings = Settings::default();
     settings.manager.service_port = 0;
+    settings.manager.events_port = 0;
     settings.manager.workers = 2;
     settings.manager.cluster_secret = Secret::new("test-cluster-secret");
     settings.manager.namespace = unique("test");

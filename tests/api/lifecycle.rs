@@ -65,7 +65,7 @@ async fn sigterm_stops_gracefully_without_losing_usage() {
     let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_backendai-manager"))
         .current_dir(dir.path())
-        .args(["--service-port", &port.to_string(), "serve"])
+        .args(["--service-port", &port.to_string(), "--events-port", "0", "serve"])
         .env_remove("BACKENDAI_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -1,12 +1,19 @@
+use std::time::Duration;
+
 use actix::prelude::*;
 
 use super::Registry;
+use crate::actors::messages::CheckLiveness;
+
+/// How often agent liveness is checked.
+const LIVENESS_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Actor for Registry {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         tracing::debug!("registry started");
+        ctx.run_interval(LIVENESS_INTERVAL, |_, ctx| ctx.notify(CheckLiveness));
     }
 }
 
@@ -15,5 +22,7 @@ impl Supervised for Registry {
         // Children recover their state from the database when asked again.
         tracing::warn!("registry restarting");
         self.keypairs.clear();
+        self.agents.clear();
+        self.sessions.clear();
     }
 }

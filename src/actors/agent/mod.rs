@@ -1,0 +1,49 @@
+//! The per-agent actor: applies the agent's reports one at a time (registration,
+//! slots scaled by the overbook factors, revival, graceful termination) and
+//! reconciles the kernels the agent runs with the sessions in the database.
+
+mod actor;
+mod handlers;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::messages::{AgentHeartbeat, AgentReport, AgentTerminated, GetAgentActor};
+use super::registry::Registry;
+use crate::error::Error;
+use crate::Core;
+
+/// The actor of one agent.
+pub struct AgentActor {
+    /// The agent's id.
+    agent_id: String,
+    /// Database, stores and settings.
+    core: Arc<Core>,
+    /// The registry, told about ended sessions and when this actor stops.
+    registry: Addr<Registry>,
+}
+
+impl AgentActor {
+    /// An actor for `agent_id`, not started.
+    pub fn new(agent_id: String, core: Arc<Core>, registry: Addr<Registry>) -> Self {
+        Self { agent_id, core, registry }
+    }
+}
+
+/// Applies an `instance_started` (`started`) or `instance_heartbeat` report.
+pub async fn report(
+    registry: &Addr<Registry>,
+    agent_id: &str,
+    report: AgentReport,
+    started: bool,
+) -> Result<(), Error> {
+    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await?;
+    agent.send(AgentHeartbeat { report, started }).await?
+}
+
+/// Applies an `instance_terminated` report.
+pub async fn terminated(registry: &Addr<Registry>, agent_id: &str) -> Result<(), Error> {
+    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await?;
+    agent.send(AgentTerminated).await?
+}

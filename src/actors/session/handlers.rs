@@ -1,0 +1,301 @@
+use actix::prelude::*;
+use entity::kernels::KernelStatus;
+use serde_json::Value;
+
+use super::SessionActor;
+use crate::actors::messages::{
+    Complete, Destroy, Execute, GetKernel, Interrupt, KernelTerminated, Restart, SessionEnded, StartKernel, UploadFile,
+};
+use crate::agent_client::{AgentClient, AgentError};
+use crate::error::{ApiError, Error, Problem};
+use crate::scheduler::{self, KernelStats};
+
+impl SessionActor {
+    /// The agent client, while the session is live.
+    fn live_agent(&self) -> Result<AgentClient, Error> {
+        if !self.kernel.status.is_live() {
+            return Err(ApiError::new(Problem::KernelNotFound).into());
+        }
+        self.agent.clone().ok_or_else(|| Error::Api(ApiError::new(Problem::KernelNotFound)))
+    }
+
+    /// Ends the session in the database (exactly once) and stops the actor.
+    fn end(
+        &mut self,
+        status: KernelStatus,
+        info: String,
+        stats: KernelStats,
+    ) -> impl ActorFuture<Self, Output = ()> + 'static {
+        let core = self.core.clone();
+        let kernel_id = self.kernel.id;
+        async move {
+            match scheduler::release(&core.db, kernel_id, status, &info, &stats).await {
+                Ok(true) => tracing::info!(%kernel_id, ?status, %info, "session ended"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, %kernel_id, "could not end the session"),
+            }
+            if let Err(error) = core.stores.stats.remove_kernel_stats(&kernel_id.to_string()).await {
+                tracing::warn!(%error, %kernel_id, "could not remove live stats");
+            }
+        }
+        .into_actor(self)
+        .map(move |(), actor, ctx| {
+            actor.kernel.status = status;
+            ctx.stop();
+        })
+    }
+}
+
+/// Reads the agent's numeric stats, ignoring anything else.
+fn parse_stats(stats: &Value) -> KernelStats {
+    stats
+        .as_object()
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as i64))).collect())
+        .unwrap_or_default()
+}
+
+impl Handler<StartKernel> for SessionActor {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: StartKernel, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
+        };
+        let kernel_id = self.kernel.id;
+        let core = self.core.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let created = agent.create_kernel(&kernel_id.to_string(), &msg.image, &msg.limits, &msg.mounts).await;
+                if let Ok(runtime) = &created {
+                    let container = runtime.get("id").and_then(Value::as_str).map(str::to_owned);
+                    scheduler::set_status(&core.db, kernel_id, KernelStatus::Running, container).await?;
+                }
+                Ok::<_, Error>(created)
+            }
+            .into_actor(self)
+            .then(|result, actor, _ctx| {
+                let failure = match result {
+                    Ok(Ok(_)) => {
+                        actor.kernel.status = KernelStatus::Running;
+                        return futures_util::future::Either::Left(fut::ready(Ok(())));
+                    }
+                    Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelCreationFailed).into(),
+                    Err(error) => error,
+                };
+                tracing::warn!(error = %failure, kernel_id = %actor.kernel.id, "kernel creation failed");
+                let info = format!("creation-failed: {failure}");
+                futures_util::future::Either::Right(
+                    actor.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure)),
+                )
+            }),
+        ))
+    }
+}
+
+impl Handler<Execute> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<Value, Error>>;
+
+    fn handle(&mut self, msg: Execute, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        self.pending_queries += 1;
+        self.kernel.num_queries += 1;
+        let kernel_id = self.kernel.id.to_string();
+        Box::pin(
+            async move { agent.execute(&kernel_id, &msg.request).await }
+                .into_actor(self)
+                .then(relay(Problem::KernelExecutionFailed)),
+        )
+    }
+}
+
+/// Maps an agent's answer to a relayed call; a kernel the agent no longer knows
+/// ends the session.
+type Relayed<T> = ResponseActFuture<SessionActor, Result<T, Error>>;
+
+fn relay<T: 'static>(
+    problem: Problem,
+) -> impl FnOnce(Result<T, AgentError>, &mut SessionActor, &mut Context<SessionActor>) -> Relayed<T> {
+    move |result, actor, _ctx| match result {
+        Ok(value) => Box::pin(fut::ready(Ok(value))),
+        Err(AgentError::KernelNotFound) => {
+            let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), KernelStats::new());
+            Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
+        }
+        Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
+    }
+}
+
+impl Handler<Interrupt> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _msg: Interrupt, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        let kernel_id = self.kernel.id.to_string();
+        Box::pin(
+            async move { agent.interrupt(&kernel_id).await }
+                .into_actor(self)
+                .then(relay(Problem::KernelExecutionFailed)),
+        )
+    }
+}
+
+impl Handler<Complete> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<Value, Error>>;
+
+    fn handle(&mut self, msg: Complete, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        let kernel_id = self.kernel.id.to_string();
+        Box::pin(
+            async move { agent.complete(&kernel_id, &msg.code, &msg.options).await }
+                .into_actor(self)
+                .then(relay(Problem::KernelExecutionFailed)),
+        )
+    }
+}
+
+impl Handler<UploadFile> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: UploadFile, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        let kernel_id = self.kernel.id.to_string();
+        Box::pin(
+            async move { agent.upload_file(&kernel_id, &msg.path, msg.data).await }
+                .into_actor(self)
+                .then(relay(Problem::InvalidApiParams)),
+        )
+    }
+}
+
+impl Handler<Restart> for SessionActor {
+    type Result = AtomicResponse<Self, Result<(), Error>>;
+
+    fn handle(&mut self, _msg: Restart, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
+        };
+        let kernel_id = self.kernel.id;
+        let core = self.core.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                scheduler::set_status(&core.db, kernel_id, KernelStatus::Restarting, None).await?;
+                let restarted = agent.restart_kernel(&kernel_id.to_string()).await;
+                if restarted.is_ok() {
+                    scheduler::set_status(&core.db, kernel_id, KernelStatus::Running, None).await?;
+                }
+                Ok::<_, Error>(restarted)
+            }
+            .into_actor(self)
+            .then(|result, actor, _ctx| {
+                let failure = match result {
+                    Ok(Ok(())) => return futures_util::future::Either::Left(fut::ready(Ok(()))),
+                    Ok(Err(AgentError::KernelNotFound)) => ApiError::new(Problem::KernelNotFound).into(),
+                    Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelRestartFailed).into(),
+                    Err(error) => error,
+                };
+                let info = format!("restart-failed: {failure}");
+                futures_util::future::Either::Right(
+                    actor.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure)),
+                )
+            }),
+        ))
+    }
+}
+
+impl Handler<Destroy> for SessionActor {
+    type Result = AtomicResponse<Self, Result<Value, Error>>;
+
+    fn handle(&mut self, _msg: Destroy, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
+        };
+        let kernel_id = self.kernel.id;
+        let core = self.core.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                scheduler::set_status(&core.db, kernel_id, KernelStatus::Terminating, None).await?;
+                Ok::<_, Error>(agent.destroy_kernel(&kernel_id.to_string()).await)
+            }
+            .into_actor(self)
+            .then(|result, actor, _ctx| {
+                let (status, info, stats, answer) = match result {
+                    Ok(Ok(stats)) => {
+                        let stats = if stats.is_object() { stats } else { Value::Object(Default::default()) };
+                        (KernelStatus::Terminated, "user-requested".to_owned(), parse_stats(&stats), Ok(stats))
+                    }
+                    // Already gone on the agent: the session ends all the same.
+                    Ok(Err(AgentError::KernelNotFound)) => (
+                        KernelStatus::Terminated,
+                        "user-requested".to_owned(),
+                        KernelStats::new(),
+                        Ok(Value::Object(Default::default())),
+                    ),
+                    Ok(Err(agent_error)) => {
+                        let error: Error = agent_error.into_api(Problem::KernelDestructionFailed).into();
+                        (KernelStatus::Error, format!("destruction-failed: {error}"), KernelStats::new(), Err(error))
+                    }
+                    Err(error) => {
+                        (KernelStatus::Error, "destruction-failed".to_owned(), KernelStats::new(), Err(error))
+                    }
+                };
+                actor.end(status, info, stats).map(move |(), _, _| answer)
+            }),
+        ))
+    }
+}
+
+impl Handler<KernelTerminated> for SessionActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: KernelTerminated, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let status = match msg.reason.as_str() {
+            "exited" | "user-requested" | "exec-timeout" | "agent-terminated" => KernelStatus::Terminated,
+            _ => KernelStatus::Error,
+        };
+        AtomicResponse::new(Box::pin(self.end(status, msg.reason, msg.stats)))
+    }
+}
+
+impl Handler<SessionEnded> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: SessionEnded, ctx: &mut Self::Context) {
+        self.kernel.status = KernelStatus::Error;
+        ctx.stop();
+    }
+}
+
+impl Handler<GetKernel> for SessionActor {
+    type Result = Result<entity::kernels::Model, Error>;
+
+    fn handle(&mut self, _msg: GetKernel, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        if !self.kernel.status.is_live() {
+            return Err(ApiError::new(Problem::KernelNotFound).into());
+        }
+        Ok(self.kernel.clone())
+    }
+}

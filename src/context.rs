@@ -1,0 +1,29 @@
+//! What the actors and handlers share: the database, the stores, the settings
+//! and an HTTP client for agent calls.
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+
+use crate::agent_client::AgentClient;
+use crate::config::Settings;
+use crate::stores::Stores;
+
+/// The manager's backing services.
+pub struct Core {
+    /// The settings the process started with.
+    pub settings: Arc<Settings>,
+    /// The relational database.
+    pub db: DatabaseConnection,
+    /// The config, stat and rate-limit stores.
+    pub stores: Stores,
+    /// One connection pool for every agent call.
+    pub http: reqwest::Client,
+}
+
+impl Core {
+    /// A client of the agent at `addr`.
+    pub fn agent_client(&self, addr: &str) -> AgentClient {
+        AgentClient::new(self.http.clone(), addr, self.settings.manager.cluster_secret.clone())
+    }
+}

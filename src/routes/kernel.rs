@@ -1,0 +1,310 @@
+//! `/kernel/...`: the compute session API of the contract.
+
+use actix_multipart::Multipart;
+use actix_web::{web, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::error::{ApiError, Problem};
+use crate::middleware::Authenticated;
+use crate::sessions::{self, CreateRequest};
+use crate::startup::AppState;
+
+/// Most files in one upload.
+pub const MAX_UPLOAD_FILES: usize = 20;
+/// Largest uploaded file.
+pub const MAX_UPLOAD_FILE_SIZE: usize = 1 << 20;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/kernel/create", web::post().to(create))
+        .route("/kernel/", web::post().to(create))
+        .service(
+            web::resource("/kernel/{token}")
+                .route(web::get().to(info))
+                .route(web::patch().to(restart))
+                .route(web::delete().to(destroy))
+                .route(web::post().to(execute)),
+        )
+        .route("/kernel/{token}/interrupt", web::post().to(interrupt))
+        .route("/kernel/{token}/complete", web::post().to(complete))
+        .route("/kernel/{token}/upload", web::post().to(upload));
+}
+
+fn bad_params(detail: impl Into<String>) -> ApiError {
+    ApiError::new(Problem::InvalidApiParams).with_detail(detail)
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(if body.is_empty() { b"{}" } else { body }).map_err(|e| bad_params(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    lang: String,
+    client_session_token: String,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    resource_limits: Option<Limits>,
+    #[serde(default)]
+    mounts: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Limits {
+    #[serde(default)]
+    exec_timeout: Option<f64>,
+}
+
+async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let body: CreateBody = parse_json(&body)?;
+    let limits = body.limits.or(body.resource_limits).unwrap_or_default();
+    let exec_timeout = limits.exec_timeout.filter(|t| t.is_finite() && *t > 0.0).map(|t| t.ceil() as u64);
+    let request = CreateRequest {
+        lang: body.lang,
+        token: body.client_session_token.clone(),
+        exec_timeout: exec_timeout.unwrap_or(0),
+        mounts: body.mounts,
+    };
+    sessions::create(&state, &auth.keypair.access_key, request).await?;
+    Ok(HttpResponse::Created().json(json!({"kernelId": body.client_session_token})))
+}
+
+async fn info(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(sessions::info(&state, &auth.keypair.access_key, &token).await?))
+}
+
+async fn restart(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    sessions::restart(&state, &auth.keypair.access_key, &token).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn destroy(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let stats = sessions::destroy(&state, &auth.keypair.access_key, &token).await?;
+    Ok(HttpResponse::Ok().json(json!({"stats": stats})))
+}
+
+async fn interrupt(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    sessions::interrupt(&state, &auth.keypair.access_key, &token).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+struct CompleteBody {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    options: Option<Value>,
+}
+
+async fn complete_result(
+    auth: &Authenticated,
+    state: &AppState,
+    token: &str,
+    body: CompleteBody,
+) -> Result<Value, ApiError> {
+    let options = body.options.filter(Value::is_object).unwrap_or_else(|| json!({}));
+    let answer = sessions::complete(state, &auth.keypair.access_key, token, body.code, options).await?;
+    let completions = answer.get("completions").cloned().unwrap_or_else(|| json!([]));
+    Ok(json!({"status": "finished", "completions": completions, "console": [], "options": null, "files": []}))
+}
+
+async fn complete(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CompleteBody = parse_json(&body)?;
+    Ok(HttpResponse::Ok().json(json!({"result": complete_result(&auth, &state, &token, body).await?})))
+}
+
+/// Checks an execute body and turns it into the agent's request.
+fn execute_request(api_version: u8, body: &Value) -> Result<(String, Value), ApiError> {
+    let object = body.as_object().ok_or_else(|| bad_params("the body must be a JSON object"))?;
+    let mode = if api_version == 1 {
+        "query"
+    } else {
+        object.get("mode").and_then(Value::as_str).ok_or_else(|| bad_params("mode is missing"))?
+    };
+    if !["query", "batch", "complete"].contains(&mode) {
+        return Err(bad_params(format!("unknown mode {mode:?}")));
+    }
+    let code = match object.get("code") {
+        Some(Value::String(code)) => code.clone(),
+        None | Some(Value::Null) if mode == "batch" => String::new(),
+        _ => return Err(bad_params("code must be a string")),
+    };
+    let run_id = match object.get("runId") {
+        Some(Value::String(run_id)) if !run_id.is_empty() && run_id.len() <= 64 => run_id.clone(),
+        None | Some(Value::Null) => uuid::Uuid::new_v4().simple().to_string(),
+        _ => return Err(bad_params("runId must be a string of 1 to 64 characters")),
+    };
+    let options = match object.get("options") {
+        Some(Value::Object(options)) => Value::Object(options.clone()),
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        _ => return Err(bad_params("options must be an object")),
+    };
+    let request = json!({"api_version": api_version, "run_id": run_id, "mode": mode, "code": code, "options": options});
+    Ok((mode.to_owned(), request))
+}
+
+/// The v1 result: flat `stdout`, `stderr`, `media` and `html` fields.
+fn v1_result(result: &Value) -> Value {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let mut media = Vec::new();
+    let mut html = Vec::new();
+    for item in result.get("console").and_then(Value::as_array).into_iter().flatten() {
+        match (item.get(0).and_then(Value::as_str), item.get(1)) {
+            (Some("stdout"), Some(Value::String(text))) => stdout.push_str(text),
+            (Some("stderr"), Some(Value::String(text))) => stderr.push_str(text),
+            (Some("media"), Some(value)) => media.push(value.clone()),
+            (Some("html"), Some(value)) => html.push(value.clone()),
+            _ => {}
+        }
+    }
+    json!({
+        "status": result.get("status").cloned().unwrap_or(Value::Null),
+        "stdout": stdout,
+        "stderr": stderr,
+        "media": media,
+        "html": html,
+        "options": result.get("options").cloned().unwrap_or(Value::Null),
+    })
+}
+
+async fn execute(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: Value = parse_json(&body)?;
+    let (mode, request) = execute_request(auth.api_version, &body)?;
+    let result = if mode == "complete" {
+        let body = CompleteBody {
+            code: request["code"].as_str().unwrap_or_default().to_owned(),
+            options: Some(request["options"].clone()),
+        };
+        complete_result(&auth, &state, &token, body).await?
+    } else {
+        sessions::execute(&state, &auth.keypair.access_key, &token, request).await?
+    };
+    let result = if auth.api_version == 1 { v1_result(&result) } else { result };
+    Ok(HttpResponse::Ok().json(json!({"result": result})))
+}
+
+/// Checks an uploaded file name: a relative path that stays inside the working
+/// directory (the agent checks again against symlinks).
+pub fn validate_upload_name(name: &str) -> Result<(), ApiError> {
+    let path = std::path::Path::new(name);
+    let escapes = path.components().any(|c| !matches!(c, std::path::Component::Normal(_)));
+    if name.is_empty() || name.len() > 255 || name.contains('\0') || path.is_absolute() || escapes {
+        return Err(bad_params(format!("invalid file name {name:?}: use a relative path without '..'")));
+    }
+    Ok(())
+}
+
+async fn upload(
+    auth: Authenticated,
+    state: web::Data<AppState>,
+    token: web::Path<String>,
+    mut payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    let mut count = 0;
+    while let Some(field) = payload.next().await {
+        let mut field = field.map_err(|e| bad_params(format!("malformed multipart body: {e}")))?;
+        if field.name() != Some("src") {
+            return Err(bad_params("upload files in fields named 'src'"));
+        }
+        count += 1;
+        if count > MAX_UPLOAD_FILES {
+            return Err(bad_params(format!("at most {MAX_UPLOAD_FILES} files per upload")));
+        }
+        let name = field
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .map(str::to_owned)
+            .ok_or_else(|| bad_params("a file without a name"))?;
+        validate_upload_name(&name)?;
+        // Checked while the body streams in: an oversized file is refused at its
+        // first byte past the limit, never buffered whole.
+        let mut data = BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| bad_params(format!("malformed multipart body: {e}")))?;
+            if data.len() + chunk.len() > MAX_UPLOAD_FILE_SIZE {
+                return Err(bad_params(format!("{name:?} is larger than {MAX_UPLOAD_FILE_SIZE} bytes")));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        sessions::upload(&state, &auth.keypair.access_key, &token, name, data.freeze()).await?;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execute_bodies_are_checked() {
+        let (mode, request) = execute_request(3, &json!({"mode": "query", "code": "print(1)", "runId": "r1"})).unwrap();
+        assert_eq!(mode, "query");
+        assert_eq!(request["run_id"], "r1");
+        let (mode, _) = execute_request(1, &json!({"code": "1", "runId": "r"})).unwrap();
+        assert_eq!(mode, "query");
+        assert!(execute_request(2, &json!({"mode": "batch", "options": {"build": "*", "exec": "*"}})).is_ok());
+        for bad in [
+            json!([]),
+            json!({"code": "1"}),
+            json!({"mode": "nope", "code": "1"}),
+            json!({"mode": "query"}),
+            json!({"mode": "query", "code": 5}),
+            json!({"mode": "query", "code": "", "runId": 7}),
+            json!({"mode": "query", "code": "", "options": "x"}),
+        ] {
+            assert!(execute_request(3, &bad).is_err(), "accepted {bad}");
+        }
+    }
+
+    #[test]
+    fn v1_results_are_flat() {
+        let result = json!({"status": "finished", "console": [["stdout", "a"], ["stderr", "b"], ["stdout", "c"], ["media", ["image/png", "xx"]]]});
+        let v1 = v1_result(&result);
+        assert_eq!(v1["stdout"], "ac");
+        assert_eq!(v1["stderr"], "b");
+        assert_eq!(v1["media"], json!([["image/png", "xx"]]));
+    }
+
+    #[test]
+    fn upload_names_stay_inside() {
+        for good in ["a.py", "src/main.py", "deep/er/file.txt"] {
+            assert!(validate_upload_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./a", "a\0b"] {
+            assert!(validate_upload_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The kernel session API as plain async functions: handlers call these, these
+//! talk to the session actors through the registry.
+
+use std::collections::HashMap;
+
+use actix::Addr;
+use chrono::Utc;
+use entity::kernels;
+use sea_orm::EntityTrait;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::actors::messages::{
+    Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelTerminated, Restart, StartKernel,
+    UploadFile,
+};
+use crate::actors::registry::Registry;
+use crate::actors::session::SessionActor;
+use crate::agent_client::KernelLimits;
+use crate::error::{ApiError, Error, Problem};
+use crate::scheduler::{self, SessionRequest};
+use crate::startup::AppState;
+
+/// What a client asks for when creating a session.
+pub struct CreateRequest {
+    /// The image or alias.
+    pub lang: String,
+    /// The client's session token (8 to 80 characters).
+    pub token: String,
+    /// Seconds a run may take; 0 for the default.
+    pub exec_timeout: u64,
+    /// Virtual folders to mount.
+    pub mounts: Vec<String>,
+}
+
+/// Checks a client session token: 8 to 80 printable characters without `/`.
+pub fn validate_token(token: &str) -> Result<(), ApiError> {
+    let length = token.chars().count();
+    if !(8..=80).contains(&length) || token.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::new(Problem::InvalidApiParams)
+            .with_detail("clientSessionToken must be 8 to 80 characters without '/'"));
+    }
+    Ok(())
+}
+
+/// Gets or creates the session `token` of `access_key`; returns whether it was created.
+pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
+    validate_token(&request.token)?;
+    if let Some(existing) = scheduler::live_session(&state.db, access_key, &request.token).await? {
+        // Another caller may still be starting it: wait until it is ready.
+        session_actor(&state.registry, existing).await?.send(GetKernel).await??;
+        return Ok(false);
+    }
+    let image = scheduler::resolve_image(state.stores.config.as_ref(), &request.lang).await?;
+    let reservation = SessionRequest { access_key, token: &request.token, image: &image };
+    let (kernel, created) = scheduler::reserve(&state.db, &reservation).await?;
+    if !created {
+        session_actor(&state.registry, kernel).await?.send(GetKernel).await??;
+        return Ok(false);
+    }
+    let limits = KernelLimits {
+        cpu_slot: image.cpu,
+        mem_slot: image.mem,
+        gpu_slot: image.gpu,
+        exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout),
+    };
+    let actor = session_actor(&state.registry, kernel).await?;
+    actor.send(StartKernel { image: image.spec, limits, mounts: request.mounts }).await??;
+    Ok(true)
+}
+
+async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<Addr<SessionActor>, Error> {
+    Ok(registry.send(GetSessionActor { kernel }).await?)
+}
+
+/// The actor of the live session `token` of `access_key`; 404 for anyone else's.
+async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<SessionActor>, Error> {
+    let kernel = scheduler::live_session(&state.db, access_key, token)
+        .await?
+        .ok_or_else(|| Error::Api(ApiError::new(Problem::KernelNotFound)))?;
+    session_actor(&state.registry, kernel).await
+}
+
+/// `GET /kernel/{token}`: the contract's info object, with live stats.
+pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
+    let kernel = find(state, access_key, token).await?.send(GetKernel).await??;
+    let stats = state.stores.stats.kernel_stats(&kernel.id.to_string()).await.unwrap_or_default();
+    let stat = |key: &str, stored: i64| stats.get(key).copied().unwrap_or(stored);
+    let age_ms = (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0);
+    Ok(json!({
+        "lang": kernel.lang,
+        "age": age_ms,
+        "memoryLimit": kernel.mem_slot * 1024,
+        "numQueriesExecuted": kernel.num_queries,
+        "memoryUsed": stat("mem_cur_bytes", kernel.mem_cur_bytes) / 1024,
+        "cpuCreditUsed": stat("cpu_used", kernel.cpu_used),
+        "queryTimeout": -1,
+        "idleTimeout": -1,
+        "maxCpuCredit": -1,
+        "idle": -1,
+    }))
+}
+
+/// Runs or resumes code; the v2 result.
+pub async fn execute(state: &AppState, access_key: &str, token: &str, request: Value) -> Result<Value, Error> {
+    find(state, access_key, token).await?.send(Execute { request }).await?
+}
+
+/// A fresh interpreter with the same resources.
+pub async fn restart(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
+    find(state, access_key, token).await?.send(Restart).await?
+}
+
+/// Interrupts the running code.
+pub async fn interrupt(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
+    find(state, access_key, token).await?.send(Interrupt).await?
+}
+
+/// Completions at a cursor.
+pub async fn complete(
+    state: &AppState,
+    access_key: &str,
+    token: &str,
+    code: String,
+    options: Value,
+) -> Result<Value, Error> {
+    find(state, access_key, token).await?.send(Complete { code, options }).await?
+}
+
+/// Writes one file into the session's working directory.
+pub async fn upload(
+    state: &AppState,
+    access_key: &str,
+    token: &str,
+    path: String,
+    data: bytes::Bytes,
+) -> Result<(), Error> {
+    find(state, access_key, token).await?.send(UploadFile { path, data }).await?
+}
+
+/// Destroys the session; its final stats.
+pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
+    find(state, access_key, token).await?.send(Destroy).await?
+}
+
+/// The agent reported that a kernel ended by itself.
+pub async fn kernel_terminated(
+    state: &AppState,
+    kernel_id: Uuid,
+    reason: String,
+    stats: HashMap<String, i64>,
+) -> Result<(), Error> {
+    let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(&state.db).await? else {
+        return Ok(());
+    };
+    if !kernel.status.is_live() {
+        return Ok(());
+    }
+    session_actor(&state.registry, kernel).await?.send(KernelTerminated { reason, stats }).await?;
+    Ok(())
+}
