@@ -284,7 +284,7 @@ impl Kernel {
     /// Starts or resumes a run and returns what it has after at most the continuation
     /// window.
     pub async fn execute(self: &Arc<Self>, req: ExecRequest) -> RuntimeResult<RunResult> {
-        let window_end = Instant::now() + self.settings.continuation;
+        let mut window_end = Instant::now() + self.settings.continuation;
         let resumed = {
             let mut st = self.lock();
             let frame = match st.run.as_mut() {
@@ -317,6 +317,8 @@ impl Kernel {
                 )));
             }
             self.start_run(&req).await?;
+            // The window counts from the start of the run, not from the wait for its turn.
+            window_end = Instant::now() + self.settings.continuation;
         }
         Ok(self.collect(&req.run_id, window_end).await)
     }
@@ -840,6 +842,15 @@ impl Kernel {
                         let mime = frame.get("mime").and_then(Value::as_str).unwrap_or("");
                         let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
                         run.console.push_media(mime.to_owned(), data.to_owned());
+                        return;
+                    }
+                    "out" => {
+                        let stream = match frame.get("s").and_then(Value::as_str) {
+                            Some("stderr") => Stream::Stderr,
+                            _ => Stream::Stdout,
+                        };
+                        let data = frame.get("d").and_then(Value::as_str).unwrap_or("");
+                        run.console.push_text(stream, data.to_owned());
                         return;
                     }
                     "html" => {

@@ -4,11 +4,12 @@
 # Protocol (one JSON object per line):
 #   fd 3, agent -> runner: {"op": "exec", "code", "seq"} | {"op": "shell", "cmd", "seq"} |
 #                          {"op": "input", "data"} | {"op": "complete", "code", "options"}
-#   fd 4, runner -> agent: {"t": "ready"} | {"t": "done", "rc", "seq"} |
+#   fd 4, runner -> agent: {"t": "ready"} | {"t": "done", "rc", "seq"} | {"t": "out", "s", "d"} |
 #                          {"t": "input", "password"} | {"t": "media", "mime", "data"} |
 #                          {"t": "html", "data"} | {"t": "completions", "items"}
-# User output goes to fd 1 and 2 unchanged; the agent drains them before handling a frame
-# from fd 4, which keeps the two in order.
+# Python-level output (sys.stdout/sys.stderr) travels as "out" frames, in order with the
+# other frames. Raw writes to fd 1 and 2 (subprocesses, .buffer) go to pipes that the agent
+# drains before handling each frame, so they are not older than the frame that follows them.
 import builtins
 import json
 import os
@@ -90,20 +91,84 @@ builtins.emit_media = emit_media
 builtins.emit_html = emit_html
 
 
-class _GetpassModule:
-    # getpass is patched lazily: importing it at start-up costs time.
+class _GetpassFinder:
+    # getpass is patched when first imported: importing it at start-up costs time.
     def find_spec(self, name, path=None, target=None):
         if name != "getpass":
             return None
-        sys.meta_path.remove(self)
-        import importlib
+        import importlib.machinery
 
-        module = importlib.import_module("getpass")
-        module.getpass = _getpass
-        return module.__spec__
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            real_exec(module)
+            module.getpass = _getpass
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
-sys.meta_path.insert(0, _GetpassModule())
+sys.meta_path.insert(0, _GetpassFinder())
+
+
+class _Output:
+    """sys.stdout / sys.stderr: each write is a frame on fd 4, so that stdout, stderr and
+    media items stay in the order they were produced. Writes to the raw fds (subprocesses,
+    `.buffer`) go to the pipes the agent reads as well."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, name, fd, raw):
+        self.name = name
+        self._fd = fd
+        self.buffer = raw
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not " + type(s).__name__)
+        if s:
+            # Lone surrogates cannot travel in JSON to the agent.
+            _send({"t": "out", "s": self.name, "d": s.encode("utf-8", "replace").decode("utf-8")})
+        return len(s)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def flush(self):
+        try:
+            self.buffer.flush()
+        except Exception:
+            pass
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def writable(self):
+        return True
+
+    def readable(self):
+        return False
+
+    def seekable(self):
+        return False
+
+    @property
+    def closed(self):
+        return False
+
+
+# The original wrappers stay referenced: collecting them would close fd 1 and 2.
+_original_streams = (sys.stdout, sys.stderr)
+sys.stdout = sys.__stdout__ = _Output("stdout", 1, sys.stdout.buffer)
+sys.stderr = sys.__stderr__ = _Output("stderr", 2, sys.stderr.buffer)
 
 namespace = {"__name__": "__main__", "__builtins__": builtins}
 
