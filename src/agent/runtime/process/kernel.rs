@@ -883,6 +883,8 @@ impl Kernel {
                 "\n[backend.ai: the run exceeded its time limit; the kernel was restarted]\n",
             );
             run.phase = Phase::Done(RunStatus::ExecTimeout);
+            // Until the fresh interpreter is up, new runs wait.
+            st.status = KernelStatus::Restarting;
         }
         self.changed.notify_waiters();
         let this = self.clone();
