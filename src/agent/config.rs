@@ -15,7 +15,11 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
     }
 }
 
@@ -212,16 +216,18 @@ impl AgentConfig {
     }
 
     /// Loads and checks the configuration; the error names the offending key.
-    pub fn load(args: &AgentArgs) -> Result<AgentConfig, figment::Error> {
+    pub fn load(args: &AgentArgs) -> Result<AgentConfig, Box<figment::Error>> {
         let config: AgentConfig = Self::figment(args).extract()?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks values that deserialize but make no sense.
-    pub fn validate(&self) -> Result<(), figment::Error> {
+    pub fn validate(&self) -> Result<(), Box<figment::Error>> {
         let bad = |key: &str, why: &str| {
-            Err(figment::Error::from(format!("invalid value for `{key}`: {why}")))
+            Err(Box::new(figment::Error::from(format!(
+                "invalid value for `{key}`: {why}"
+            ))))
         };
         if self.cluster_secret.0.is_empty() {
             return bad("cluster_secret", "it is required");
@@ -249,7 +255,7 @@ impl AgentConfig {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
     use super::*;
 
     #[test]

@@ -173,7 +173,9 @@ impl Sender {
             if let Some((etcd, namespace)) = &self.etcd {
                 match lookup_event_addr(etcd, namespace).await {
                     Ok(addr) => self.cached_addr = addr,
-                    Err(e) => tracing::warn!(error = %e, "etcd lookup of the events address failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "etcd lookup of the events address failed")
+                    }
                 }
             }
         }

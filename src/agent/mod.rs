@@ -64,16 +64,13 @@ impl Agent {
             slots,
             secret: config.cluster_secret.clone(),
         });
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .configure(rpc::configure)
-        })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(listener)?
-        .run();
+        let server =
+            HttpServer::new(move || App::new().app_data(state.clone()).configure(rpc::configure))
+                .workers(2)
+                .disable_signals()
+                .shutdown_timeout(5)
+                .listen(listener)?
+                .run();
         let events = Events::start(&config);
         Ok(Agent {
             config,
@@ -110,7 +107,8 @@ impl Agent {
             "instance_started",
             json!({"region": config.region, "addr": addr.to_string(), "slots": slots}),
         );
-        let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(config.heartbeat_interval));
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_secs_f64(config.heartbeat_interval));
         let mut stats = tokio::time::interval(Duration::from_secs_f64(config.stats_interval));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -141,8 +139,14 @@ impl Agent {
 }
 
 /// Builds and runs an agent until `shutdown` resolves.
-pub async fn run_agent(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    Agent::build(config).await?.run_until_stopped(shutdown).await
+pub async fn run_agent(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Agent::build(config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }
 
 /// Resolves on SIGINT or SIGTERM.

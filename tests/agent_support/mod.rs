@@ -33,15 +33,17 @@ pub struct TestAgent {
 
 /// A test configuration: port 0, own scratch root under /tmp (reachable by kernel uids).
 pub fn test_config() -> AgentConfig {
-    let mut config = AgentConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.agent_id = format!("i-test-{}", uuid::Uuid::new_v4().simple());
-    config.cluster_secret.0 = SECRET.to_owned();
-    config.scratch_root = std::env::temp_dir().join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple()));
-    config.exec_timeout = 30.0;
-    config.heartbeat_interval = 0.5;
-    config.stats_interval = 0.5;
-    config
+    AgentConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
+        cluster_secret: backendai_manager::agent::config::Secret(SECRET.to_owned()),
+        scratch_root: std::env::temp_dir()
+            .join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple())),
+        exec_timeout: 30.0,
+        heartbeat_interval: 0.5,
+        stats_interval: 0.5,
+        ..AgentConfig::default()
+    }
 }
 
 impl TestAgent {
@@ -71,8 +73,16 @@ impl TestAgent {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, self.url(path)).bearer_auth(SECRET);
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(SECRET);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -85,7 +95,11 @@ impl TestAgent {
     /// Creates a kernel of `runner` ("python" or "shell") with extra limits.
     pub async fn create(&self, runner: &str, limits: Value) -> String {
         let id = uuid::Uuid::new_v4().to_string();
-        let (name, command) = if runner == "python" { ("python3", "python3") } else { ("bash", "bash") };
+        let (name, command) = if runner == "python" {
+            ("python3", "python3")
+        } else {
+            ("bash", "bash")
+        };
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
@@ -102,7 +116,14 @@ impl TestAgent {
         id
     }
 
-    pub async fn execute(&self, kernel: &str, run_id: &str, mode: &str, code: &str, options: Value) -> Value {
+    pub async fn execute(
+        &self,
+        kernel: &str,
+        run_id: &str,
+        mode: &str,
+        code: &str,
+        options: Value,
+    ) -> Value {
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
@@ -117,9 +138,15 @@ impl TestAgent {
     /// Runs `code` to the end (following continuations), returning every result.
     pub async fn run_to_end(&self, kernel: &str, code: &str) -> Vec<Value> {
         let run_id = uuid::Uuid::new_v4().to_string();
-        let mut results = vec![self.execute(kernel, &run_id, "query", code, Value::Null).await];
+        let mut results = vec![
+            self.execute(kernel, &run_id, "query", code, Value::Null)
+                .await,
+        ];
         while results.last().unwrap()["status"] == "continued" {
-            results.push(self.execute(kernel, &run_id, "query", "", Value::Null).await);
+            results.push(
+                self.execute(kernel, &run_id, "query", "", Value::Null)
+                    .await,
+            );
         }
         results
     }
@@ -176,7 +203,10 @@ impl EventSink {
                 web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
                     let (ev, un) = (ev.clone(), un.clone());
                     async move {
-                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok());
                         if auth != Some(&format!("Bearer {SECRET}")) {
                             *un.lock().unwrap() += 1;
                             return HttpResponse::Unauthorized().finish();
@@ -195,14 +225,30 @@ impl EventSink {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        EventSink { addr, events, unauthorized, handle }
+        EventSink {
+            addr,
+            events,
+            unauthorized,
+            handle,
+        }
     }
 
     /// Waits until an event matching `pred` arrived and returns it.
-    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let end = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(e) = self.events.lock().unwrap().iter().find(|e| pred(e)).cloned() {
+            if let Some(e) = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| pred(e))
+                .cloned()
+            {
                 return Some(e);
             }
             if tokio::time::Instant::now() >= end {

@@ -64,7 +64,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/health", web::get().to(health))
             .configure(kernels::configure)
             .configure(pty::configure)
-            .default_service(web::to(|| async { Err::<HttpResponse, _>(AgentError::NotFound) })),
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(AgentError::NotFound)
+            })),
     );
 }
 

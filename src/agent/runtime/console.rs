@@ -48,8 +48,10 @@ pub struct Console {
     used: u64,
     /// The run's output cap in bytes.
     cap: u64,
-    /// Set once the cap was hit (the note is added once).
+    /// Set once the cap was hit.
     truncated: bool,
+    /// Set once the truncation note was added.
+    noted: bool,
     /// Incomplete UTF-8 sequences at the end of the last stdout / stderr read.
     pending: [Vec<u8>; 2],
 }
@@ -62,6 +64,7 @@ impl Console {
             used: 0,
             cap,
             truncated: false,
+            noted: false,
             pending: [Vec::new(), Vec::new()],
         }
     }
@@ -104,10 +107,13 @@ impl Console {
 
     /// Appends text to a stream, merging with the previous item of the same stream.
     pub fn push_text(&mut self, stream: Stream, text: String) {
-        let Some(text) = self.admit(text) else {
-            return;
-        };
-        let name = stream.name();
+        if let Some(text) = self.admit(text) {
+            self.append(stream.name(), text);
+        }
+        self.note_truncation();
+    }
+
+    fn append(&mut self, name: &str, text: String) {
         if let Some((kind, Value::String(prev))) = self.items.last_mut() {
             if kind == name {
                 prev.push_str(&text);
@@ -122,6 +128,7 @@ impl Console {
         if self.admit_len(mime.len() + data.len()) {
             self.items.push(("media".to_owned(), json!([mime, data])));
         }
+        self.note_truncation();
     }
 
     /// Appends another item kind (`html`, `log`) with text data.
@@ -129,14 +136,12 @@ impl Console {
         if self.admit_len(text.len()) {
             self.items.push((kind.to_owned(), Value::String(text)));
         }
+        self.note_truncation();
     }
 
     /// Adds an agent note on stderr that is not counted against the cap.
     pub fn note(&mut self, text: &str) {
-        let cap = self.cap;
-        self.cap = u64::MAX;
-        self.push_text(Stream::Stderr, text.to_owned());
-        self.cap = cap;
+        self.append(Stream::Stderr.name(), text.to_owned());
     }
 
     /// Takes the items not yet returned, in the contract's form.
@@ -176,13 +181,17 @@ impl Console {
     }
 
     fn mark_truncated(&mut self) {
-        if !self.truncated {
-            self.truncated = true;
-            let note = format!(
+        self.truncated = true;
+    }
+
+    /// Adds the truncation note once, after the last admitted output.
+    fn note_truncation(&mut self) {
+        if self.truncated && !self.noted {
+            self.noted = true;
+            self.note(&format!(
                 "\n[backend.ai: output of this run exceeded {} bytes; the rest is dropped]\n",
                 self.cap
-            );
-            self.items.push(("stderr".to_owned(), Value::String(note)));
+            ));
         }
     }
 }
@@ -220,7 +229,11 @@ mod tests {
         c.push_bytes(Stream::Stdout, b"d");
         assert_eq!(
             c.take(),
-            vec![json!(["stdout", "ab"]), json!(["stderr", "c"]), json!(["stdout", "d"])]
+            vec![
+                json!(["stdout", "ab"]),
+                json!(["stderr", "c"]),
+                json!(["stdout", "d"])
+            ]
         );
     }
 
@@ -241,6 +254,7 @@ mod tests {
         c.push_text(Stream::Stdout, "more".into());
         let items = c.take();
         assert_eq!(items[0], json!(["stdout", "abcd"]));
+        assert!(items[1][1].as_str().unwrap_or("").contains("exceeded 4 bytes"));
         assert_eq!(items.len(), 2);
         assert!(c.truncated());
     }

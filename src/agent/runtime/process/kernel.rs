@@ -360,7 +360,11 @@ impl Kernel {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
-        let timeout = self.spec.limits.exec_timeout.unwrap_or(self.settings.exec_timeout);
+        let timeout = self
+            .spec
+            .limits
+            .exec_timeout
+            .unwrap_or(self.settings.exec_timeout);
         let timeout = Duration::from_secs_f64(timeout.clamp(0.05, 365.0 * 86400.0));
         let cap = self
             .spec
@@ -444,7 +448,11 @@ impl Kernel {
             RunnerKind::Shell => {
                 // NUL ends a command; code cannot contain it meaningfully anyway.
                 let code = code.replace('\0', "");
-                let code = if is_shell { format!("( {code}\n)") } else { code };
+                let code = if is_shell {
+                    format!("( {code}\n)")
+                } else {
+                    code
+                };
                 format!("{seq}\n{code}\0").into_bytes()
             }
         }
@@ -532,7 +540,9 @@ impl Kernel {
         let pid = self.pid();
         let scratch = self.scratch.clone();
         let sample = tokio::task::spawn_blocking(move || {
-            let usage = pid.map(|p| super::stats::group_usage(p as i32)).unwrap_or_default();
+            let usage = pid
+                .map(|p| super::stats::group_usage(p as i32))
+                .unwrap_or_default();
             (usage, super::stats::dir_size(&scratch))
         })
         .await
@@ -611,7 +621,9 @@ impl Kernel {
                             .as_ref()
                             .map(|p| p.startup_log.clone())
                             .unwrap_or_default();
-                        return Err(anyhow::anyhow!("the kernel runner died at start: {log}").into());
+                        return Err(
+                            anyhow::anyhow!("the kernel runner died at start: {log}").into()
+                        );
                     }
                 }
             }
@@ -622,7 +634,9 @@ impl Kernel {
                     .as_ref()
                     .map(|p| p.startup_log.clone())
                     .unwrap_or_default();
-                return Err(anyhow::anyhow!("the kernel runner did not start in time: {log}").into());
+                return Err(
+                    anyhow::anyhow!("the kernel runner did not start in time: {log}").into(),
+                );
             }
         }
         let mut st = self.lock();
@@ -649,7 +663,12 @@ impl Kernel {
                     .command
                     .clone()
                     .unwrap_or_else(|| "python3".to_owned()),
-                vec!["-u".to_owned(), "-I".to_owned(), "-c".to_owned(), PYTHON_RUNNER.to_owned()],
+                vec![
+                    "-u".to_owned(),
+                    "-I".to_owned(),
+                    "-c".to_owned(),
+                    PYTHON_RUNNER.to_owned(),
+                ],
             ),
             RunnerKind::Shell => (
                 self.spec
@@ -689,9 +708,7 @@ impl Kernel {
         unsafe {
             cmd.pre_exec(move || pre.apply());
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {program}"))?;
+        let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
         drop(cmd); // closes our copies of the child's ends (held by the pre_exec closure)
         drop(cmd_r);
         drop(evt_w);
@@ -821,8 +838,9 @@ impl Kernel {
                             }
                             Some(_) => {
                                 run.console.flush();
-                                run.console
-                                    .note(&format!("\n[backend.ai: the build step failed with exit code {rc}]\n"));
+                                run.console.note(&format!(
+                                    "\n[backend.ai: the build step failed with exit code {rc}]\n"
+                                ));
                                 run.phase = Phase::Done(RunStatus::Finished);
                             }
                             None => {
@@ -970,7 +988,11 @@ async fn drive(
     mut err: pipe::Receiver,
     mut evt: pipe::Receiver,
 ) {
-    let (mut out_buf, mut err_buf, mut evt_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    let (mut out_buf, mut err_buf, mut evt_buf) = (
+        vec![0u8; 64 * 1024],
+        vec![0u8; 64 * 1024],
+        vec![0u8; 64 * 1024],
+    );
     let mut scratch = vec![0u8; 64 * 1024];
     let mut lines: Vec<u8> = Vec::new();
     let (mut out_open, mut err_open, mut evt_open) = (true, true, true);
@@ -1113,7 +1135,9 @@ impl Kernel {
         let pty = nix::pty::openpty(None, None).context("openpty")?;
         let slave = pty.slave;
         let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
-            Ok(std::process::Stdio::from(fd.try_clone().context("dup pty")?))
+            Ok(std::process::Stdio::from(
+                fd.try_clone().context("dup pty")?,
+            ))
         };
         let mut cmd = tokio::process::Command::new("bash");
         cmd.arg("-i")
@@ -1141,7 +1165,10 @@ impl Kernel {
         drop(cmd);
         drop(slave);
         let pid = child.id().unwrap_or(0);
-        self.ptys.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        self.ptys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
         let this = self.clone();
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -1150,7 +1177,8 @@ impl Kernel {
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|p| *p != pid);
         });
-        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
+        let flags =
+            nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).context("fcntl")?;
         Ok(crate::agent::runtime::PtyHandle {
@@ -1169,7 +1197,11 @@ impl Kernel {
 }
 
 /// Sets the window size of a pty.
-pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> std::io::Result<()> {
+pub fn resize_pty(
+    master: std::os::fd::BorrowedFd<'_>,
+    rows: u16,
+    cols: u16,
+) -> std::io::Result<()> {
     let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,

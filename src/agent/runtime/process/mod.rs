@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use self::kernel::{Death, Kernel};
 use self::sandbox::UidPool;
 use super::{
-    ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle,
-    RunResult, Runtime, RuntimeError, RuntimeInfo, RuntimeResult, TerminationReason,
+    ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult,
+    Runtime, RuntimeError, RuntimeInfo, RuntimeResult, TerminationReason,
 };
 
 /// Settings of the process runtime, taken from the agent configuration.
@@ -155,7 +155,9 @@ fn clean_leftovers(root: &std::path::Path) {
 pub fn valid_kernel_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Inner {
@@ -355,7 +357,7 @@ impl Runtime for ProcessRuntime {
                     created_at: k.created_at,
                 })
                 .collect();
-            list.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+            list.sort_by_key(|k| k.created_at);
             list
         })
     }

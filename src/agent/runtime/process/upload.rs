@@ -74,18 +74,20 @@ pub fn write(
             let _ = fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         }
     };
-    let (name, dirs) = parts.split_last().ok_or_else(|| {
-        RuntimeError::InvalidInput("bad file path: no file name".into())
-    })?;
+    let (name, dirs) = parts
+        .split_last()
+        .ok_or_else(|| RuntimeError::InvalidInput("bad file path: no file name".into()))?;
     for part in dirs {
         match mkdirat(dir.as_fd(), part.as_str(), Mode::from_bits_truncate(0o755)) {
             Ok(()) => {
-                let sub = openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
+                let sub =
+                    openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
                 chown(&sub);
                 dir = sub;
             }
             Err(nix::Error::EEXIST) => {
-                dir = openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
+                dir =
+                    openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
             }
             Err(e) => return Err(escape(e)),
         }
@@ -124,6 +126,9 @@ mod tests {
         for p in ["", "/etc/passwd", "../x", "a/../../x", "a/\0b", ".", "./"] {
             assert!(validate(p).is_err(), "{p:?} accepted");
         }
-        assert_eq!(validate("a/./b.txt").ok(), Some(vec!["a".into(), "b.txt".into()]));
+        assert_eq!(
+            validate("a/./b.txt").ok(),
+            Some(vec!["a".into(), "b.txt".into()])
+        );
     }
 }
