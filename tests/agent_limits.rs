@@ -376,3 +376,88 @@ async fn leftovers_of_a_previous_run_are_removed_at_start() {
     assert!(!leftover.exists());
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bubblewrap_isolates_the_kernel_when_installed() {
+    if !std::path::Path::new("/usr/bin/bwrap").exists() {
+        eprintln!("skipped: bwrap is not installed");
+        return;
+    }
+    let agent = TestAgent::spawn().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (status, created) = agent
+        .call(
+            Method::POST,
+            "/kernels",
+            Some(json!({"kernel_id": id, "image": {"name": "python3", "runner": "python"}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(created["runtime"]["sandbox"], "bwrap");
+    let host_file =
+        std::env::temp_dir().join(format!("bai-host-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&host_file, "host").unwrap();
+    let code = format!(
+        "import os, socket\n\
+         print(os.path.exists({host:?}))\n\
+         try:\n    open('/var/tmp/bai-escape', 'w')\n    print('wrote')\nexcept OSError as e:\n    print('ro', e.errno)\n\
+         s = socket.socket()\n\
+         try:\n    s.connect(('127.0.0.1', {port}))\n    print('net')\nexcept OSError:\n    print('no net')\n\
+         _ = open('inside.txt', 'w').write('ok')",
+        host = host_file.to_str().unwrap(),
+        port = agent.addr.port()
+    );
+    let results = run_until_done(&agent, &id, &code, Duration::from_secs(10)).await;
+    assert_eq!(
+        stream(&results, "stdout"),
+        "False\nro 30\nno net\n",
+        "{results:?}"
+    );
+    assert!(agent.scratch_root.join(&id).join("inside.txt").exists());
+    std::fs::remove_file(&host_file).unwrap();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
+    let (sink, mut config) = (EventSink::start().await, test_config());
+    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    config.event_addr = Some(sink.addr.to_string());
+    config.continuation_secs = 0.5;
+    let agent = TestAgent::spawn_with(config).await;
+    let k = agent.create("python", json!({})).await;
+    let first = agent
+        .execute(
+            &k,
+            "spin",
+            "query",
+            "import time\nwhile True:\n    time.sleep(0.05)",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(first["status"], "continued");
+    agent
+        .call(Method::POST, &format!("/kernels/{k}/interrupt"), None)
+        .await;
+    let mut results = vec![first];
+    while results.last().unwrap()["status"] == "continued" {
+        results.push(agent.execute(&k, "spin", "query", "", Value::Null).await);
+    }
+    assert!(stream(&results, "stderr").contains("KeyboardInterrupt"));
+    run_until_done(
+        &agent,
+        &k,
+        "import os\nos.kill(os.getpid(), 9)",
+        Duration::from_secs(5),
+    )
+    .await;
+    let event = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &k)
+        })
+        .await
+        .expect("kernel_terminated");
+    assert_eq!(event["data"]["reason"], "killed");
+    agent.stop().await;
+    sink.stop().await;
+}

@@ -46,10 +46,26 @@ pub enum RuntimeKind {
     Process,
 }
 
+/// Whether kernels run inside bubblewrap.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BwrapMode {
+    /// Use `bwrap` when it is installed.
+    #[default]
+    Auto,
+    /// Require `bwrap` (start-up fails without it).
+    On,
+    /// Never use it.
+    Off,
+}
+
 /// Sandbox and limit settings of kernels.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
+    /// Run kernels in a bubblewrap sandbox: private mount namespace with the scratch dir as
+    /// the only writable place (plus a private /tmp), no network, own pid namespace.
+    pub use_bwrap: BwrapMode,
     /// When the agent runs as root, run each kernel as its own unprivileged uid.
     pub drop_privileges: bool,
     /// First uid of the kernel uid range.
@@ -73,6 +89,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            use_bwrap: BwrapMode::Auto,
             drop_privileges: true,
             kernel_uid_start: 200_000,
             kernel_uid_count: 1000,

@@ -215,6 +215,7 @@ fn settings(config: &AgentConfig) -> Settings {
         max_open_files: s.max_open_files,
         max_file_size: s.max_file_size,
         drop_privileges: s.drop_privileges,
+        use_bwrap: s.use_bwrap,
         kernel_uid_start: s.kernel_uid_start,
         kernel_uid_count: s.kernel_uid_count,
         uid_lock_dir: s.uid_lock_dir.clone(),

@@ -254,7 +254,10 @@ mod tests {
         c.push_text(Stream::Stdout, "more".into());
         let items = c.take();
         assert_eq!(items[0], json!(["stdout", "abcd"]));
-        assert!(items[1][1].as_str().unwrap_or("").contains("exceeded 4 bytes"));
+        assert!(items[1][1]
+            .as_str()
+            .unwrap_or("")
+            .contains("exceeded 4 bytes"));
         assert_eq!(items.len(), 2);
         assert!(c.truncated());
     }

@@ -167,6 +167,8 @@ pub struct Kernel {
     pub lease: Option<UidLease>,
     /// Agent-wide runtime settings.
     settings: Arc<Settings>,
+    /// The bubblewrap binary, when the kernel runs inside it.
+    bwrap: Option<Arc<PathBuf>>,
     /// The runtime on which processes and drivers live.
     rt: tokio::runtime::Handle,
     /// Orders new runs first come, first served.
@@ -192,6 +194,7 @@ impl Kernel {
         scratch: PathBuf,
         lease: Option<UidLease>,
         settings: Arc<Settings>,
+        bwrap: Option<Arc<PathBuf>>,
         rt: tokio::runtime::Handle,
         deaths: mpsc::UnboundedSender<Death>,
     ) -> Self {
@@ -202,6 +205,7 @@ impl Kernel {
             created_at: Utc::now(),
             lease,
             settings,
+            bwrap,
             rt,
             exec_gate: tokio::sync::Mutex::new(()),
             proc_gate: tokio::sync::Mutex::new(()),
@@ -277,8 +281,25 @@ impl Kernel {
     /// Sends SIGINT to the interpreter's process group.
     pub fn interrupt(&self) -> RuntimeResult<()> {
         let pid = self.pid().ok_or(RuntimeError::KernelNotFound)?;
-        signal_group(pid, nix::sys::signal::Signal::SIGINT);
+        self.interrupt_group(pid);
         Ok(())
+    }
+
+    /// SIGINT to the kernel's processes. Inside bubblewrap the group leader is bwrap's
+    /// monitor, which would die of it: every other member gets the signal instead.
+    fn interrupt_group(&self, pgid: u32) {
+        if self.bwrap.is_none() {
+            signal_group(pgid, nix::sys::signal::Signal::SIGINT);
+            return;
+        }
+        for pid in super::stats::group_members(pgid as i32) {
+            if pid != pgid as i32 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+        }
     }
 
     /// Starts or resumes a run and returns what it has after at most the continuation
@@ -344,8 +365,8 @@ impl Kernel {
                         }
                         Some(Phase::WaitingInput { .. }) => {
                             // Nobody answers it any more; an interrupt ends it.
-                            if let Some(p) = &st.proc {
-                                signal_group(p.pid, nix::sys::signal::Signal::SIGINT);
+                            if let Some(pid) = st.proc.as_ref().map(|p| p.pid) {
+                                self.interrupt_group(pid);
                             }
                         }
                         Some(Phase::Running) => {}
@@ -685,6 +706,7 @@ impl Kernel {
                 ],
             ),
         };
+        let (program, args) = self.sandboxed(program, args);
         let mut cmd = tokio::process::Command::new(&program);
         cmd.args(&args)
             .env_clear()
@@ -735,6 +757,14 @@ impl Kernel {
             startup_log: String::new(),
         });
         Ok(generation)
+    }
+
+    /// `program args`, inside bubblewrap when enabled.
+    fn sandboxed(&self, program: String, args: Vec<String>) -> (String, Vec<String>) {
+        match &self.bwrap {
+            Some(bwrap) => sandbox::bwrap_command(bwrap, &self.scratch, &program, &args),
+            None => (program, args),
+        }
     }
 
     fn rlimits(&self) -> Rlimits {
@@ -926,7 +956,14 @@ impl Kernel {
         let (reason, exit_code) = match &status {
             Ok(s) => {
                 use std::os::unix::process::ExitStatusExt;
-                match (s.code(), s.signal()) {
+                // bwrap reports a child killed by signal N as exit code 128 + N.
+                let signal = s.signal().or_else(|| {
+                    s.code()
+                        .filter(|c| self.bwrap.is_some() && *c > 128)
+                        .map(|c| c - 128)
+                });
+                let code = s.code().filter(|_| signal.is_none());
+                match (code, signal) {
                     (Some(code), _) => (TerminationReason::Exited, Some(code)),
                     (None, Some(sig)) if sig == libc::SIGKILL && self.near_memory_limit(&st) => {
                         (TerminationReason::OomKilled, None)
@@ -1139,8 +1176,9 @@ impl Kernel {
                 fd.try_clone().context("dup pty")?,
             ))
         };
-        let mut cmd = tokio::process::Command::new("bash");
-        cmd.arg("-i")
+        let (program, args) = self.sandboxed("bash".to_owned(), vec!["-i".to_owned()]);
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
             .env_clear()
             .envs(sandbox::kernel_env(&self.id, &self.scratch))
             .current_dir(&self.scratch)

@@ -45,6 +45,8 @@ pub struct Settings {
     pub max_file_size: u64,
     /// Give each kernel its own uid (only possible as root).
     pub drop_privileges: bool,
+    /// Whether to run kernels inside bubblewrap.
+    pub use_bwrap: crate::agent::config::BwrapMode,
     /// First uid of the kernel uid range.
     pub kernel_uid_start: u32,
     /// Size of the kernel uid range.
@@ -62,6 +64,8 @@ pub struct ProcessRuntime {
 struct Inner {
     /// Runtime settings.
     settings: Arc<Settings>,
+    /// The bubblewrap binary, when kernels run inside it.
+    bwrap: Option<Arc<PathBuf>>,
     /// The live kernels by id.
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     /// Kernel uids, when the agent runs as root.
@@ -103,9 +107,14 @@ impl ProcessRuntime {
             }
             None
         };
+        let bwrap = sandbox::find_bwrap(settings.use_bwrap)?;
+        if let Some(path) = &bwrap {
+            tracing::info!(bwrap = %path.display(), "kernels run inside bubblewrap");
+        }
         let (deaths, mut death_rx) = mpsc::unbounded_channel::<Death>();
         let inner = Arc::new(Inner {
             settings: Arc::new(settings),
+            bwrap: bwrap.map(Arc::new),
             kernels: Mutex::new(HashMap::new()),
             uids,
             rt: tokio::runtime::Handle::current(),
@@ -186,6 +195,7 @@ impl Inner {
             scratch.clone(),
             lease,
             self.settings.clone(),
+            self.bwrap.clone(),
             self.rt.clone(),
             self.deaths.clone(),
         ));
@@ -226,7 +236,12 @@ impl Inner {
                 scratch_dir: scratch.to_string_lossy().into_owned(),
                 pid: kernel.pid().unwrap_or(0),
                 uid: kernel.lease.as_ref().map(|l| l.uid),
-                sandbox: "process".into(),
+                sandbox: if self.bwrap.is_some() {
+                    "bwrap"
+                } else {
+                    "process"
+                }
+                .into(),
             },
         })
     }

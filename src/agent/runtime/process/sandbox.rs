@@ -249,3 +249,59 @@ pub fn check_traversable(dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Finds the bubblewrap binary according to `mode`.
+pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Option<PathBuf>> {
+    use crate::agent::config::BwrapMode;
+    if mode == BwrapMode::Off {
+        return Ok(None);
+    }
+    let found = ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    match (found, mode) {
+        (None, BwrapMode::On) => {
+            anyhow::bail!("sandbox.use_bwrap is on but bwrap is not installed")
+        }
+        (found, _) => Ok(found),
+    }
+}
+
+/// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
+/// only writable place besides a private /tmp, fresh /dev and /proc, and every namespace
+/// unshared (network included). The process group stays the agent's handle on the kernel.
+pub fn bwrap_command(
+    bwrap: &Path,
+    scratch: &Path,
+    program: &str,
+    args: &[String],
+) -> (String, Vec<String>) {
+    let scratch = scratch.to_string_lossy().into_owned();
+    let mut out: Vec<String> = [
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    out.extend([
+        "--bind".to_owned(),
+        scratch.clone(),
+        scratch.clone(),
+        "--chdir".to_owned(),
+        scratch,
+        "--".to_owned(),
+        program.to_owned(),
+    ]);
+    out.extend(args.iter().cloned());
+    (bwrap.to_string_lossy().into_owned(), out)
+}

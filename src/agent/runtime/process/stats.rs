@@ -54,6 +54,34 @@ pub fn group_usage(pgid: i32) -> (u64, u64, u64, u64) {
     (cpu_ticks * 1000 / ticks, rss, read, write)
 }
 
+/// Pids of the members of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let pgrp = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(2))
+            .and_then(|f| f.parse::<i32>().ok());
+        if pgrp == Some(pgid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// Total size of the regular files under `dir` (symlinks not followed; bounded walk).
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0u64;
