@@ -3,6 +3,7 @@
 //! of access keys (and of agents and sessions) and persist it with SeaORM.
 
 pub mod actors;
+pub mod agent;
 pub mod agent_client;
 pub mod auth;
 pub mod cli;

@@ -1,0 +1,401 @@
+//! The process runtime: kernels as sandboxed local process trees (see [`sandbox`]).
+
+mod kernel;
+pub mod sandbox;
+pub mod stats;
+pub mod upload;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use self::kernel::{Death, Kernel};
+use self::sandbox::UidPool;
+use super::{
+    ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult,
+    Runtime, RuntimeError, RuntimeInfo, RuntimeResult, TerminationReason,
+};
+
+/// Settings of the process runtime, taken from the agent configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory holding one scratch dir per kernel; owned by the agent.
+    pub scratch_root: PathBuf,
+    /// Default wall-time limit of a run, in seconds.
+    pub exec_timeout: f64,
+    /// Default output cap of a run, in bytes.
+    pub max_output_bytes: u64,
+    /// How long an execute call waits before answering `continued`.
+    pub continuation: Duration,
+    /// Memory limit (MiB) of kernels created without a memory slot.
+    pub default_mem_mib: u64,
+    /// Lowest memory limit (MiB) applied, so that an interpreter can start at all.
+    pub min_mem_mib: u64,
+    /// RLIMIT_NPROC of kernels with their own uid.
+    pub max_processes: u64,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: u64,
+    /// RLIMIT_FSIZE in bytes.
+    pub max_file_size: u64,
+    /// Give each kernel its own uid (only possible as root).
+    pub drop_privileges: bool,
+    /// Whether to run kernels inside bubblewrap.
+    pub use_bwrap: crate::agent::config::BwrapMode,
+    /// First uid of the kernel uid range.
+    pub kernel_uid_start: u32,
+    /// Size of the kernel uid range.
+    pub kernel_uid_count: u32,
+    /// Directory of the machine-wide uid lease files.
+    pub uid_lock_dir: PathBuf,
+}
+
+/// The process runtime.
+#[derive(Clone)]
+pub struct ProcessRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Runtime settings.
+    settings: Arc<Settings>,
+    /// The bubblewrap binary, when kernels run inside it.
+    bwrap: Option<Arc<PathBuf>>,
+    /// The live kernels by id.
+    kernels: Mutex<HashMap<String, Arc<Kernel>>>,
+    /// Kernel uids, when the agent runs as root.
+    uids: Option<UidPool>,
+    /// The runtime on which kernel processes and their drivers live.
+    rt: tokio::runtime::Handle,
+    /// Kernel deaths, consumed by the reaper task.
+    deaths: mpsc::UnboundedSender<Death>,
+    /// Where `kernel_terminated` reports go.
+    terminated: mpsc::UnboundedSender<KernelTerminated>,
+}
+
+impl ProcessRuntime {
+    /// Prepares the scratch root (removing leftovers of a previous run) and starts the
+    /// reaper of kernels that die by themselves. Must be called within a tokio runtime, which
+    /// then hosts every kernel process.
+    pub fn new(
+        settings: Settings,
+        terminated: mpsc::UnboundedSender<KernelTerminated>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.scratch_root).with_context(|| {
+            format!("creating scratch root {}", settings.scratch_root.display())
+        })?;
+        clean_leftovers(&settings.scratch_root);
+        let uids = if settings.drop_privileges && sandbox::is_root() {
+            sandbox::set_mode(&settings.scratch_root, 0o711)?;
+            sandbox::check_traversable(&settings.scratch_root)?;
+            Some(UidPool::new(
+                settings.kernel_uid_start,
+                settings.kernel_uid_count,
+                settings.uid_lock_dir.clone(),
+            )?)
+        } else {
+            if settings.drop_privileges {
+                tracing::warn!(
+                    "the agent does not run as root: kernels run as the agent's user, \
+                     without a per-kernel process limit"
+                );
+            }
+            None
+        };
+        let bwrap = sandbox::find_bwrap(settings.use_bwrap)?;
+        if let Some(path) = &bwrap {
+            tracing::info!(bwrap = %path.display(), "kernels run inside bubblewrap");
+        }
+        let (deaths, mut death_rx) = mpsc::unbounded_channel::<Death>();
+        let inner = Arc::new(Inner {
+            settings: Arc::new(settings),
+            bwrap: bwrap.map(Arc::new),
+            kernels: Mutex::new(HashMap::new()),
+            uids,
+            rt: tokio::runtime::Handle::current(),
+            deaths,
+            terminated,
+        });
+        let weak: Weak<Inner> = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(death) = death_rx.recv().await {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let _ = inner
+                    .destroy(&death.kernel_id, death.reason, death.exit_code)
+                    .await;
+            }
+        });
+        Ok(Self { inner })
+    }
+
+    /// Whether kernels run under their own uid.
+    pub fn drops_privileges(&self) -> bool {
+        self.inner.uids.is_some()
+    }
+}
+
+/// Removes scratch dirs of kernels of a previous run (names that are kernel ids only) and
+/// kills nothing: kernel uids are cleaned when leased again (see `sandbox`).
+fn clean_leftovers(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(valid_kernel_id) {
+            let path = entry.path();
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover scratch dir");
+            } else {
+                tracing::info!(path = %path.display(), "removed a leftover scratch dir");
+            }
+        }
+    }
+}
+
+/// Kernel ids become directory names: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_kernel_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Inner {
+    fn get(&self, id: &str) -> RuntimeResult<Arc<Kernel>> {
+        self.kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or(RuntimeError::KernelNotFound)
+    }
+
+    async fn create(&self, spec: super::KernelSpec) -> RuntimeResult<KernelInfo> {
+        if !valid_kernel_id(&spec.kernel_id) {
+            return Err(RuntimeError::InvalidInput(
+                "kernel_id must match [A-Za-z0-9_-]{1,64}".into(),
+            ));
+        }
+        let scratch = self.settings.scratch_root.join(&spec.kernel_id);
+        let lease = match &self.uids {
+            Some(pool) => Some(pool.acquire()?),
+            None => None,
+        };
+        let kernel = Arc::new(Kernel::new(
+            spec,
+            scratch.clone(),
+            lease,
+            self.settings.clone(),
+            self.bwrap.clone(),
+            self.rt.clone(),
+            self.deaths.clone(),
+        ));
+        {
+            let mut kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
+            if kernels.contains_key(&kernel.id) {
+                return Err(RuntimeError::KernelExists);
+            }
+            kernels.insert(kernel.id.clone(), kernel.clone());
+        }
+        let started = async {
+            let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
+            std::fs::create_dir(&scratch)
+                .with_context(|| format!("creating {}", scratch.display()))?;
+            sandbox::set_mode(&scratch, 0o700)?;
+            if let Some((uid, gid)) = owner {
+                nix::unistd::chown(
+                    &scratch,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )
+                .context("chown scratch dir")?;
+            }
+            kernel.start().await
+        };
+        if let Err(e) = started.await {
+            self.kernels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&kernel.id);
+            kernel.terminate().await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            return Err(e);
+        }
+        Ok(KernelInfo {
+            id: kernel.id.clone(),
+            runtime: RuntimeInfo {
+                scratch_dir: scratch.to_string_lossy().into_owned(),
+                pid: kernel.pid().unwrap_or(0),
+                uid: kernel.lease.as_ref().map(|l| l.uid),
+                sandbox: if self.bwrap.is_some() {
+                    "bwrap"
+                } else {
+                    "process"
+                }
+                .into(),
+            },
+        })
+    }
+
+    async fn destroy(
+        &self,
+        id: &str,
+        reason: TerminationReason,
+        exit_code: Option<i32>,
+    ) -> RuntimeResult<KernelStats> {
+        let kernel = self
+            .kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .ok_or(RuntimeError::KernelNotFound)?;
+        let stats = kernel.terminate().await;
+        let scratch = kernel.scratch.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
+        let _ = self.terminated.send(KernelTerminated {
+            kernel_id: id.to_owned(),
+            reason,
+            exit_code,
+            stats: stats.clone(),
+        });
+        Ok(stats)
+    }
+
+    fn all(&self) -> Vec<Arc<Kernel>> {
+        self.kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn create(&self, spec: super::KernelSpec) -> BoxFuture<'_, RuntimeResult<KernelInfo>> {
+        Box::pin(self.inner.create(spec))
+    }
+
+    fn destroy<'a>(
+        &'a self,
+        kernel_id: &'a str,
+        reason: TerminationReason,
+    ) -> BoxFuture<'a, RuntimeResult<KernelStats>> {
+        Box::pin(self.inner.destroy(kernel_id, reason, None))
+    }
+
+    fn restart<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>> {
+        Box::pin(async move {
+            let kernel = self.inner.get(kernel_id)?;
+            kernel
+                .restart("\n[backend.ai: the kernel was restarted]\n")
+                .await
+        })
+    }
+
+    fn execute<'a>(
+        &'a self,
+        kernel_id: &'a str,
+        request: ExecRequest,
+    ) -> BoxFuture<'a, RuntimeResult<RunResult>> {
+        Box::pin(async move { self.inner.get(kernel_id)?.execute(request).await })
+    }
+
+    fn interrupt<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>> {
+        Box::pin(async move { self.inner.get(kernel_id)?.interrupt() })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        kernel_id: &'a str,
+        code: String,
+        options: Value,
+    ) -> BoxFuture<'a, RuntimeResult<Vec<String>>> {
+        Box::pin(async move { Ok(self.inner.get(kernel_id)?.complete(code, options).await) })
+    }
+
+    fn upload<'a>(
+        &'a self,
+        kernel_id: &'a str,
+        path: &'a str,
+        data: bytes::Bytes,
+    ) -> BoxFuture<'a, RuntimeResult<()>> {
+        Box::pin(async move {
+            let kernel = self.inner.get(kernel_id)?;
+            let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
+            let scratch = kernel.scratch.clone();
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || upload::write(&scratch, &path, &data, owner))
+                .await
+                .map_err(|e| anyhow::anyhow!("upload task failed: {e}"))?
+        })
+    }
+
+    fn pty<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<PtyHandle>> {
+        Box::pin(async move { self.inner.get(kernel_id)?.spawn_pty().await })
+    }
+
+    fn resize_pty(
+        &self,
+        master: std::os::fd::BorrowedFd<'_>,
+        rows: u16,
+        cols: u16,
+    ) -> RuntimeResult<()> {
+        kernel::resize_pty(master, rows, cols)
+            .map_err(|e| RuntimeError::Failure(anyhow::anyhow!("resizing the pty: {e}")))
+    }
+
+    fn close_pty(&self, pid: u32) {
+        kernel::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn list(&self) -> BoxFuture<'_, Vec<KernelSummary>> {
+        Box::pin(async move {
+            let mut list: Vec<KernelSummary> = self
+                .inner
+                .all()
+                .into_iter()
+                .map(|k| KernelSummary {
+                    id: k.id.clone(),
+                    image: k.spec.image.clone(),
+                    status: k.status().as_str().to_owned(),
+                    pid: k.pid(),
+                    created_at: k.created_at,
+                })
+                .collect();
+            list.sort_by_key(|k| k.created_at);
+            list
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, HashMap<String, KernelStats>> {
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            for kernel in self.inner.all() {
+                let stats = kernel.sample_stats().await;
+                out.insert(kernel.id.clone(), stats);
+            }
+            out
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let ids: Vec<String> = self.inner.all().iter().map(|k| k.id.clone()).collect();
+            let destroys = ids.iter().map(|id| {
+                self.inner
+                    .destroy(id, TerminationReason::AgentTerminated, None)
+            });
+            futures_util::future::join_all(destroys).await;
+        })
+    }
+}

@@ -1,0 +1,307 @@
+//! Process sandboxing: per-kernel unprivileged uids, resource limits and the scrubbed
+//! environment, applied between `fork` and `exec`.
+//!
+//! When the agent runs as root, every kernel gets a uid of its own from a configured range.
+//! The uid is leased machine-wide with an `flock`ed file (so that several agents on one
+//! host, or the parallel tests, never share one) and gives three things: `RLIMIT_NPROC`
+//! counts that kernel's processes only (fork bombs hit the limit), kernels cannot signal or
+//! read each other, and every process of a kernel, even one that left the process group
+//! with `setsid`, can be killed with `kill(-1, SIGKILL)` issued as that uid.
+//!
+//! Without root none of this is possible: the kernel runs as the agent's user, and the
+//! process-count limit is not set (it would count every process of that user).
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Context;
+
+/// A uid (and gid) leased to one kernel for its lifetime.
+#[derive(Debug)]
+pub struct UidLease {
+    /// The kernel's uid.
+    pub uid: u32,
+    /// The kernel's gid (same number as the uid).
+    pub gid: u32,
+    /// The locked lease file; closing it releases the lease.
+    _lock: File,
+}
+
+/// The machine-wide pool of kernel uids.
+#[derive(Debug)]
+pub struct UidPool {
+    /// First uid of the range.
+    start: u32,
+    /// Number of uids in the range.
+    count: u32,
+    /// Directory of the lease files.
+    lock_dir: PathBuf,
+    /// Where the next search starts (spreads leases, avoids re-trying busy ones).
+    next: AtomicU32,
+}
+
+impl UidPool {
+    /// A pool of `count` uids from `start`, leased through files in `lock_dir`.
+    pub fn new(start: u32, count: u32, lock_dir: PathBuf) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&lock_dir)
+            .with_context(|| format!("creating the uid lease dir {}", lock_dir.display()))?;
+        set_mode(&lock_dir, 0o700)?;
+        Ok(Self {
+            start,
+            count: count.max(1),
+            lock_dir,
+            next: AtomicU32::new(0),
+        })
+    }
+
+    /// Leases a free uid.
+    pub fn acquire(&self) -> anyhow::Result<UidLease> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.count {
+            let uid = self.start + (first.wrapping_add(i) % self.count);
+            let path = self.lock_dir.join(uid.to_string());
+            let file = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                self.next.store(
+                    first.wrapping_add(i).wrapping_add(1) % self.count,
+                    Ordering::Relaxed,
+                );
+                return Ok(UidLease {
+                    uid,
+                    gid: uid,
+                    _lock: file,
+                });
+            }
+        }
+        anyhow::bail!("all {} kernel uids are in use", self.count)
+    }
+}
+
+/// Kills every process running as `uid` (never root), by running a helper as that uid that
+/// calls `kill(-1, SIGKILL)`. Done twice to catch processes forked during the first pass.
+pub fn kill_uid(uid: u32, gid: u32) {
+    if uid == 0 {
+        return;
+    }
+    for _ in 0..2 {
+        let mut cmd = std::process::Command::new("/bin/true");
+        cmd.uid(uid)
+            .gid(gid)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::getuid() != 0 && libc::geteuid() != 0 {
+                    libc::kill(-1, libc::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+        match cmd.status() {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(uid, error = %e, "could not run the uid killer");
+                return;
+            }
+        }
+    }
+}
+
+/// Resource limits applied to a kernel's processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Rlimits {
+    /// RLIMIT_AS in bytes.
+    pub address_space: u64,
+    /// RLIMIT_NPROC (only set when the kernel has its own uid).
+    pub processes: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// RLIMIT_FSIZE in bytes.
+    pub file_size: u64,
+}
+
+/// What the child does between fork and exec.
+#[derive(Debug, Clone, Copy)]
+pub struct PreExec {
+    /// Resource limits.
+    pub limits: Rlimits,
+    /// Pipe ends to install as fd 3 (commands in) and fd 4 (events out).
+    pub control_fds: Option<(RawFd, RawFd)>,
+    /// Kill leftover processes of the kernel uid first (only when not root).
+    pub kill_leftovers: bool,
+    /// Start a new session and take the terminal on fd 0 as controlling tty (PTY shells).
+    pub controlling_tty: bool,
+}
+
+impl PreExec {
+    /// The closure body; runs in the forked child after the uid change, so it only uses
+    /// async-signal-safe calls.
+    pub fn apply(&self) -> std::io::Result<()> {
+        // SAFETY: plain syscalls on integers and fds valid in the child.
+        unsafe {
+            if self.controlling_tty {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some((cmd_fd, evt_fd)) = self.control_fds {
+                // Move both out of the way first so that neither is clobbered by dup2.
+                let a = libc::fcntl(cmd_fd, libc::F_DUPFD_CLOEXEC, 10);
+                let b = libc::fcntl(evt_fd, libc::F_DUPFD_CLOEXEC, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            set_rlimit(libc::RLIMIT_CORE, 0)?;
+            set_rlimit(libc::RLIMIT_AS, self.limits.address_space)?;
+            set_rlimit(libc::RLIMIT_NOFILE, self.limits.open_files)?;
+            set_rlimit(libc::RLIMIT_FSIZE, self.limits.file_size)?;
+            if let Some(n) = self.limits.processes {
+                set_rlimit(libc::RLIMIT_NPROC, n)?;
+            }
+            // Only ever as an unprivileged uid: kill(-1) as root would kill the machine.
+            if self.kill_leftovers && libc::getuid() != 0 && libc::geteuid() != 0 {
+                libc::kill(-1, libc::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+}
+
+unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: a valid pointer to a local rlimit.
+    if unsafe { libc::setrlimit(resource, &lim) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The whole environment of a kernel process: nothing of the agent's is passed on.
+pub fn kernel_env(kernel_id: &str, scratch: &Path) -> Vec<(String, String)> {
+    let home = scratch.to_string_lossy().into_owned();
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), home.clone()),
+        ("TMPDIR".into(), home),
+        ("USER".into(), "work".into()),
+        ("LOGNAME".into(), "work".into()),
+        ("SHELL".into(), "/bin/bash".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TERM".into(), "xterm-256color".into()),
+        ("PYTHONIOENCODING".into(), "utf-8".into()),
+        ("PYTHONUNBUFFERED".into(), "1".into()),
+        // glibc reserves 64 MiB of address space per malloc arena: keep RLIMIT_AS useful.
+        ("MALLOC_ARENA_MAX".into(), "2".into()),
+        ("BACKENDAI_KERNEL_ID".into(), kernel_id.into()),
+    ]
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Whether the agent runs as root (and so can give kernels their own uid).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Checks that an unprivileged uid can reach `dir` (every ancestor searchable by others).
+pub fn check_traversable(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut cur = Some(dir);
+    while let Some(p) = cur {
+        let meta = std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?;
+        if meta.permissions().mode() & 0o001 == 0 {
+            anyhow::bail!(
+                "{} is not searchable by other users (mode {:o}); kernels running as an \
+                 unprivileged uid could not reach their scratch dir",
+                p.display(),
+                meta.permissions().mode() & 0o7777
+            );
+        }
+        cur = p.parent();
+    }
+    Ok(())
+}
+
+/// Finds the bubblewrap binary according to `mode`.
+pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Option<PathBuf>> {
+    use crate::agent::config::BwrapMode;
+    if mode == BwrapMode::Off {
+        return Ok(None);
+    }
+    let found = ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    match (found, mode) {
+        (None, BwrapMode::On) => {
+            anyhow::bail!("sandbox.use_bwrap is on but bwrap is not installed")
+        }
+        (found, _) => Ok(found),
+    }
+}
+
+/// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
+/// only writable place besides a private /tmp, fresh /dev and /proc, and every namespace
+/// unshared (network included). The process group stays the agent's handle on the kernel.
+pub fn bwrap_command(
+    bwrap: &Path,
+    scratch: &Path,
+    program: &str,
+    args: &[String],
+) -> (String, Vec<String>) {
+    let scratch = scratch.to_string_lossy().into_owned();
+    let mut out: Vec<String> = [
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    out.extend([
+        "--bind".to_owned(),
+        scratch.clone(),
+        scratch.clone(),
+        "--chdir".to_owned(),
+        scratch,
+        "--".to_owned(),
+        program.to_owned(),
+    ]);
+    out.extend(args.iter().cloned());
+    (bwrap.to_string_lossy().into_owned(), out)
+}

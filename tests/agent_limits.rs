@@ -1,0 +1,463 @@
+//! Limits and lifecycle: timeouts, output cap, memory and fork bombs, kernels dying by
+//! themselves, events to the manager.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::{stream, test_config, EventSink, TestAgent};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn run_until_done(agent: &TestAgent, k: &str, code: &str, limit: Duration) -> Vec<Value> {
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let end = Instant::now() + limit;
+    let mut results = vec![agent.execute(k, &run_id, "query", code, Value::Null).await];
+    while results.last().unwrap()["status"] == "continued" {
+        assert!(Instant::now() < end, "run did not end in {limit:?}");
+        results.push(agent.execute(k, &run_id, "query", "", Value::Null).await);
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_forever_hits_the_run_timeout_and_the_kernel_is_reset() {
+    let agent = TestAgent::spawn().await;
+    for (runner, code) in [
+        ("python", "import time\ntime.sleep(1e9)"),
+        ("shell", "sleep 1e9"),
+    ] {
+        let k = agent.create(runner, json!({"exec_timeout": 1.0})).await;
+        let started = Instant::now();
+        let results = run_until_done(&agent, &k, code, Duration::from_secs(10)).await;
+        assert_eq!(
+            results.last().unwrap()["status"],
+            "exec-timeout",
+            "{runner}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(stream(&results, "stderr").contains("time limit"));
+        // The kernel is usable again (a fresh interpreter).
+        let code = if runner == "python" {
+            "print('alive')"
+        } else {
+            "echo alive"
+        };
+        let after = run_until_done(&agent, &k, code, Duration::from_secs(10)).await;
+        assert_eq!(stream(&after, "stdout"), "alive\n", "{runner}");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_output_is_capped_with_a_note() {
+    let agent = TestAgent::spawn().await;
+    let k = agent
+        .create(
+            "python",
+            json!({"exec_timeout": 2.0, "max_output_bytes": 100000}),
+        )
+        .await;
+    let results = run_until_done(
+        &agent,
+        &k,
+        "while True:\n    print('x' * 1000)",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(results.last().unwrap()["status"], "exec-timeout");
+    let out = stream(&results, "stdout");
+    assert!(out.len() <= 100000 && out.len() > 50000, "{}", out.len());
+    assert!(stream(&results, "stderr").contains("exceeded 100000 bytes"));
+    // Raw output from a subprocess is capped the same way.
+    let k = agent
+        .create(
+            "shell",
+            json!({"exec_timeout": 2.0, "max_output_bytes": 50000}),
+        )
+        .await;
+    let results = run_until_done(&agent, &k, "yes", Duration::from_secs(15)).await;
+    assert!(stream(&results, "stdout").len() <= 50000);
+    assert!(stream(&results, "stderr").contains("exceeded 50000 bytes"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_fails_inside_the_kernel() {
+    let agent = TestAgent::spawn().await;
+    let k = agent.create("python", json!({"mem_slot": 256})).await;
+    let results = run_until_done(
+        &agent,
+        &k,
+        "x = bytearray(2 * 1024**3)",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(stream(&results, "stderr").contains("MemoryError"));
+    let results = run_until_done(
+        &agent,
+        &k,
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(16 * 1024**2))",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(stream(&results, "stderr").contains("MemoryError"));
+    let results = run_until_done(
+        &agent,
+        &k,
+        "del chunks\nprint('survived')",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(stream(&results, "stdout"), "survived\n");
+    agent.stop().await;
+}
+
+fn processes_of_uid(uid: u32) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        {
+            if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
+                let real = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|l| l.split_whitespace().next().map(str::to_owned));
+                let zombie = status
+                    .lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'));
+                if real.as_deref() == Some(&uid.to_string()) && !zombie {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_contained_by_the_process_limit() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: kernels only get their own uid (and RLIMIT_NPROC) as root");
+        return;
+    }
+    let mut config = test_config();
+    config.sandbox.max_processes = 32;
+    let agent = TestAgent::spawn_with(config).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (status, created) = agent
+        .call(
+            Method::POST,
+            "/kernels",
+            Some(json!({"kernel_id": id, "image": {"name": "bash", "runner": "shell"}, "limits": {"exec_timeout": 3.0}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let uid = created["runtime"]["uid"]
+        .as_u64()
+        .expect("kernel has its own uid") as u32;
+    assert_ne!(uid, 0);
+    // Make sure the sandbox really is in place before unleashing anything.
+    let check = run_until_done(&agent, &id, "id -u; ulimit -u", Duration::from_secs(5)).await;
+    assert_eq!(stream(&check, "stdout"), format!("{uid}\n32\n"));
+
+    let watcher = tokio::spawn(async move {
+        let mut max = 0;
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            max = max.max(processes_of_uid(uid));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        max
+    });
+    let results = run_until_done(
+        &agent,
+        &id,
+        "bomb() { bomb | bomb & }; bomb",
+        Duration::from_secs(20),
+    )
+    .await;
+    let max = watcher.await.unwrap();
+    assert!(max <= 32, "{max} processes of the kernel uid");
+    assert!(matches!(
+        results.last().unwrap()["status"].as_str(),
+        Some("exec-timeout" | "finished")
+    ));
+    // The kernel survives (or is reset) and nothing of the bomb is left after a destroy.
+    let after = run_until_done(&agent, &id, "sleep 3; echo ok", Duration::from_secs(10)).await;
+    assert!(
+        stream(&after, "stdout").contains("ok")
+            || after.last().unwrap()["status"] == "exec-timeout"
+    );
+    let (status, _) = agent
+        .call(Method::DELETE, &format!("/kernels/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    // SIGKILL is asynchronous and orphans are reaped by init: give them a moment.
+    let end = Instant::now() + Duration::from_secs(3);
+    while processes_of_uid(uid) > 0 && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(processes_of_uid(uid), 0);
+    agent.stop().await;
+}
+
+async fn agent_with_events() -> (TestAgent, EventSink) {
+    let sink = EventSink::start().await;
+    let mut config = test_config();
+    config.event_addr = Some(sink.addr.to_string());
+    (TestAgent::spawn_with(config).await, sink)
+}
+
+fn is_event(e: &Value, name: &str, kernel: &str) -> bool {
+    e["event"] == name && e["data"]["kernel_id"] == kernel
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_killed_from_outside_is_reported() {
+    let (agent, sink) = agent_with_events().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (_, created) = agent
+        .call(
+            Method::POST,
+            "/kernels",
+            Some(json!({"kernel_id": id, "image": {"name": "python3", "runner": "python"}})),
+        )
+        .await;
+    let pid = created["runtime"]["pid"].as_i64().unwrap() as i32;
+    let killed_at = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let event = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &id)
+        })
+        .await
+        .expect("kernel_terminated event");
+    assert!(killed_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(event["data"]["reason"], "killed");
+    assert_eq!(
+        event["agent_id"].as_str().map(|s| s.starts_with("i-test")),
+        Some(true)
+    );
+    assert!(event["data"]["stats"].is_object());
+    let (status, body) = agent
+        .call(
+            Method::POST,
+            &format!("/kernels/{id}/execute"),
+            Some(json!({"run_id": "x", "mode": "query", "code": "1"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body["type"],
+        "https://api.backend.ai/probs/kernel-not-found"
+    );
+    assert_eq!(*sink.unauthorized.lock().unwrap(), 0);
+    agent.stop().await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_exits_is_reported_with_its_exit_code() {
+    let (agent, sink) = agent_with_events().await;
+    let k = agent.create("python", json!({})).await;
+    let results = run_until_done(
+        &agent,
+        &k,
+        "import os\nprint('bye')\nos._exit(3)",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(results.last().unwrap()["status"], "finished");
+    assert!(stream(&results, "stderr").contains("ended unexpectedly"));
+    let event = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &k)
+        })
+        .await
+        .expect("kernel_terminated event");
+    assert_eq!(event["data"]["reason"], "exited");
+    assert_eq!(event["data"]["exit_code"], 3);
+    agent.stop().await;
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_reach_the_manager() {
+    let (agent, sink) = agent_with_events().await;
+    let started = sink
+        .wait_for(Duration::from_secs(3), |e| e["event"] == "instance_started")
+        .await
+        .expect("instance_started");
+    assert_eq!(started["data"]["addr"], agent.addr.to_string());
+    assert!(started["data"]["slots"]["cpu"].as_f64().unwrap() >= 1.0);
+    assert!(started["data"]["slots"]["mem"].as_i64().unwrap() > 0);
+    let k1 = agent.create("python", json!({})).await;
+    let k2 = agent.create("shell", json!({})).await;
+    agent.run_to_end(&k1, "x = bytearray(10**6)").await;
+    let heartbeat = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            e["event"] == "instance_heartbeat"
+                && e["data"]["kernels"]
+                    .as_array()
+                    .is_some_and(|k| k.len() == 2)
+        })
+        .await
+        .expect("heartbeat with the kernels");
+    assert_eq!(heartbeat["data"]["region"], "local");
+    let stats = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            e["event"] == "kernel_stats" && e["data"]["stats"][&k1].is_object()
+        })
+        .await
+        .expect("kernel_stats");
+    let s = &stats["data"]["stats"][&k1];
+    assert!(s["mem_cur_bytes"].as_u64().unwrap() > 1_000_000, "{s}");
+    for field in [
+        "cpu_used",
+        "mem_max_bytes",
+        "net_rx_bytes",
+        "net_tx_bytes",
+        "io_read_bytes",
+        "io_write_bytes",
+        "io_max_scratch_size",
+        "io_cur_scratch_size",
+    ] {
+        assert!(s[field].is_u64(), "{field} in {s}");
+    }
+
+    let (status, body) = agent
+        .call(Method::DELETE, &format!("/kernels/{k1}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(body["stats"]["cpu_used"].is_u64());
+    assert!(!agent.scratch_root.join(&k1).exists());
+    let ended = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &k1)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended["data"]["reason"], "user-requested");
+
+    let scratch_root = agent.scratch_root.clone();
+    agent.stop().await;
+    let ended = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &k2)
+        })
+        .await
+        .expect("k2 terminated at shutdown");
+    assert_eq!(ended["data"]["reason"], "agent-terminated");
+    let events = sink.events.lock().unwrap().clone();
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "instance_terminated");
+    assert_eq!(last["data"]["reason"], "agent-shutdown");
+    assert!(!scratch_root.join(&k2).exists());
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_previous_run_are_removed_at_start() {
+    let config = test_config();
+    let leftover = config
+        .scratch_root
+        .join("0b5e7a2c-1111-2222-3333-444455556666");
+    std::fs::create_dir_all(leftover.join("sub")).unwrap();
+    let agent = TestAgent::spawn_with(config).await;
+    assert!(!leftover.exists());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bubblewrap_isolates_the_kernel_when_installed() {
+    if !std::path::Path::new("/usr/bin/bwrap").exists() {
+        eprintln!("skipped: bwrap is not installed");
+        return;
+    }
+    let agent = TestAgent::spawn().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (status, created) = agent
+        .call(
+            Method::POST,
+            "/kernels",
+            Some(json!({"kernel_id": id, "image": {"name": "python3", "runner": "python"}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(created["runtime"]["sandbox"], "bwrap");
+    let host_file =
+        std::env::temp_dir().join(format!("bai-host-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&host_file, "host").unwrap();
+    let code = format!(
+        "import os, socket\n\
+         print(os.path.exists({host:?}))\n\
+         try:\n    open('/var/tmp/bai-escape', 'w')\n    print('wrote')\nexcept OSError as e:\n    print('ro', e.errno)\n\
+         s = socket.socket()\n\
+         try:\n    s.connect(('127.0.0.1', {port}))\n    print('net')\nexcept OSError:\n    print('no net')\n\
+         _ = open('inside.txt', 'w').write('ok')",
+        host = host_file.to_str().unwrap(),
+        port = agent.addr.port()
+    );
+    let results = run_until_done(&agent, &id, &code, Duration::from_secs(10)).await;
+    assert_eq!(
+        stream(&results, "stdout"),
+        "False\nro 30\nno net\n",
+        "{results:?}"
+    );
+    assert!(agent.scratch_root.join(&id).join("inside.txt").exists());
+    std::fs::remove_file(&host_file).unwrap();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
+    let (sink, mut config) = (EventSink::start().await, test_config());
+    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    config.event_addr = Some(sink.addr.to_string());
+    config.continuation_secs = 0.5;
+    let agent = TestAgent::spawn_with(config).await;
+    let k = agent.create("python", json!({})).await;
+    let first = agent
+        .execute(
+            &k,
+            "spin",
+            "query",
+            "import time\nwhile True:\n    time.sleep(0.05)",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(first["status"], "continued");
+    agent
+        .call(Method::POST, &format!("/kernels/{k}/interrupt"), None)
+        .await;
+    let mut results = vec![first];
+    while results.last().unwrap()["status"] == "continued" {
+        results.push(agent.execute(&k, "spin", "query", "", Value::Null).await);
+    }
+    assert!(stream(&results, "stderr").contains("KeyboardInterrupt"));
+    run_until_done(
+        &agent,
+        &k,
+        "import os\nos.kill(os.getpid(), 9)",
+        Duration::from_secs(5),
+    )
+    .await;
+    let event = sink
+        .wait_for(Duration::from_secs(3), |e| {
+            is_event(e, "kernel_terminated", &k)
+        })
+        .await
+        .expect("kernel_terminated");
+    assert_eq!(event["data"]["reason"], "killed");
+    agent.stop().await;
+    sink.stop().await;
+}
