@@ -47,6 +47,7 @@ pub struct Application {
     port: u16,
     server: Server,
     events: Server,
+    local_agent: Option<crate::agent::Agent>,
     state: web::Data<AppState>,
 }
 
@@ -87,6 +88,10 @@ impl Application {
         let registry = Registry::start_supervised(core, manager_id.clone());
         let state = web::Data::new(AppState { settings, db, stores, registry, manager_id, events_addr });
         let events = crate::events::server(state.clone(), events_listener)?;
+        let local_agent = match state.settings.local_agent.enabled {
+            true => Some(local_agent(&state).await.context("cannot start the built-in agent")?),
+            false => None,
+        };
         let settings = &state.settings;
         let server_state = state.clone();
         let max_body_size = settings.manager.max_body_size;
@@ -124,7 +129,7 @@ impl Application {
             _ => server.listen(listener)?,
         }
         .run();
-        Ok(Self { port, server, events, state })
+        Ok(Self { port, server, events, local_agent, state })
     }
 
     /// The port the gateway listens on (useful with port 0).
@@ -153,8 +158,23 @@ impl Application {
         });
         let events_handle = self.events.handle();
         let events = tokio::spawn(self.events);
+        let (stop_agent, agent_stopped) = tokio::sync::oneshot::channel::<()>();
+        let local_agent = self.local_agent.map(|agent| {
+            tokio::spawn(agent.run_until_stopped(async move {
+                agent_stopped.await.ok();
+            }))
+        });
         let served = self.server.await;
         signals.abort();
+        // The agent reports its kernels' ends to the events port, so it stops first.
+        stop_agent.send(()).ok();
+        if let Some(agent) = local_agent {
+            match agent.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!("built-in agent: {error:#}"),
+                Err(error) => tracing::error!(%error, "built-in agent task failed"),
+            }
+        }
         events_handle.stop(true).await;
         events.await.ok();
         if let Err(error) = keypair::shutdown(&self.state.registry).await {
@@ -183,6 +203,29 @@ async fn wait_for_signal() {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The agent `serve` runs in the same process: the same RPC and events over loopback.
+async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
+    let settings = &state.settings;
+    std::fs::create_dir_all(&settings.db.data_dir)?;
+    let data_dir = std::fs::canonicalize(&settings.db.data_dir)?;
+    let mut config = crate::agent::AgentConfig {
+        agent_id: format!("i-{}-local", hostname()),
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        event_addr: Some(state.events_addr.to_string()),
+        namespace: settings.manager.namespace.clone(),
+        redis_addr: settings.redis.addr.clone(),
+        cluster_secret: crate::agent::config::Secret(settings.manager.cluster_secret.expose().to_owned()),
+        scratch_root: data_dir.join("scratch"),
+        ..Default::default()
+    };
+    if state.events_addr.ip().is_unspecified() {
+        config.event_addr = Some(format!("127.0.0.1:{}", state.events_addr.port()));
+    }
+    let agent = crate::agent::Agent::build(config).await?;
+    tracing::info!(addr = %agent.addr(), "built-in agent ready");
+    Ok(agent)
 }
 
 fn hostname() -> String {

@@ -29,26 +29,19 @@ fn python3() -> Command {
     cmd
 }
 
-const ECHO: &str =
-    "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n";
+const ECHO: &str = "import sys\nfor line in sys.stdin:\n    sys.stdout.write(line)\n    sys.stdout.flush()\n";
 
 fn summary(name: &str, mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let p50 = ms(samples[samples.len() / 2]);
     let p99 = ms(samples[((samples.len() * 99) / 100).min(samples.len() - 1)]);
-    println!(
-        "{name:<48} n={:<5} p50 {p50:>9.3} ms   p99 {p99:>9.3} ms",
-        samples.len()
-    );
+    println!("{name:<48} n={:<5} p50 {p50:>9.3} ms   p99 {p99:>9.3} ms", samples.len());
     (p50, p99)
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,23 +96,17 @@ async fn bench_agent() {
             )
             .await;
         assert_eq!(status, 201);
-        let r = agent
-            .execute(&id, "r", "query", "print(1)", Value::Null)
-            .await;
+        let r = agent.execute(&id, "r", "query", "print(1)", Value::Null).await;
         create.push(t.elapsed());
         assert_eq!(r["console"], json!([["stdout", "1\n"]]));
-        agent
-            .call(Method::DELETE, &format!("/kernels/{id}"), None)
-            .await;
+        agent.call(Method::DELETE, &format!("/kernels/{id}"), None).await;
     }
     let k = agent.create("python", json!({"mem_slot": 1024})).await;
     let mut exec = Vec::new();
     for i in 0..round_trips + 100 {
         let run_id = format!("r{i}");
         let t = Instant::now();
-        let r = agent
-            .execute(&k, &run_id, "query", "print(1)", Value::Null)
-            .await;
+        let r = agent.execute(&k, &run_id, "query", "print(1)", Value::Null).await;
         if i >= 100 {
             exec.push(t.elapsed());
         }

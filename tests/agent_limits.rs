@@ -24,26 +24,15 @@ async fn run_until_done(agent: &TestAgent, k: &str, code: &str, limit: Duration)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleep_forever_hits_the_run_timeout_and_the_kernel_is_reset() {
     let agent = TestAgent::spawn().await;
-    for (runner, code) in [
-        ("python", "import time\ntime.sleep(1e9)"),
-        ("shell", "sleep 1e9"),
-    ] {
+    for (runner, code) in [("python", "import time\ntime.sleep(1e9)"), ("shell", "sleep 1e9")] {
         let k = agent.create(runner, json!({"exec_timeout": 1.0})).await;
         let started = Instant::now();
         let results = run_until_done(&agent, &k, code, Duration::from_secs(10)).await;
-        assert_eq!(
-            results.last().unwrap()["status"],
-            "exec-timeout",
-            "{runner}"
-        );
+        assert_eq!(results.last().unwrap()["status"], "exec-timeout", "{runner}");
         assert!(started.elapsed() < Duration::from_secs(4));
         assert!(stream(&results, "stderr").contains("time limit"));
         // The kernel is usable again (a fresh interpreter).
-        let code = if runner == "python" {
-            "print('alive')"
-        } else {
-            "echo alive"
-        };
+        let code = if runner == "python" { "print('alive')" } else { "echo alive" };
         let after = run_until_done(&agent, &k, code, Duration::from_secs(10)).await;
         assert_eq!(stream(&after, "stdout"), "alive\n", "{runner}");
     }
@@ -53,30 +42,14 @@ async fn sleep_forever_hits_the_run_timeout_and_the_kernel_is_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn infinite_output_is_capped_with_a_note() {
     let agent = TestAgent::spawn().await;
-    let k = agent
-        .create(
-            "python",
-            json!({"exec_timeout": 2.0, "max_output_bytes": 100000}),
-        )
-        .await;
-    let results = run_until_done(
-        &agent,
-        &k,
-        "while True:\n    print('x' * 1000)",
-        Duration::from_secs(15),
-    )
-    .await;
+    let k = agent.create("python", json!({"exec_timeout": 2.0, "max_output_bytes": 100000})).await;
+    let results = run_until_done(&agent, &k, "while True:\n    print('x' * 1000)", Duration::from_secs(15)).await;
     assert_eq!(results.last().unwrap()["status"], "exec-timeout");
     let out = stream(&results, "stdout");
     assert!(out.len() <= 100000 && out.len() > 50000, "{}", out.len());
     assert!(stream(&results, "stderr").contains("exceeded 100000 bytes"));
     // Raw output from a subprocess is capped the same way.
-    let k = agent
-        .create(
-            "shell",
-            json!({"exec_timeout": 2.0, "max_output_bytes": 50000}),
-        )
-        .await;
+    let k = agent.create("shell", json!({"exec_timeout": 2.0, "max_output_bytes": 50000})).await;
     let results = run_until_done(&agent, &k, "yes", Duration::from_secs(15)).await;
     assert!(stream(&results, "stdout").len() <= 50000);
     assert!(stream(&results, "stderr").contains("exceeded 50000 bytes"));
@@ -87,13 +60,7 @@ async fn infinite_output_is_capped_with_a_note() {
 async fn a_memory_bomb_fails_inside_the_kernel() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({"mem_slot": 256})).await;
-    let results = run_until_done(
-        &agent,
-        &k,
-        "x = bytearray(2 * 1024**3)",
-        Duration::from_secs(10),
-    )
-    .await;
+    let results = run_until_done(&agent, &k, "x = bytearray(2 * 1024**3)", Duration::from_secs(10)).await;
     assert!(stream(&results, "stderr").contains("MemoryError"));
     let results = run_until_done(
         &agent,
@@ -103,13 +70,7 @@ async fn a_memory_bomb_fails_inside_the_kernel() {
     )
     .await;
     assert!(stream(&results, "stderr").contains("MemoryError"));
-    let results = run_until_done(
-        &agent,
-        &k,
-        "del chunks\nprint('survived')",
-        Duration::from_secs(10),
-    )
-    .await;
+    let results = run_until_done(&agent, &k, "del chunks\nprint('survived')", Duration::from_secs(10)).await;
     assert_eq!(stream(&results, "stdout"), "survived\n");
     agent.stop().await;
 }
@@ -117,19 +78,13 @@ async fn a_memory_bomb_fails_inside_the_kernel() {
 fn processes_of_uid(uid: u32) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        {
+        if entry.file_name().to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())) {
             if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
                 let real = status
                     .lines()
                     .find_map(|l| l.strip_prefix("Uid:"))
                     .and_then(|l| l.split_whitespace().next().map(str::to_owned));
-                let zombie = status
-                    .lines()
-                    .any(|l| l.starts_with("State:") && l.contains('Z'));
+                let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
                 if real.as_deref() == Some(&uid.to_string()) && !zombie {
                     n += 1;
                 }
@@ -153,13 +108,13 @@ async fn a_fork_bomb_is_contained_by_the_process_limit() {
         .call(
             Method::POST,
             "/kernels",
-            Some(json!({"kernel_id": id, "image": {"name": "bash", "runner": "shell"}, "limits": {"exec_timeout": 3.0}})),
+            Some(
+                json!({"kernel_id": id, "image": {"name": "bash", "runner": "shell"}, "limits": {"exec_timeout": 3.0}}),
+            ),
         )
         .await;
     assert_eq!(status, 201);
-    let uid = created["runtime"]["uid"]
-        .as_u64()
-        .expect("kernel has its own uid") as u32;
+    let uid = created["runtime"]["uid"].as_u64().expect("kernel has its own uid") as u32;
     assert_ne!(uid, 0);
     // Make sure the sandbox really is in place before unleashing anything.
     let check = run_until_done(&agent, &id, "id -u; ulimit -u", Duration::from_secs(5)).await;
@@ -174,28 +129,14 @@ async fn a_fork_bomb_is_contained_by_the_process_limit() {
         }
         max
     });
-    let results = run_until_done(
-        &agent,
-        &id,
-        "bomb() { bomb | bomb & }; bomb",
-        Duration::from_secs(20),
-    )
-    .await;
+    let results = run_until_done(&agent, &id, "bomb() { bomb | bomb & }; bomb", Duration::from_secs(20)).await;
     let max = watcher.await.unwrap();
     assert!(max <= 32, "{max} processes of the kernel uid");
-    assert!(matches!(
-        results.last().unwrap()["status"].as_str(),
-        Some("exec-timeout" | "finished")
-    ));
+    assert!(matches!(results.last().unwrap()["status"].as_str(), Some("exec-timeout" | "finished")));
     // The kernel survives (or is reset) and nothing of the bomb is left after a destroy.
     let after = run_until_done(&agent, &id, "sleep 3; echo ok", Duration::from_secs(10)).await;
-    assert!(
-        stream(&after, "stdout").contains("ok")
-            || after.last().unwrap()["status"] == "exec-timeout"
-    );
-    let (status, _) = agent
-        .call(Method::DELETE, &format!("/kernels/{id}"), None)
-        .await;
+    assert!(stream(&after, "stdout").contains("ok") || after.last().unwrap()["status"] == "exec-timeout");
+    let (status, _) = agent.call(Method::DELETE, &format!("/kernels/{id}"), None).await;
     assert_eq!(status, 200);
     // SIGKILL is asynchronous and orphans are reaped by init: give them a moment.
     let end = Instant::now() + Duration::from_secs(3);
@@ -230,23 +171,14 @@ async fn a_kernel_killed_from_outside_is_reported() {
         .await;
     let pid = created["runtime"]["pid"].as_i64().unwrap() as i32;
     let killed_at = Instant::now();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let event = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            is_event(e, "kernel_terminated", &id)
-        })
+        .wait_for(Duration::from_secs(3), |e| is_event(e, "kernel_terminated", &id))
         .await
         .expect("kernel_terminated event");
     assert!(killed_at.elapsed() < Duration::from_secs(1));
     assert_eq!(event["data"]["reason"], "killed");
-    assert_eq!(
-        event["agent_id"].as_str().map(|s| s.starts_with("i-test")),
-        Some(true)
-    );
+    assert_eq!(event["agent_id"].as_str().map(|s| s.starts_with("i-test")), Some(true));
     assert!(event["data"]["stats"].is_object());
     let (status, body) = agent
         .call(
@@ -256,10 +188,7 @@ async fn a_kernel_killed_from_outside_is_reported() {
         )
         .await;
     assert_eq!(status, 404);
-    assert_eq!(
-        body["type"],
-        "https://api.backend.ai/probs/kernel-not-found"
-    );
+    assert_eq!(body["type"], "https://api.backend.ai/probs/kernel-not-found");
     assert_eq!(*sink.unauthorized.lock().unwrap(), 0);
     agent.stop().await;
     sink.stop().await;
@@ -269,19 +198,11 @@ async fn a_kernel_killed_from_outside_is_reported() {
 async fn a_kernel_that_exits_is_reported_with_its_exit_code() {
     let (agent, sink) = agent_with_events().await;
     let k = agent.create("python", json!({})).await;
-    let results = run_until_done(
-        &agent,
-        &k,
-        "import os\nprint('bye')\nos._exit(3)",
-        Duration::from_secs(5),
-    )
-    .await;
+    let results = run_until_done(&agent, &k, "import os\nprint('bye')\nos._exit(3)", Duration::from_secs(5)).await;
     assert_eq!(results.last().unwrap()["status"], "finished");
     assert!(stream(&results, "stderr").contains("ended unexpectedly"));
     let event = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            is_event(e, "kernel_terminated", &k)
-        })
+        .wait_for(Duration::from_secs(3), |e| is_event(e, "kernel_terminated", &k))
         .await
         .expect("kernel_terminated event");
     assert_eq!(event["data"]["reason"], "exited");
@@ -293,10 +214,8 @@ async fn a_kernel_that_exits_is_reported_with_its_exit_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_reach_the_manager() {
     let (agent, sink) = agent_with_events().await;
-    let started = sink
-        .wait_for(Duration::from_secs(3), |e| e["event"] == "instance_started")
-        .await
-        .expect("instance_started");
+    let started =
+        sink.wait_for(Duration::from_secs(3), |e| e["event"] == "instance_started").await.expect("instance_started");
     assert_eq!(started["data"]["addr"], agent.addr.to_string());
     assert!(started["data"]["slots"]["cpu"].as_f64().unwrap() >= 1.0);
     assert!(started["data"]["slots"]["mem"].as_i64().unwrap() > 0);
@@ -305,18 +224,13 @@ async fn lifecycle_events_reach_the_manager() {
     agent.run_to_end(&k1, "x = bytearray(10**6)").await;
     let heartbeat = sink
         .wait_for(Duration::from_secs(3), |e| {
-            e["event"] == "instance_heartbeat"
-                && e["data"]["kernels"]
-                    .as_array()
-                    .is_some_and(|k| k.len() == 2)
+            e["event"] == "instance_heartbeat" && e["data"]["kernels"].as_array().is_some_and(|k| k.len() == 2)
         })
         .await
         .expect("heartbeat with the kernels");
     assert_eq!(heartbeat["data"]["region"], "local");
     let stats = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            e["event"] == "kernel_stats" && e["data"]["stats"][&k1].is_object()
-        })
+        .wait_for(Duration::from_secs(3), |e| e["event"] == "kernel_stats" && e["data"]["stats"][&k1].is_object())
         .await
         .expect("kernel_stats");
     let s = &stats["data"]["stats"][&k1];
@@ -334,26 +248,17 @@ async fn lifecycle_events_reach_the_manager() {
         assert!(s[field].is_u64(), "{field} in {s}");
     }
 
-    let (status, body) = agent
-        .call(Method::DELETE, &format!("/kernels/{k1}"), None)
-        .await;
+    let (status, body) = agent.call(Method::DELETE, &format!("/kernels/{k1}"), None).await;
     assert_eq!(status, 200);
     assert!(body["stats"]["cpu_used"].is_u64());
     assert!(!agent.scratch_root.join(&k1).exists());
-    let ended = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            is_event(e, "kernel_terminated", &k1)
-        })
-        .await
-        .unwrap();
+    let ended = sink.wait_for(Duration::from_secs(3), |e| is_event(e, "kernel_terminated", &k1)).await.unwrap();
     assert_eq!(ended["data"]["reason"], "user-requested");
 
     let scratch_root = agent.scratch_root.clone();
     agent.stop().await;
     let ended = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            is_event(e, "kernel_terminated", &k2)
-        })
+        .wait_for(Duration::from_secs(3), |e| is_event(e, "kernel_terminated", &k2))
         .await
         .expect("k2 terminated at shutdown");
     assert_eq!(ended["data"]["reason"], "agent-terminated");
@@ -368,9 +273,7 @@ async fn lifecycle_events_reach_the_manager() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leftovers_of_a_previous_run_are_removed_at_start() {
     let config = test_config();
-    let leftover = config
-        .scratch_root
-        .join("0b5e7a2c-1111-2222-3333-444455556666");
+    let leftover = config.scratch_root.join("0b5e7a2c-1111-2222-3333-444455556666");
     std::fs::create_dir_all(leftover.join("sub")).unwrap();
     let agent = TestAgent::spawn_with(config).await;
     assert!(!leftover.exists());
@@ -394,8 +297,7 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
         .await;
     assert_eq!(status, 201);
     assert_eq!(created["runtime"]["sandbox"], "bwrap");
-    let host_file =
-        std::env::temp_dir().join(format!("bai-host-{}", uuid::Uuid::new_v4().simple()));
+    let host_file = std::env::temp_dir().join(format!("bai-host-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&host_file, "host").unwrap();
     let code = format!(
         "import os, socket\n\
@@ -408,11 +310,7 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
         port = agent.addr.port()
     );
     let results = run_until_done(&agent, &id, &code, Duration::from_secs(10)).await;
-    assert_eq!(
-        stream(&results, "stdout"),
-        "False\nro 30\nno net\n",
-        "{results:?}"
-    );
+    assert_eq!(stream(&results, "stdout"), "False\nro 30\nno net\n", "{results:?}");
     assert!(agent.scratch_root.join(&id).join("inside.txt").exists());
     std::fs::remove_file(&host_file).unwrap();
     agent.stop().await;
@@ -426,35 +324,17 @@ async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
     config.continuation_secs = 0.5;
     let agent = TestAgent::spawn_with(config).await;
     let k = agent.create("python", json!({})).await;
-    let first = agent
-        .execute(
-            &k,
-            "spin",
-            "query",
-            "import time\nwhile True:\n    time.sleep(0.05)",
-            Value::Null,
-        )
-        .await;
+    let first = agent.execute(&k, "spin", "query", "import time\nwhile True:\n    time.sleep(0.05)", Value::Null).await;
     assert_eq!(first["status"], "continued");
-    agent
-        .call(Method::POST, &format!("/kernels/{k}/interrupt"), None)
-        .await;
+    agent.call(Method::POST, &format!("/kernels/{k}/interrupt"), None).await;
     let mut results = vec![first];
     while results.last().unwrap()["status"] == "continued" {
         results.push(agent.execute(&k, "spin", "query", "", Value::Null).await);
     }
     assert!(stream(&results, "stderr").contains("KeyboardInterrupt"));
-    run_until_done(
-        &agent,
-        &k,
-        "import os\nos.kill(os.getpid(), 9)",
-        Duration::from_secs(5),
-    )
-    .await;
+    run_until_done(&agent, &k, "import os\nos.kill(os.getpid(), 9)", Duration::from_secs(5)).await;
     let event = sink
-        .wait_for(Duration::from_secs(3), |e| {
-            is_event(e, "kernel_terminated", &k)
-        })
+        .wait_for(Duration::from_secs(3), |e| is_event(e, "kernel_terminated", &k))
         .await
         .expect("kernel_terminated");
     assert_eq!(event["data"]["reason"], "killed");

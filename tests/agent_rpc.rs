@@ -52,11 +52,7 @@ async fn malformed_requests_get_problem_bodies() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
     let bad = |status: u16, body: &Value, name: &str| {
-        assert_eq!(
-            body["type"],
-            format!("https://api.backend.ai/probs/{name}"),
-            "{body}"
-        );
+        assert_eq!(body["type"], format!("https://api.backend.ai/probs/{name}"), "{body}");
         status
     };
     let resp = agent
@@ -70,16 +66,10 @@ async fn malformed_requests_get_problem_bodies() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     let (s, b) = agent
-        .call(
-            Method::POST,
-            &format!("/kernels/{k}/execute"),
-            Some(json!({"run_id": "r", "mode": "dance", "code": ""})),
-        )
+        .call(Method::POST, &format!("/kernels/{k}/execute"), Some(json!({"run_id": "r", "mode": "dance", "code": ""})))
         .await;
     assert_eq!(bad(s, &b, "invalid-api-params"), 400);
-    let (s, b) = agent
-        .call(Method::POST, "/kernels", Some(json!({"kernel_id": "x"})))
-        .await;
+    let (s, b) = agent.call(Method::POST, "/kernels", Some(json!({"kernel_id": "x"}))).await;
     assert_eq!(bad(s, &b, "invalid-api-params"), 400);
     let (s, b) = agent
         .call(
@@ -90,11 +80,7 @@ async fn malformed_requests_get_problem_bodies() {
         .await;
     assert_eq!(bad(s, &b, "invalid-api-params"), 400);
     let (s, b) = agent
-        .call(
-            Method::POST,
-            "/kernels",
-            Some(json!({"kernel_id": k, "image": {"name": "bash", "runner": "shell"}})),
-        )
+        .call(Method::POST, "/kernels", Some(json!({"kernel_id": k, "image": {"name": "bash", "runner": "shell"}})))
         .await;
     assert_eq!(bad(s, &b, "kernel-exists"), 409);
     for (method, path) in [
@@ -106,11 +92,7 @@ async fn malformed_requests_get_problem_bodies() {
         assert_eq!(bad(s, &b, "kernel-not-found"), 404);
     }
     let (s, b) = agent
-        .call(
-            Method::POST,
-            "/kernels/nope/execute",
-            Some(json!({"run_id": "r", "mode": "query", "code": "1"})),
-        )
+        .call(Method::POST, "/kernels/nope/execute", Some(json!({"run_id": "r", "mode": "query", "code": "1"})))
         .await;
     assert_eq!(bad(s, &b, "kernel-not-found"), 404);
     let (s, b) = agent.call(Method::GET, "/no/such/route", None).await;
@@ -135,34 +117,18 @@ async fn put_file(agent: &TestAgent, k: &str, path: &str, body: Vec<u8>) -> u16 
 async fn uploads_land_in_the_scratch_dir_and_never_leave_it() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
-    assert_eq!(
-        put_file(&agent, &k, "data/in.txt", b"hello".to_vec()).await,
-        204
-    );
-    let results = agent
-        .run_to_end(
-            &k,
-            "print(open('data/in.txt').read())\n_ = open('data/in.txt', 'a').write('!')",
-        )
-        .await;
+    assert_eq!(put_file(&agent, &k, "data/in.txt", b"hello".to_vec()).await, 204);
+    let results =
+        agent.run_to_end(&k, "print(open('data/in.txt').read())\n_ = open('data/in.txt', 'a').write('!')").await;
     assert_eq!(stream(&results, "stdout"), "hello\n");
-    assert_eq!(
-        stream(&results, "stderr"),
-        "",
-        "the kernel can write its own upload"
-    );
+    assert_eq!(stream(&results, "stderr"), "", "the kernel can write its own upload");
 
     for path in ["../escape.txt", "/tmp/escape.txt", "a/../../escape.txt", ""] {
-        assert_eq!(
-            put_file(&agent, &k, path, b"x".to_vec()).await,
-            400,
-            "{path}"
-        );
+        assert_eq!(put_file(&agent, &k, path, b"x".to_vec()).await, 400, "{path}");
     }
     assert!(!agent.scratch_root.join("escape.txt").exists());
     // Symlinks planted by the kernel are not followed, neither as directory nor as file.
-    let outside =
-        std::env::temp_dir().join(format!("bai-outside-{}", uuid::Uuid::new_v4().simple()));
+    let outside = std::env::temp_dir().join(format!("bai-outside-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("victim.txt"), "original").unwrap();
     let plant = format!(
@@ -171,28 +137,13 @@ async fn uploads_land_in_the_scratch_dir_and_never_leave_it() {
         outside.join("victim.txt").to_str().unwrap()
     );
     agent.run_to_end(&k, &plant).await;
-    assert_eq!(
-        put_file(&agent, &k, "linkdir/victim.txt", b"pwned".to_vec()).await,
-        400
-    );
-    assert_eq!(
-        put_file(&agent, &k, "linkfile", b"pwned".to_vec()).await,
-        400
-    );
-    assert_eq!(
-        std::fs::read_to_string(outside.join("victim.txt")).unwrap(),
-        "original"
-    );
+    assert_eq!(put_file(&agent, &k, "linkdir/victim.txt", b"pwned".to_vec()).await, 400);
+    assert_eq!(put_file(&agent, &k, "linkfile", b"pwned".to_vec()).await, 400);
+    assert_eq!(std::fs::read_to_string(outside.join("victim.txt")).unwrap(), "original");
     std::fs::remove_dir_all(&outside).unwrap();
 
-    assert_eq!(
-        put_file(&agent, &k, "big.bin", vec![0u8; (1 << 20) + 1]).await,
-        413
-    );
-    assert_eq!(
-        put_file(&agent, &k, "ok.bin", vec![0u8; 1 << 20]).await,
-        204
-    );
+    assert_eq!(put_file(&agent, &k, "big.bin", vec![0u8; (1 << 20) + 1]).await, 413);
+    assert_eq!(put_file(&agent, &k, "ok.bin", vec![0u8; 1 << 20]).await, 204);
     agent.stop().await;
 }
 
@@ -261,15 +212,12 @@ impl Ws {
         let mut out = String::new();
         while !out.contains(needle) {
             let left = end.saturating_duration_since(Instant::now());
-            let (op, payload) = tokio::time::timeout(left, self.recv())
-                .await
-                .unwrap_or_else(|_| panic!("no {needle:?} in {out:?}"));
+            let (op, payload) =
+                tokio::time::timeout(left, self.recv()).await.unwrap_or_else(|_| panic!("no {needle:?} in {out:?}"));
             if op == 1 {
                 let frame: Value = serde_json::from_slice(&payload).unwrap();
                 assert_eq!(frame["type"], "out");
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(frame["data"].as_str().unwrap())
-                    .unwrap();
+                let data = base64::engine::general_purpose::STANDARD.decode(frame["data"].as_str().unwrap()).unwrap();
                 out.push_str(&String::from_utf8_lossy(&data));
             } else if op == 8 {
                 break;
@@ -288,30 +236,21 @@ async fn the_pty_runs_a_shell_in_the_scratch_dir() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
     let mut ws = Ws::connect(&agent, &format!("/kernels/{k}/pty")).await;
-    ws.send(json!({"type": "resize", "rows": 40, "cols": 100}))
-        .await;
+    ws.send(json!({"type": "resize", "rows": 40, "cols": 100})).await;
     ws.send(json!({"type": "ping"})).await;
-    ws.send(stdin("echo \"$((6 * 7))-$PWD\"; stty size\n"))
-        .await;
+    ws.send(stdin("echo \"$((6 * 7))-$PWD\"; stty size\n")).await;
     let out = ws.read_until("40 100", Duration::from_secs(10)).await;
-    assert!(
-        out.contains(&format!("42-{}", agent.scratch_root.join(&k).display())),
-        "{out}"
-    );
+    assert!(out.contains(&format!("42-{}", agent.scratch_root.join(&k).display())), "{out}");
     ws.send(json!({"type": "restart"})).await;
     ws.send(stdin("echo again-$((1 + 1))\n")).await;
     ws.read_until("again-2", Duration::from_secs(10)).await;
     // Destroying the kernel ends the stream.
-    let (status, _) = agent
-        .call(Method::DELETE, &format!("/kernels/{k}"), None)
-        .await;
+    let (status, _) = agent.call(Method::DELETE, &format!("/kernels/{k}"), None).await;
     assert_eq!(status, 200);
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         let (op, _) =
-            tokio::time::timeout(end.saturating_duration_since(Instant::now()), ws.recv())
-                .await
-                .expect("close frame");
+            tokio::time::timeout(end.saturating_duration_since(Instant::now()), ws.recv()).await.expect("close frame");
         if op == 8 {
             break;
         }

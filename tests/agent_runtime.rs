@@ -45,17 +45,11 @@ async fn stdout_and_stderr_keep_their_order_and_merge() {
     let k = agent.create("python", json!({})).await;
     let code = "import sys\nprint('a')\nprint('b')\nsys.stderr.write('e\\n')\nprint('c')";
     let results = agent.run_to_end(&k, code).await;
-    assert_eq!(
-        results[0]["console"],
-        json!([["stdout", "a\nb\n"], ["stderr", "e\n"], ["stdout", "c\n"]])
-    );
+    assert_eq!(results[0]["console"], json!([["stdout", "a\nb\n"], ["stderr", "e\n"], ["stdout", "c\n"]]));
     let results = agent.run_to_end(&k, "1/0").await;
     assert_eq!(results.last().unwrap()["status"], "finished");
     assert!(stream(&results, "stderr").contains("ZeroDivisionError"));
-    assert!(
-        !stream(&results, "stderr").contains("runner"),
-        "runner frames leak"
-    );
+    assert!(!stream(&results, "stderr").contains("runner"), "runner frames leak");
     agent.stop().await;
 }
 
@@ -83,15 +77,7 @@ async fn long_run_is_continued_and_streams_its_output() {
 async fn input_waits_and_the_same_run_id_resumes_with_the_line() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
-    let first = agent
-        .execute(
-            &k,
-            "r1",
-            "query",
-            "name = input('who? ')\nprint('hi', name)",
-            Value::Null,
-        )
-        .await;
+    let first = agent.execute(&k, "r1", "query", "name = input('who? ')\nprint('hi', name)", Value::Null).await;
     assert_eq!(first["status"], "waiting-input");
     assert_eq!(first["options"], json!({"is_password": false}));
     assert_eq!(first["console"], json!([["stdout", "who? "]]));
@@ -105,20 +91,11 @@ async fn input_waits_and_the_same_run_id_resumes_with_the_line() {
 async fn getpass_asks_for_a_password() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
-    let first = agent
-        .execute(
-            &k,
-            "r1",
-            "query",
-            "import getpass\npw = getpass.getpass()\nprint(len(pw))",
-            Value::Null,
-        )
-        .await;
+    let first =
+        agent.execute(&k, "r1", "query", "import getpass\npw = getpass.getpass()\nprint(len(pw))", Value::Null).await;
     assert_eq!(first["status"], "waiting-input");
     assert_eq!(first["options"], json!({"is_password": true}));
-    let second = agent
-        .execute(&k, "r1", "input", "secret", Value::Null)
-        .await;
+    let second = agent.execute(&k, "r1", "input", "secret", Value::Null).await;
     assert_eq!(stream(std::slice::from_ref(&second), "stdout"), "6\n");
     assert_eq!(second["status"], "finished");
     agent.stop().await;
@@ -129,19 +106,9 @@ async fn interrupt_raises_keyboard_interrupt_and_the_kernel_survives() {
     let agent = TestAgent::spawn_with(fast_continuation()).await;
     let k = agent.create("python", json!({})).await;
     agent.run_to_end(&k, "kept = 7").await;
-    let first = agent
-        .execute(
-            &k,
-            "spin",
-            "query",
-            "import time\nwhile True:\n    time.sleep(0.05)",
-            Value::Null,
-        )
-        .await;
+    let first = agent.execute(&k, "spin", "query", "import time\nwhile True:\n    time.sleep(0.05)", Value::Null).await;
     assert_eq!(first["status"], "continued");
-    let (status, _) = agent
-        .call(Method::POST, &format!("/kernels/{k}/interrupt"), None)
-        .await;
+    let (status, _) = agent.call(Method::POST, &format!("/kernels/{k}/interrupt"), None).await;
     assert_eq!(status, 204);
     let mut results = vec![first];
     while results.last().unwrap()["status"] == "continued" {
@@ -158,16 +125,10 @@ async fn interrupt_raises_keyboard_interrupt_and_the_kernel_survives() {
 async fn restart_gives_a_fresh_interpreter_in_the_same_scratch_dir() {
     let agent = TestAgent::spawn().await;
     let k = agent.create("python", json!({})).await;
-    agent
-        .run_to_end(&k, "x = 1\nopen('kept.txt', 'w').write('still here')")
-        .await;
-    let (status, _) = agent
-        .call(Method::POST, &format!("/kernels/{k}/restart"), None)
-        .await;
+    agent.run_to_end(&k, "x = 1\nopen('kept.txt', 'w').write('still here')").await;
+    let (status, _) = agent.call(Method::POST, &format!("/kernels/{k}/restart"), None).await;
     assert_eq!(status, 204);
-    let results = agent
-        .run_to_end(&k, "print(open('kept.txt').read())\nx")
-        .await;
+    let results = agent.run_to_end(&k, "print(open('kept.txt').read())\nx").await;
     assert_eq!(stream(&results, "stdout"), "still here\n");
     assert!(stream(&results, "stderr").contains("NameError"));
     agent.stop().await;
@@ -189,11 +150,7 @@ async fn completion_uses_the_kernel_namespace() {
     let items: Vec<String> = serde_json::from_value(body["completions"].clone()).unwrap();
     assert!(items.iter().any(|i| i == "os.path"), "{items:?}");
     let (_, body) = agent
-        .call(
-            Method::POST,
-            &format!("/kernels/{k}/complete"),
-            Some(json!({"code": "my_va", "options": {}})),
-        )
+        .call(Method::POST, &format!("/kernels/{k}/complete"), Some(json!({"code": "my_va", "options": {}})))
         .await;
     assert_eq!(body["completions"], json!(["my_variable"]));
     agent.stop().await;
@@ -204,13 +161,7 @@ async fn batch_reports_build_finished_then_runs_the_exec_command() {
     let agent = TestAgent::spawn().await;
     for runner in ["python", "shell"] {
         let k = agent.create(runner, json!({})).await;
-        let (status, _) = agent
-            .call(
-                Method::PUT,
-                &format!("/kernels/{k}/files?path=main.py"),
-                None,
-            )
-            .await;
+        let (status, _) = agent.call(Method::PUT, &format!("/kernels/{k}/files?path=main.py"), None).await;
         assert_eq!(status, 204);
         let resp = agent
             .client
@@ -233,28 +184,15 @@ async fn batch_reports_build_finished_then_runs_the_exec_command() {
         assert_eq!(results.last().unwrap()["status"], "finished");
         assert_eq!(stream(&results, "stdout"), "42\n", "{runner}");
         // `*` means: no build step, the default exec command.
-        let results = agent
-            .execute(&k, "b2", "batch", "", json!({"build": "*", "exec": "*"}))
-            .await;
+        let results = agent.execute(&k, "b2", "batch", "", json!({"build": "*", "exec": "*"})).await;
         if runner == "python" {
             assert_eq!(results["status"], "finished");
             assert_eq!(stream(&[results], "stdout"), "42\n");
         }
         // A failing build ends the run without the exec step.
-        let failed = agent
-            .execute(
-                &k,
-                "b3",
-                "batch",
-                "",
-                json!({"build": "exit 3", "exec": "echo never"}),
-            )
-            .await;
+        let failed = agent.execute(&k, "b3", "batch", "", json!({"build": "exit 3", "exec": "echo never"})).await;
         assert_eq!(failed["status"], "finished");
-        assert!(
-            stream(std::slice::from_ref(&failed), "stderr").contains("exit code 3"),
-            "{failed}"
-        );
+        assert!(stream(std::slice::from_ref(&failed), "stderr").contains("exit code 3"), "{failed}");
         assert!(!stream(&[failed], "stdout").contains("never"));
     }
     agent.stop().await;
@@ -305,11 +243,7 @@ async fn invalid_utf8_binary_and_huge_lines_are_survived() {
         .run_to_end(&k, "import sys\nsys.stdout.buffer.write(b'\\xff\\xfe\\x00abc\\n' + bytes(range(256)))\nsys.stdout.flush()\nprint('x' * 300000)")
         .await;
     let out = stream(&results, "stdout");
-    assert!(
-        out.contains('\u{fffd}') && out.contains("abc"),
-        "{:?}",
-        results
-    );
+    assert!(out.contains('\u{fffd}') && out.contains("abc"), "{:?}", results);
     assert!(out.ends_with(&format!("{}\n", "x".repeat(300000))));
     let results = agent.run_to_end(&k, "print('ok')").await;
     assert_eq!(stream(&results, "stdout"), "ok\n");
@@ -320,24 +254,11 @@ async fn invalid_utf8_binary_and_huge_lines_are_survived() {
 async fn a_second_run_waits_for_the_first_one() {
     let agent = TestAgent::spawn_with(fast_continuation()).await;
     let k = agent.create("python", json!({})).await;
-    let first = agent
-        .execute(
-            &k,
-            "A",
-            "query",
-            "import time\ntime.sleep(1.2)\nprint('A done')",
-            Value::Null,
-        )
-        .await;
+    let first = agent.execute(&k, "A", "query", "import time\ntime.sleep(1.2)\nprint('A done')", Value::Null).await;
     assert_eq!(first["status"], "continued");
     let started = Instant::now();
-    let second = agent
-        .execute(&k, "B", "query", "print('B')", Value::Null)
-        .await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "B did not wait"
-    );
+    let second = agent.execute(&k, "B", "query", "print('B')", Value::Null).await;
+    assert!(started.elapsed() >= Duration::from_millis(500), "B did not wait");
     assert_eq!(second["status"], "finished");
     assert_eq!(stream(&[second], "stdout"), "B\n");
     // Resuming an unknown run explicitly is refused.
@@ -349,9 +270,6 @@ async fn a_second_run_waits_for_the_first_one() {
         )
         .await;
     assert_eq!(status, 400);
-    assert_eq!(
-        body["type"],
-        "https://api.backend.ai/probs/invalid-api-params"
-    );
+    assert_eq!(body["type"], "https://api.backend.ai/probs/invalid-api-params");
     agent.stop().await;
 }

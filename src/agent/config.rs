@@ -15,11 +15,7 @@ pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"[redacted]\""
-        })
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
     }
 }
 
@@ -148,10 +144,7 @@ pub struct AgentConfig {
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        let host = hostname::get()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_else(|| "localhost".to_owned());
+        let host = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".to_owned());
         Self {
             agent_id: format!("i-{host}"),
             region: "local".to_owned(),
@@ -224,11 +217,7 @@ impl AgentConfig {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment
-            .merge(
-                Env::prefixed("BACKENDAI_AGENT_")
-                    .ignore(&["config"])
-                    .split("__"),
-            )
+            .merge(Env::prefixed("BACKENDAI_AGENT_").ignore(&["config"]).split("__"))
             .merge(Serialized::defaults(args))
     }
 
@@ -241,11 +230,8 @@ impl AgentConfig {
 
     /// Checks values that deserialize but make no sense.
     pub fn validate(&self) -> Result<(), Box<figment::Error>> {
-        let bad = |key: &str, why: &str| {
-            Err(Box::new(figment::Error::from(format!(
-                "invalid value for `{key}`: {why}"
-            ))))
-        };
+        let bad =
+            |key: &str, why: &str| Err(Box::new(figment::Error::from(format!("invalid value for `{key}`: {why}"))));
         if self.cluster_secret.0.is_empty() {
             return bad("cluster_secret", "it is required");
         }
@@ -255,10 +241,7 @@ impl AgentConfig {
         if !(self.continuation_secs > 0.0 && self.continuation_secs <= 60.0) {
             return bad("continuation_secs", "must be in (0, 60]");
         }
-        for (key, v) in [
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("stats_interval", self.stats_interval),
-        ] {
+        for (key, v) in [("heartbeat_interval", self.heartbeat_interval), ("stats_interval", self.stats_interval)] {
             if !(v >= 0.1 && v.is_finite()) {
                 return bad(key, "must be at least 0.1 s");
             }
@@ -278,10 +261,7 @@ mod tests {
     #[test]
     fn layers_file_env_and_flags_and_names_bad_keys() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "agent.toml",
-                "region = \"eu\"\ncluster_secret = \"s3cret\"\n[slots]\ncpu = 2.5\n",
-            )?;
+            jail.create_file("agent.toml", "region = \"eu\"\ncluster_secret = \"s3cret\"\n[slots]\ncpu = 2.5\n")?;
             jail.set_env("BACKENDAI_AGENT_SANDBOX__MAX_PROCESSES", "42");
             let args = AgentArgs {
                 config: Some("agent.toml".into()),

@@ -57,15 +57,13 @@ impl ResponseError for AgentError {
         if let AgentError::Failure(e) = self {
             tracing::error!(error = ?e, "agent failure");
         }
-        HttpResponse::build(status)
-            .content_type("application/problem+json")
-            .body(
-                json!({
-                    "type": format!("https://api.backend.ai/probs/{name}"),
-                    "title": self.to_string(),
-                })
-                .to_string(),
-            )
+        HttpResponse::build(status).content_type("application/problem+json").body(
+            json!({
+                "type": format!("https://api.backend.ai/probs/{name}"),
+                "title": self.to_string(),
+            })
+            .to_string(),
+        )
     }
 }
 

@@ -35,17 +35,11 @@ impl Events {
     pub fn start(config: &AgentConfig) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let sender = Sender {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .build()
-                .unwrap_or_default(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap_or_default(),
             agent_id: config.agent_id.clone(),
             secret: config.cluster_secret.clone(),
             fixed_addr: config.event_addr.clone(),
-            etcd: config
-                .etcd_addr
-                .clone()
-                .map(|addr| (addr, config.namespace.clone())),
+            etcd: config.etcd_addr.clone().map(|addr| (addr, config.namespace.clone())),
             cached_addr: None,
         };
         let task = tokio::spawn(sender.run(rx));
@@ -90,10 +84,7 @@ impl Events {
     }
 }
 
-async fn write_redis(
-    pool: &deadpool_redis::Pool,
-    stats: &HashMap<String, KernelStats>,
-) -> anyhow::Result<()> {
+async fn write_redis(pool: &deadpool_redis::Pool, stats: &HashMap<String, KernelStats>) -> anyhow::Result<()> {
     let mut conn = tokio::time::timeout(Duration::from_secs(2), pool.get()).await??;
     let mut pipe = deadpool_redis::redis::pipe();
     for (kernel_id, s) in stats {
@@ -142,13 +133,8 @@ impl Sender {
                 tracing::debug!(event = event.name, "no events address known; event dropped");
                 return;
             };
-            let sent = self
-                .client
-                .post(format!("http://{addr}/events"))
-                .bearer_auth(&self.secret.0)
-                .json(&body)
-                .send()
-                .await;
+            let sent =
+                self.client.post(format!("http://{addr}/events")).bearer_auth(&self.secret.0).json(&body).send().await;
             match sent {
                 Ok(r) if r.status().is_success() => return,
                 Ok(r) => {
@@ -189,11 +175,7 @@ async fn lookup_event_addr(etcd: &str, namespace: &str) -> anyhow::Result<Option
         let mut client = etcd_client::Client::connect([etcd], None).await?;
         let key = format!("/sorna/{namespace}/nodes/manager/event_addr");
         let resp = client.get(key, None).await?;
-        let value = resp
-            .kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok())
-            .map(str::to_owned);
+        let value = resp.kvs().first().and_then(|kv| kv.value_str().ok()).map(str::to_owned);
         anyhow::Ok(value)
     };
     tokio::time::timeout(Duration::from_secs(3), fut).await?

@@ -53,8 +53,7 @@ impl Agent {
         let (terminated_tx, terminated) = mpsc::unbounded_channel();
         let runtime = Arc::new(ProcessRuntime::new(settings(&config), terminated_tx)?);
         let slots = detect_slots(&config);
-        let listener = TcpListener::bind(config.listen)
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let state = web::Data::new(RpcState {
             runtime: runtime.clone() as Arc<dyn Runtime>,
@@ -64,23 +63,14 @@ impl Agent {
             slots,
             secret: config.cluster_secret.clone(),
         });
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(rpc::configure))
-                .workers(2)
-                .disable_signals()
-                .shutdown_timeout(5)
-                .listen(listener)?
-                .run();
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(rpc::configure))
+            .workers(2)
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen(listener)?
+            .run();
         let events = Events::start(&config);
-        Ok(Agent {
-            config,
-            addr,
-            server,
-            runtime,
-            slots,
-            events,
-            terminated,
-        })
+        Ok(Agent { config, addr, server, runtime, slots, events, terminated })
     }
 
     /// The bound RPC address (the real port when configured with port 0).
@@ -91,24 +81,12 @@ impl Agent {
     /// Serves until `shutdown` resolves or the server stops, then terminates every kernel
     /// and reports the agent's end.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Agent {
-            config,
-            addr,
-            server,
-            runtime,
-            slots,
-            events,
-            mut terminated,
-        } = self;
+        let Agent { config, addr, server, runtime, slots, events, mut terminated } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
         tracing::info!(agent_id = %config.agent_id, %addr, "agent started");
-        events.send(
-            "instance_started",
-            json!({"region": config.region, "addr": addr.to_string(), "slots": slots}),
-        );
-        let mut heartbeat =
-            tokio::time::interval(Duration::from_secs_f64(config.heartbeat_interval));
+        events.send("instance_started", json!({"region": config.region, "addr": addr.to_string(), "slots": slots}));
+        let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(config.heartbeat_interval));
         let mut stats = tokio::time::interval(Duration::from_secs_f64(config.stats_interval));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -139,14 +117,8 @@ impl Agent {
 }
 
 /// Builds and runs an agent until `shutdown` resolves.
-pub async fn run_agent(
-    config: AgentConfig,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    Agent::build(config)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+pub async fn run_agent(config: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Agent::build(config).await?.run_until_stopped(shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -223,11 +195,8 @@ fn settings(config: &AgentConfig) -> Settings {
 }
 
 fn detect_slots(config: &AgentConfig) -> Slots {
-    let cpu = config.slots.cpu.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get() as f64)
-            .unwrap_or(1.0)
-    });
+    let cpu =
+        config.slots.cpu.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
     let mem = config.slots.mem.unwrap_or_else(|| {
         std::fs::read_to_string("/proc/meminfo")
             .ok()
@@ -239,9 +208,5 @@ fn detect_slots(config: &AgentConfig) -> Slots {
             .map(|kib| kib / 1024)
             .unwrap_or(1024)
     });
-    Slots {
-        cpu,
-        mem,
-        gpu: config.slots.gpu,
-    }
+    Slots { cpu, mem, gpu: config.slots.gpu }
 }

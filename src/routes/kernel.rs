@@ -33,6 +33,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/kernel/{token}/upload", web::post().to(upload));
 }
 
+/// `/v{version}/kernel/{token}`: the session is named by the client's token.
+#[derive(Deserialize)]
+struct KernelPath {
+    token: String,
+}
+
 fn bad_params(detail: impl Into<String>) -> ApiError {
     ApiError::new(Problem::InvalidApiParams).with_detail(detail)
 }
@@ -78,35 +84,35 @@ async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Byte
 async fn info(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(sessions::info(&state, &auth.keypair.access_key, &token).await?))
+    Ok(HttpResponse::Ok().json(sessions::info(&state, &auth.keypair.access_key, &path.token).await?))
 }
 
 async fn restart(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::restart(&state, &auth.keypair.access_key, &token).await?;
+    sessions::restart(&state, &auth.keypair.access_key, &path.token).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 async fn destroy(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let stats = sessions::destroy(&state, &auth.keypair.access_key, &token).await?;
+    let stats = sessions::destroy(&state, &auth.keypair.access_key, &path.token).await?;
     Ok(HttpResponse::Ok().json(json!({"stats": stats})))
 }
 
 async fn interrupt(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::interrupt(&state, &auth.keypair.access_key, &token).await?;
+    sessions::interrupt(&state, &auth.keypair.access_key, &path.token).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -133,11 +139,11 @@ async fn complete_result(
 async fn complete(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: CompleteBody = parse_json(&body)?;
-    Ok(HttpResponse::Ok().json(json!({"result": complete_result(&auth, &state, &token, body).await?})))
+    Ok(HttpResponse::Ok().json(json!({"result": complete_result(&auth, &state, &path.token, body).await?})))
 }
 
 /// Checks an execute body and turns it into the agent's request.
@@ -198,7 +204,7 @@ fn v1_result(result: &Value) -> Value {
 async fn execute(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: Value = parse_json(&body)?;
@@ -208,9 +214,9 @@ async fn execute(
             code: request["code"].as_str().unwrap_or_default().to_owned(),
             options: Some(request["options"].clone()),
         };
-        complete_result(&auth, &state, &token, body).await?
+        complete_result(&auth, &state, &path.token, body).await?
     } else {
-        sessions::execute(&state, &auth.keypair.access_key, &token, request).await?
+        sessions::execute(&state, &auth.keypair.access_key, &path.token, request).await?
     };
     let result = if auth.api_version == 1 { v1_result(&result) } else { result };
     Ok(HttpResponse::Ok().json(json!({"result": result})))
@@ -230,7 +236,7 @@ pub fn validate_upload_name(name: &str) -> Result<(), ApiError> {
 async fn upload(
     auth: Authenticated,
     state: web::Data<AppState>,
-    token: web::Path<String>,
+    path: web::Path<KernelPath>,
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let mut count = 0;
@@ -259,7 +265,7 @@ async fn upload(
             }
             data.extend_from_slice(&chunk);
         }
-        sessions::upload(&state, &auth.keypair.access_key, &token, name, data.freeze()).await?;
+        sessions::upload(&state, &auth.keypair.access_key, &path.token, name, data.freeze()).await?;
     }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -16,9 +16,7 @@ pub const SECRET: &str = "test-cluster-secret";
 /// Silent tracing unless TEST_LOG is set.
 pub fn init_tracing() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("debug")).try_init();
     }
 }
 
@@ -37,8 +35,7 @@ pub fn test_config() -> AgentConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
         cluster_secret: backendai_manager::agent::config::Secret(SECRET.to_owned()),
-        scratch_root: std::env::temp_dir()
-            .join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple())),
+        scratch_root: std::env::temp_dir().join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple())),
         exec_timeout: 30.0,
         heartbeat_interval: 0.5,
         stats_interval: 0.5,
@@ -60,29 +57,15 @@ impl TestAgent {
         let task = tokio::spawn(agent.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        TestAgent {
-            addr,
-            client: reqwest::Client::new(),
-            scratch_root,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestAgent { addr, client: reqwest::Client::new(), scratch_root, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(SECRET);
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(SECRET);
         if let Some(body) = body {
             req = req.json(&body);
         }
@@ -95,11 +78,7 @@ impl TestAgent {
     /// Creates a kernel of `runner` ("python" or "shell") with extra limits.
     pub async fn create(&self, runner: &str, limits: Value) -> String {
         let id = uuid::Uuid::new_v4().to_string();
-        let (name, command) = if runner == "python" {
-            ("python3", "python3")
-        } else {
-            ("bash", "bash")
-        };
+        let (name, command) = if runner == "python" { ("python3", "python3") } else { ("bash", "bash") };
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
@@ -116,14 +95,7 @@ impl TestAgent {
         id
     }
 
-    pub async fn execute(
-        &self,
-        kernel: &str,
-        run_id: &str,
-        mode: &str,
-        code: &str,
-        options: Value,
-    ) -> Value {
+    pub async fn execute(&self, kernel: &str, run_id: &str, mode: &str, code: &str, options: Value) -> Value {
         let (status, body) = self
             .call(
                 reqwest::Method::POST,
@@ -138,15 +110,9 @@ impl TestAgent {
     /// Runs `code` to the end (following continuations), returning every result.
     pub async fn run_to_end(&self, kernel: &str, code: &str) -> Vec<Value> {
         let run_id = uuid::Uuid::new_v4().to_string();
-        let mut results = vec![
-            self.execute(kernel, &run_id, "query", code, Value::Null)
-                .await,
-        ];
+        let mut results = vec![self.execute(kernel, &run_id, "query", code, Value::Null).await];
         while results.last().unwrap()["status"] == "continued" {
-            results.push(
-                self.execute(kernel, &run_id, "query", "", Value::Null)
-                    .await,
-            );
+            results.push(self.execute(kernel, &run_id, "query", "", Value::Null).await);
         }
         results
     }
@@ -203,10 +169,7 @@ impl EventSink {
                 web::post().to(move |req: HttpRequest, body: web::Json<Value>| {
                     let (ev, un) = (ev.clone(), un.clone());
                     async move {
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok());
+                        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
                         if auth != Some(&format!("Bearer {SECRET}")) {
                             *un.lock().unwrap() += 1;
                             return HttpResponse::Unauthorized().finish();
@@ -225,30 +188,14 @@ impl EventSink {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        EventSink {
-            addr,
-            events,
-            unauthorized,
-            handle,
-        }
+        EventSink { addr, events, unauthorized, handle }
     }
 
     /// Waits until an event matching `pred` arrived and returns it.
-    pub async fn wait_for(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
+    pub async fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
         let end = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(e) = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| pred(e))
-                .cloned()
-            {
+            if let Some(e) = self.events.lock().unwrap().iter().find(|e| pred(e)).cloned() {
                 return Some(e);
             }
             if tokio::time::Instant::now() >= end {

@@ -22,10 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/kernels/{id}/files", web::put().to(upload));
 }
 
-async fn create(
-    state: web::Data<RpcState>,
-    spec: web::Json<KernelSpec>,
-) -> Result<HttpResponse, AgentError> {
+async fn create(state: web::Data<RpcState>, spec: web::Json<KernelSpec>) -> Result<HttpResponse, AgentError> {
     let info = state.runtime.create(spec.into_inner()).await?;
     Ok(HttpResponse::Created().json(info))
 }
@@ -34,21 +31,12 @@ async fn list(state: web::Data<RpcState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "kernels": state.runtime.list().await }))
 }
 
-async fn destroy(
-    state: web::Data<RpcState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentError> {
-    let stats = state
-        .runtime
-        .destroy(&id, TerminationReason::UserRequested)
-        .await?;
+async fn destroy(state: web::Data<RpcState>, id: web::Path<String>) -> Result<HttpResponse, AgentError> {
+    let stats = state.runtime.destroy(&id, TerminationReason::UserRequested).await?;
     Ok(HttpResponse::Ok().json(json!({ "stats": stats })))
 }
 
-async fn restart(
-    state: web::Data<RpcState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentError> {
+async fn restart(state: web::Data<RpcState>, id: web::Path<String>) -> Result<HttpResponse, AgentError> {
     state.runtime.restart(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -62,10 +50,7 @@ async fn execute(
     Ok(HttpResponse::Ok().json(result))
 }
 
-async fn interrupt(
-    state: web::Data<RpcState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, AgentError> {
+async fn interrupt(state: web::Data<RpcState>, id: web::Path<String>) -> Result<HttpResponse, AgentError> {
     state.runtime.interrupt(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -87,10 +72,7 @@ async fn complete(
     request: web::Json<CompleteRequest>,
 ) -> Result<HttpResponse, AgentError> {
     let CompleteRequest { code, options } = request.into_inner();
-    let items = state
-        .runtime
-        .complete(&id, code, options.unwrap_or(Value::Null))
-        .await?;
+    let items = state.runtime.complete(&id, code, options.unwrap_or(Value::Null)).await?;
     Ok(HttpResponse::Ok().json(json!({ "completions": items })))
 }
 
@@ -115,9 +97,6 @@ async fn upload(
         }
         body.extend_from_slice(&chunk);
     }
-    state
-        .runtime
-        .upload(&id, &query.path, body.freeze())
-        .await?;
+    state.runtime.upload(&id, &query.path, body.freeze()).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -50,23 +50,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .limit(16 << 20)
             .error_handler(|e, _| AgentError::InvalidParams(e.to_string()).into()),
     )
-    .app_data(
-        web::PathConfig::default()
-            .error_handler(|e, _| AgentError::InvalidParams(e.to_string()).into()),
-    )
-    .app_data(
-        web::QueryConfig::default()
-            .error_handler(|e, _| AgentError::InvalidParams(e.to_string()).into()),
-    )
+    .app_data(web::PathConfig::default().error_handler(|e, _| AgentError::InvalidParams(e.to_string()).into()))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| AgentError::InvalidParams(e.to_string()).into()))
     .service(
         web::scope("")
             .wrap(from_fn(require_secret))
             .route("/health", web::get().to(health))
             .configure(kernels::configure)
             .configure(pty::configure)
-            .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(AgentError::NotFound)
-            })),
+            .default_service(web::to(|| async { Err::<HttpResponse, _>(AgentError::NotFound) })),
     );
 }
 
@@ -75,9 +67,8 @@ async fn require_secret(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let state = req
-        .app_data::<web::Data<RpcState>>()
-        .ok_or_else(|| AgentError::Failure(anyhow::anyhow!("no RPC state")))?;
+    let state =
+        req.app_data::<web::Data<RpcState>>().ok_or_else(|| AgentError::Failure(anyhow::anyhow!("no RPC state")))?;
     let given = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -94,13 +85,7 @@ async fn require_secret(
 
 /// `GET /health`.
 async fn health(state: web::Data<RpcState>) -> HttpResponse {
-    let kernels: Vec<String> = state
-        .runtime
-        .list()
-        .await
-        .into_iter()
-        .map(|k| k.id)
-        .collect();
+    let kernels: Vec<String> = state.runtime.list().await.into_iter().map(|k| k.id).collect();
     HttpResponse::Ok().json(serde_json::json!({
         "agent_id": state.agent_id,
         "region": state.region,

@@ -120,9 +120,7 @@ async fn bridge(
 async fn write_all(fd: &AsyncFd<OwnedFd>, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard
-            .try_io(|fd| nix::unistd::write(fd.get_ref(), bytes).map_err(std::io::Error::from))
-        {
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), bytes).map_err(std::io::Error::from)) {
             Ok(Ok(n)) => bytes = &bytes[n..],
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => {}

@@ -59,14 +59,7 @@ pub struct Console {
 impl Console {
     /// An empty console capped at `cap` bytes of output.
     pub fn new(cap: u64) -> Self {
-        Self {
-            items: Vec::new(),
-            used: 0,
-            cap,
-            truncated: false,
-            noted: false,
-            pending: [Vec::new(), Vec::new()],
-        }
+        Self { items: Vec::new(), used: 0, cap, truncated: false, noted: false, pending: [Vec::new(), Vec::new()] }
     }
 
     /// Whether output is waiting to be returned.
@@ -146,10 +139,7 @@ impl Console {
 
     /// Takes the items not yet returned, in the contract's form.
     pub fn take(&mut self) -> Vec<Value> {
-        std::mem::take(&mut self.items)
-            .into_iter()
-            .map(|(kind, data)| json!([kind, data]))
-            .collect()
+        std::mem::take(&mut self.items).into_iter().map(|(kind, data)| json!([kind, data])).collect()
     }
 
     /// Cuts `text` to what the cap still admits; notes the truncation once.
@@ -227,14 +217,7 @@ mod tests {
         c.push_bytes(Stream::Stdout, b"b");
         c.push_bytes(Stream::Stderr, b"c");
         c.push_bytes(Stream::Stdout, b"d");
-        assert_eq!(
-            c.take(),
-            vec![
-                json!(["stdout", "ab"]),
-                json!(["stderr", "c"]),
-                json!(["stdout", "d"])
-            ]
-        );
+        assert_eq!(c.take(), vec![json!(["stdout", "ab"]), json!(["stderr", "c"]), json!(["stdout", "d"])]);
     }
 
     #[test]
@@ -254,10 +237,7 @@ mod tests {
         c.push_text(Stream::Stdout, "more".into());
         let items = c.take();
         assert_eq!(items[0], json!(["stdout", "abcd"]));
-        assert!(items[1][1]
-            .as_str()
-            .unwrap_or("")
-            .contains("exceeded 4 bytes"));
+        assert!(items[1][1].as_str().unwrap_or("").contains("exceeded 4 bytes"));
         assert_eq!(items.len(), 2);
         assert!(c.truncated());
     }

@@ -266,11 +266,7 @@ pub trait Runtime: Send + Sync + 'static {
     /// Replaces the interpreter with a fresh one (same limits, same scratch dir).
     fn restart<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>>;
     /// Starts or resumes a run.
-    fn execute<'a>(
-        &'a self,
-        kernel_id: &'a str,
-        request: ExecRequest,
-    ) -> BoxFuture<'a, RuntimeResult<RunResult>>;
+    fn execute<'a>(&'a self, kernel_id: &'a str, request: ExecRequest) -> BoxFuture<'a, RuntimeResult<RunResult>>;
     /// Interrupts the running code (SIGINT to the kernel's process group).
     fn interrupt<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>>;
     /// Completion candidates for `code` at the cursor described by `options`.
@@ -281,21 +277,11 @@ pub trait Runtime: Send + Sync + 'static {
         options: Value,
     ) -> BoxFuture<'a, RuntimeResult<Vec<String>>>;
     /// Writes a file under the kernel's scratch dir (relative path, no escapes).
-    fn upload<'a>(
-        &'a self,
-        kernel_id: &'a str,
-        path: &'a str,
-        data: bytes::Bytes,
-    ) -> BoxFuture<'a, RuntimeResult<()>>;
+    fn upload<'a>(&'a self, kernel_id: &'a str, path: &'a str, data: bytes::Bytes) -> BoxFuture<'a, RuntimeResult<()>>;
     /// Starts a shell on a pseudo terminal inside the kernel's sandbox.
     fn pty<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<PtyHandle>>;
     /// Resizes a PTY started by [`Runtime::pty`], given its master side.
-    fn resize_pty(
-        &self,
-        master: std::os::fd::BorrowedFd<'_>,
-        rows: u16,
-        cols: u16,
-    ) -> RuntimeResult<()>;
+    fn resize_pty(&self, master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> RuntimeResult<()>;
     /// Ends a PTY shell started by [`Runtime::pty`] (its whole session).
     fn close_pty(&self, pid: u32);
     /// The live kernels.

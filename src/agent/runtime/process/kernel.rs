@@ -24,8 +24,8 @@ use super::sandbox::{self, PreExec, Rlimits, UidLease};
 use super::Settings;
 use crate::agent::runtime::console::{Console, RunStatus, Stream};
 use crate::agent::runtime::{
-    ExecMode, ExecRequest, KernelSpec, KernelStats, RunResult, RunnerKind, RuntimeError,
-    RuntimeResult, TerminationReason,
+    ExecMode, ExecRequest, KernelSpec, KernelStats, RunResult, RunnerKind, RuntimeError, RuntimeResult,
+    TerminationReason,
 };
 
 const PYTHON_RUNNER: &str = include_str!("runner.py");
@@ -267,8 +267,7 @@ impl Kernel {
         let _gate = self.proc_gate.lock().await;
         self.sample_stats().await;
         self.lock().status = KernelStatus::Terminating;
-        self.kill_interpreter("\n[backend.ai: the kernel was terminated]\n")
-            .await;
+        self.kill_interpreter("\n[backend.ai: the kernel was terminated]\n").await;
         self.kill_ptys();
         if let Some(lease) = &self.lease {
             let (uid, gid) = (lease.uid, lease.gid);
@@ -294,10 +293,7 @@ impl Kernel {
         }
         for pid in super::stats::group_members(pgid as i32) {
             if pid != pgid as i32 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGINT,
-                );
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
             }
         }
     }
@@ -381,17 +377,9 @@ impl Kernel {
         };
         let seq = st.next_seq;
         st.next_seq += 1;
-        let timeout = self
-            .spec
-            .limits
-            .exec_timeout
-            .unwrap_or(self.settings.exec_timeout);
+        let timeout = self.spec.limits.exec_timeout.unwrap_or(self.settings.exec_timeout);
         let timeout = Duration::from_secs_f64(timeout.clamp(0.05, 365.0 * 86400.0));
-        let cap = self
-            .spec
-            .limits
-            .max_output_bytes
-            .unwrap_or(self.settings.max_output_bytes);
+        let cap = self.spec.limits.max_output_bytes.unwrap_or(self.settings.max_output_bytes);
         let mut run = RunState {
             run_id: req.run_id.clone(),
             console: Console::new(cap),
@@ -448,11 +436,7 @@ impl Kernel {
         } else {
             cmd
         };
-        Some(format!(
-            "cd {} && {{\n{}\n}}",
-            shell_quote(&self.scratch.to_string_lossy()),
-            cmd
-        ))
+        Some(format!("cd {} && {{\n{}\n}}", shell_quote(&self.scratch.to_string_lossy()), cmd))
     }
 
     /// The command frame of one step for this kernel's runner.
@@ -469,11 +453,7 @@ impl Kernel {
             RunnerKind::Shell => {
                 // NUL ends a command; code cannot contain it meaningfully anyway.
                 let code = code.replace('\0', "");
-                let code = if is_shell {
-                    format!("( {code}\n)")
-                } else {
-                    code
-                };
+                let code = if is_shell { format!("( {code}\n)") } else { code };
                 format!("{seq}\n{code}\0").into_bytes()
             }
         }
@@ -501,9 +481,7 @@ impl Kernel {
                 };
                 if let Some(status) = status {
                     let options = match run.phase {
-                        Phase::WaitingInput { is_password } => {
-                            Some(json!({ "is_password": is_password }))
-                        }
+                        Phase::WaitingInput { is_password } => Some(json!({ "is_password": is_password })),
                         _ => None,
                     };
                     if status == RunStatus::BuildFinished {
@@ -535,19 +513,13 @@ impl Kernel {
         };
         let rx = {
             let mut st = self.lock();
-            let busy = st
-                .run
-                .as_ref()
-                .is_some_and(|r| !matches!(r.phase, Phase::Done(_)));
+            let busy = st.run.as_ref().is_some_and(|r| !matches!(r.phase, Phase::Done(_)));
             if busy || st.status != KernelStatus::Running {
                 return Vec::new();
             }
             let (tx, rx) = oneshot::channel();
             st.completion = Some(tx);
-            send_frame(
-                &st,
-                frame_bytes(&json!({"op": "complete", "code": code, "options": options})),
-            );
+            send_frame(&st, frame_bytes(&json!({"op": "complete", "code": code, "options": options})));
             rx
         };
         match tokio::time::timeout(Duration::from_secs(3), rx).await {
@@ -561,9 +533,7 @@ impl Kernel {
         let pid = self.pid();
         let scratch = self.scratch.clone();
         let sample = tokio::task::spawn_blocking(move || {
-            let usage = pid
-                .map(|p| super::stats::group_usage(p as i32))
-                .unwrap_or_default();
+            let usage = pid.map(|p| super::stats::group_usage(p as i32)).unwrap_or_default();
             (usage, super::stats::dir_size(&scratch))
         })
         .await
@@ -637,27 +607,14 @@ impl Kernel {
                     Some(p) if p.generation == spawned && p.ready => break,
                     Some(p) if p.generation == spawned => {}
                     _ => {
-                        let log = st
-                            .proc
-                            .as_ref()
-                            .map(|p| p.startup_log.clone())
-                            .unwrap_or_default();
-                        return Err(
-                            anyhow::anyhow!("the kernel runner died at start: {log}").into()
-                        );
+                        let log = st.proc.as_ref().map(|p| p.startup_log.clone()).unwrap_or_default();
+                        return Err(anyhow::anyhow!("the kernel runner died at start: {log}").into());
                     }
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let log = self
-                    .lock()
-                    .proc
-                    .as_ref()
-                    .map(|p| p.startup_log.clone())
-                    .unwrap_or_default();
-                return Err(
-                    anyhow::anyhow!("the kernel runner did not start in time: {log}").into(),
-                );
+                let log = self.lock().proc.as_ref().map(|p| p.startup_log.clone()).unwrap_or_default();
+                return Err(anyhow::anyhow!("the kernel runner did not start in time: {log}").into());
             }
         }
         let mut st = self.lock();
@@ -679,31 +636,12 @@ impl Kernel {
 
         let (program, args) = match self.spec.image.runner {
             RunnerKind::Python => (
-                self.spec
-                    .image
-                    .command
-                    .clone()
-                    .unwrap_or_else(|| "python3".to_owned()),
-                vec![
-                    "-u".to_owned(),
-                    "-I".to_owned(),
-                    "-c".to_owned(),
-                    PYTHON_RUNNER.to_owned(),
-                ],
+                self.spec.image.command.clone().unwrap_or_else(|| "python3".to_owned()),
+                vec!["-u".to_owned(), "-I".to_owned(), "-c".to_owned(), PYTHON_RUNNER.to_owned()],
             ),
             RunnerKind::Shell => (
-                self.spec
-                    .image
-                    .command
-                    .clone()
-                    .filter(|c| c.ends_with("bash"))
-                    .unwrap_or_else(|| "bash".to_owned()),
-                vec![
-                    "--noprofile".to_owned(),
-                    "--norc".to_owned(),
-                    "-c".to_owned(),
-                    SHELL_RUNNER.to_owned(),
-                ],
+                self.spec.image.command.clone().filter(|c| c.ends_with("bash")).unwrap_or_else(|| "bash".to_owned()),
+                vec!["--noprofile".to_owned(), "--norc".to_owned(), "-c".to_owned(), SHELL_RUNNER.to_owned()],
             ),
         };
         let (program, args) = self.sandboxed(program, args);
@@ -784,10 +722,7 @@ impl Kernel {
     /// The run deadline the driver of `generation` must watch.
     fn deadline(&self, generation: u64) -> Option<Instant> {
         let st = self.lock();
-        st.run
-            .as_ref()
-            .filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_)))
-            .map(|r| r.deadline)
+        st.run.as_ref().filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_))).map(|r| r.deadline)
     }
 
     /// Output of the interpreter.
@@ -829,11 +764,7 @@ impl Kernel {
                 let items = frame
                     .get("items")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
                     .unwrap_or_default();
                 if let Some(tx) = st.completion.take() {
                     let _ = tx.send(items);
@@ -841,10 +772,8 @@ impl Kernel {
                 return;
             }
             _ => {
-                let Some(run) = st
-                    .run
-                    .as_mut()
-                    .filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_)))
+                let Some(run) =
+                    st.run.as_mut().filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_)))
                 else {
                     return;
                 };
@@ -868,9 +797,8 @@ impl Kernel {
                             }
                             Some(_) => {
                                 run.console.flush();
-                                run.console.note(&format!(
-                                    "\n[backend.ai: the build step failed with exit code {rc}]\n"
-                                ));
+                                run.console
+                                    .note(&format!("\n[backend.ai: the build step failed with exit code {rc}]\n"));
                                 run.phase = Phase::Done(RunStatus::Finished);
                             }
                             None => {
@@ -880,10 +808,7 @@ impl Kernel {
                         }
                     }
                     "input" => {
-                        let is_password = frame
-                            .get("password")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false);
+                        let is_password = frame.get("password").and_then(Value::as_bool).unwrap_or(false);
                         run.phase = Phase::WaitingInput { is_password };
                     }
                     "media" => {
@@ -920,16 +845,12 @@ impl Kernel {
         {
             let mut st = self.lock();
             let Some(run) = st.run.as_mut().filter(|r| {
-                r.generation == generation
-                    && !matches!(r.phase, Phase::Done(_))
-                    && Instant::now() >= r.deadline
+                r.generation == generation && !matches!(r.phase, Phase::Done(_)) && Instant::now() >= r.deadline
             }) else {
                 return;
             };
             run.console.flush();
-            run.console.note(
-                "\n[backend.ai: the run exceeded its time limit; the kernel was restarted]\n",
-            );
+            run.console.note("\n[backend.ai: the run exceeded its time limit; the kernel was restarted]\n");
             run.phase = Phase::Done(RunStatus::ExecTimeout);
             // Until the fresh interpreter is up, new runs wait.
             st.status = KernelStatus::Restarting;
@@ -957,11 +878,8 @@ impl Kernel {
             Ok(s) => {
                 use std::os::unix::process::ExitStatusExt;
                 // bwrap reports a child killed by signal N as exit code 128 + N.
-                let signal = s.signal().or_else(|| {
-                    s.code()
-                        .filter(|c| self.bwrap.is_some() && *c > 128)
-                        .map(|c| c - 128)
-                });
+                let signal =
+                    s.signal().or_else(|| s.code().filter(|c| self.bwrap.is_some() && *c > 128).map(|c| c - 128));
                 let code = s.code().filter(|_| signal.is_none());
                 match (code, signal) {
                     (Some(code), _) => (TerminationReason::Exited, Some(code)),
@@ -981,8 +899,7 @@ impl Kernel {
         if let Some(run) = st.run.as_mut() {
             if !matches!(run.phase, Phase::Done(_)) {
                 run.console.flush();
-                run.console
-                    .note("\n[backend.ai: the kernel process ended unexpectedly]\n");
+                run.console.note("\n[backend.ai: the kernel process ended unexpectedly]\n");
                 run.phase = Phase::Done(RunStatus::Finished);
             }
         }
@@ -991,11 +908,7 @@ impl Kernel {
         signal_group(pid, nix::sys::signal::Signal::SIGKILL);
         self.changed.notify_waiters();
         tracing::info!(kernel = %self.id, ?reason, ?exit_code, "kernel process ended by itself");
-        let _ = self.deaths.send(Death {
-            kernel_id: self.id.clone(),
-            reason,
-            exit_code,
-        });
+        let _ = self.deaths.send(Death { kernel_id: self.id.clone(), reason, exit_code });
     }
 
     /// Whether the last sampled memory use was close to the kernel's memory limit (the
@@ -1025,11 +938,7 @@ async fn drive(
     mut err: pipe::Receiver,
     mut evt: pipe::Receiver,
 ) {
-    let (mut out_buf, mut err_buf, mut evt_buf) = (
-        vec![0u8; 64 * 1024],
-        vec![0u8; 64 * 1024],
-        vec![0u8; 64 * 1024],
-    );
+    let (mut out_buf, mut err_buf, mut evt_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     let mut scratch = vec![0u8; 64 * 1024];
     let mut lines: Vec<u8> = Vec::new();
     let (mut out_open, mut err_open, mut evt_open) = (true, true, true);
@@ -1115,8 +1024,7 @@ fn drain_events(pipe: &pipe::Receiver, lines: &mut Vec<u8>, buf: &mut [u8]) {
 }
 
 fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
 }
 
 fn frame_bytes(frame: &Value) -> Vec<u8> {
@@ -1139,13 +1047,7 @@ pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) {
 }
 
 fn result(status: RunStatus, console: Vec<Value>, options: Option<Value>) -> RunResult {
-    RunResult {
-        status,
-        console,
-        completions: None,
-        options,
-        files: Vec::new(),
-    }
+    RunResult { status, console, completions: None, options, files: Vec::new() }
 }
 
 /// Quotes a string for bash.
@@ -1172,9 +1074,7 @@ impl Kernel {
         let pty = nix::pty::openpty(None, None).context("openpty")?;
         let slave = pty.slave;
         let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
-            Ok(std::process::Stdio::from(
-                fd.try_clone().context("dup pty")?,
-            ))
+            Ok(std::process::Stdio::from(fd.try_clone().context("dup pty")?))
         };
         let (program, args) = self.sandboxed("bash".to_owned(), vec!["-i".to_owned()]);
         let mut cmd = tokio::process::Command::new(program);
@@ -1189,12 +1089,7 @@ impl Kernel {
         if let Some(lease) = &self.lease {
             cmd.uid(lease.uid).gid(lease.gid);
         }
-        let pre = PreExec {
-            limits: self.rlimits(),
-            control_fds: None,
-            kill_leftovers: false,
-            controlling_tty: true,
-        };
+        let pre = PreExec { limits: self.rlimits(), control_fds: None, kill_leftovers: false, controlling_tty: true };
         // SAFETY: PreExec::apply only makes async-signal-safe calls.
         unsafe {
             cmd.pre_exec(move || pre.apply());
@@ -1203,26 +1098,16 @@ impl Kernel {
         drop(cmd);
         drop(slave);
         let pid = child.id().unwrap_or(0);
-        self.ptys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pid);
+        self.ptys.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
         let this = self.clone();
         tokio::spawn(async move {
             let _ = child.wait().await;
-            this.ptys
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|p| *p != pid);
+            this.ptys.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
         });
-        let flags =
-            nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
+        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).context("fcntl")?;
-        Ok(crate::agent::runtime::PtyHandle {
-            master: pty.master,
-            pid,
-        })
+        Ok(crate::agent::runtime::PtyHandle { master: pty.master, pid })
     }
 
     /// Kills the PTY shells of the kernel (their sessions).
@@ -1235,17 +1120,8 @@ impl Kernel {
 }
 
 /// Sets the window size of a pty.
-pub fn resize_pty(
-    master: std::os::fd::BorrowedFd<'_>,
-    rows: u16,
-    cols: u16,
-) -> std::io::Result<()> {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
+pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> std::io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer; the fd is a pty master.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
         return Err(std::io::Error::last_os_error());

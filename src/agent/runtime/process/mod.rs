@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use self::kernel::{Death, Kernel};
 use self::sandbox::UidPool;
 use super::{
-    ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult,
-    Runtime, RuntimeError, RuntimeInfo, RuntimeResult, TerminationReason,
+    ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult, Runtime, RuntimeError,
+    RuntimeInfo, RuntimeResult, TerminationReason,
 };
 
 /// Settings of the process runtime, taken from the agent configuration.
@@ -82,22 +82,14 @@ impl ProcessRuntime {
     /// Prepares the scratch root (removing leftovers of a previous run) and starts the
     /// reaper of kernels that die by themselves. Must be called within a tokio runtime, which
     /// then hosts every kernel process.
-    pub fn new(
-        settings: Settings,
-        terminated: mpsc::UnboundedSender<KernelTerminated>,
-    ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.scratch_root).with_context(|| {
-            format!("creating scratch root {}", settings.scratch_root.display())
-        })?;
+    pub fn new(settings: Settings, terminated: mpsc::UnboundedSender<KernelTerminated>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.scratch_root)
+            .with_context(|| format!("creating scratch root {}", settings.scratch_root.display()))?;
         clean_leftovers(&settings.scratch_root);
         let uids = if settings.drop_privileges && sandbox::is_root() {
             sandbox::set_mode(&settings.scratch_root, 0o711)?;
             sandbox::check_traversable(&settings.scratch_root)?;
-            Some(UidPool::new(
-                settings.kernel_uid_start,
-                settings.kernel_uid_count,
-                settings.uid_lock_dir.clone(),
-            )?)
+            Some(UidPool::new(settings.kernel_uid_start, settings.kernel_uid_count, settings.uid_lock_dir.clone())?)
         } else {
             if settings.drop_privileges {
                 tracing::warn!(
@@ -127,9 +119,7 @@ impl ProcessRuntime {
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                let _ = inner
-                    .destroy(&death.kernel_id, death.reason, death.exit_code)
-                    .await;
+                let _ = inner.destroy(&death.kernel_id, death.reason, death.exit_code).await;
             }
         });
         Ok(Self { inner })
@@ -162,28 +152,17 @@ fn clean_leftovers(root: &std::path::Path) {
 
 /// Kernel ids become directory names: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_kernel_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Inner {
     fn get(&self, id: &str) -> RuntimeResult<Arc<Kernel>> {
-        self.kernels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or(RuntimeError::KernelNotFound)
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or(RuntimeError::KernelNotFound)
     }
 
     async fn create(&self, spec: super::KernelSpec) -> RuntimeResult<KernelInfo> {
         if !valid_kernel_id(&spec.kernel_id) {
-            return Err(RuntimeError::InvalidInput(
-                "kernel_id must match [A-Za-z0-9_-]{1,64}".into(),
-            ));
+            return Err(RuntimeError::InvalidInput("kernel_id must match [A-Za-z0-9_-]{1,64}".into()));
         }
         let scratch = self.settings.scratch_root.join(&spec.kernel_id);
         let lease = match &self.uids {
@@ -208,8 +187,7 @@ impl Inner {
         }
         let started = async {
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
-            std::fs::create_dir(&scratch)
-                .with_context(|| format!("creating {}", scratch.display()))?;
+            std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
             sandbox::set_mode(&scratch, 0o700)?;
             if let Some((uid, gid)) = owner {
                 nix::unistd::chown(
@@ -222,10 +200,7 @@ impl Inner {
             kernel.start().await
         };
         if let Err(e) = started.await {
-            self.kernels
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&kernel.id);
+            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).remove(&kernel.id);
             kernel.terminate().await;
             let _ = std::fs::remove_dir_all(&scratch);
             return Err(e);
@@ -236,28 +211,14 @@ impl Inner {
                 scratch_dir: scratch.to_string_lossy().into_owned(),
                 pid: kernel.pid().unwrap_or(0),
                 uid: kernel.lease.as_ref().map(|l| l.uid),
-                sandbox: if self.bwrap.is_some() {
-                    "bwrap"
-                } else {
-                    "process"
-                }
-                .into(),
+                sandbox: if self.bwrap.is_some() { "bwrap" } else { "process" }.into(),
             },
         })
     }
 
-    async fn destroy(
-        &self,
-        id: &str,
-        reason: TerminationReason,
-        exit_code: Option<i32>,
-    ) -> RuntimeResult<KernelStats> {
-        let kernel = self
-            .kernels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
-            .ok_or(RuntimeError::KernelNotFound)?;
+    async fn destroy(&self, id: &str, reason: TerminationReason, exit_code: Option<i32>) -> RuntimeResult<KernelStats> {
+        let kernel =
+            self.kernels.lock().unwrap_or_else(|e| e.into_inner()).remove(id).ok_or(RuntimeError::KernelNotFound)?;
         let stats = kernel.terminate().await;
         let scratch = kernel.scratch.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
@@ -271,12 +232,7 @@ impl Inner {
     }
 
     fn all(&self) -> Vec<Arc<Kernel>> {
-        self.kernels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 }
 
@@ -296,17 +252,11 @@ impl Runtime for ProcessRuntime {
     fn restart<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>> {
         Box::pin(async move {
             let kernel = self.inner.get(kernel_id)?;
-            kernel
-                .restart("\n[backend.ai: the kernel was restarted]\n")
-                .await
+            kernel.restart("\n[backend.ai: the kernel was restarted]\n").await
         })
     }
 
-    fn execute<'a>(
-        &'a self,
-        kernel_id: &'a str,
-        request: ExecRequest,
-    ) -> BoxFuture<'a, RuntimeResult<RunResult>> {
+    fn execute<'a>(&'a self, kernel_id: &'a str, request: ExecRequest) -> BoxFuture<'a, RuntimeResult<RunResult>> {
         Box::pin(async move { self.inner.get(kernel_id)?.execute(request).await })
     }
 
@@ -323,12 +273,7 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move { Ok(self.inner.get(kernel_id)?.complete(code, options).await) })
     }
 
-    fn upload<'a>(
-        &'a self,
-        kernel_id: &'a str,
-        path: &'a str,
-        data: bytes::Bytes,
-    ) -> BoxFuture<'a, RuntimeResult<()>> {
+    fn upload<'a>(&'a self, kernel_id: &'a str, path: &'a str, data: bytes::Bytes) -> BoxFuture<'a, RuntimeResult<()>> {
         Box::pin(async move {
             let kernel = self.inner.get(kernel_id)?;
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
@@ -344,12 +289,7 @@ impl Runtime for ProcessRuntime {
         Box::pin(async move { self.inner.get(kernel_id)?.spawn_pty().await })
     }
 
-    fn resize_pty(
-        &self,
-        master: std::os::fd::BorrowedFd<'_>,
-        rows: u16,
-        cols: u16,
-    ) -> RuntimeResult<()> {
+    fn resize_pty(&self, master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> RuntimeResult<()> {
         kernel::resize_pty(master, rows, cols)
             .map_err(|e| RuntimeError::Failure(anyhow::anyhow!("resizing the pty: {e}")))
     }
@@ -391,10 +331,7 @@ impl Runtime for ProcessRuntime {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let ids: Vec<String> = self.inner.all().iter().map(|k| k.id.clone()).collect();
-            let destroys = ids.iter().map(|id| {
-                self.inner
-                    .destroy(id, TerminationReason::AgentTerminated, None)
-            });
+            let destroys = ids.iter().map(|id| self.inner.destroy(id, TerminationReason::AgentTerminated, None));
             futures_util::future::join_all(destroys).await;
         })
     }

@@ -48,12 +48,7 @@ impl UidPool {
         std::fs::create_dir_all(&lock_dir)
             .with_context(|| format!("creating the uid lease dir {}", lock_dir.display()))?;
         set_mode(&lock_dir, 0o700)?;
-        Ok(Self {
-            start,
-            count: count.max(1),
-            lock_dir,
-            next: AtomicU32::new(0),
-        })
+        Ok(Self { start, count: count.max(1), lock_dir, next: AtomicU32::new(0) })
     }
 
     /// Leases a free uid.
@@ -71,15 +66,8 @@ impl UidPool {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if rc == 0 {
-                self.next.store(
-                    first.wrapping_add(i).wrapping_add(1) % self.count,
-                    Ordering::Relaxed,
-                );
-                return Ok(UidLease {
-                    uid,
-                    gid: uid,
-                    _lock: file,
-                });
+                self.next.store(first.wrapping_add(i).wrapping_add(1) % self.count, Ordering::Relaxed);
+                return Ok(UidLease { uid, gid: uid, _lock: file });
             }
         }
         anyhow::bail!("all {} kernel uids are in use", self.count)
@@ -185,10 +173,7 @@ impl PreExec {
 }
 
 unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
-    let lim = libc::rlimit {
-        rlim_cur: value,
-        rlim_max: value,
-    };
+    let lim = libc::rlimit { rlim_cur: value, rlim_max: value };
     // SAFETY: a valid pointer to a local rlimit.
     if unsafe { libc::setrlimit(resource, &lim) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -200,10 +185,7 @@ unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io
 pub fn kernel_env(kernel_id: &str, scratch: &Path) -> Vec<(String, String)> {
     let home = scratch.to_string_lossy().into_owned();
     vec![
-        (
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ),
+        ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME".into(), home.clone()),
         ("TMPDIR".into(), home),
         ("USER".into(), "work".into()),
@@ -256,10 +238,8 @@ pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Optio
     if mode == BwrapMode::Off {
         return Ok(None);
     }
-    let found = ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
+    let found =
+        ["/usr/bin/bwrap", "/usr/local/bin/bwrap", "/bin/bwrap"].iter().map(PathBuf::from).find(|p| p.is_file());
     match (found, mode) {
         (None, BwrapMode::On) => {
             anyhow::bail!("sandbox.use_bwrap is on but bwrap is not installed")
@@ -271,28 +251,13 @@ pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Optio
 /// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
 /// only writable place besides a private /tmp, fresh /dev and /proc, and every namespace
 /// unshared (network included). The process group stays the agent's handle on the kernel.
-pub fn bwrap_command(
-    bwrap: &Path,
-    scratch: &Path,
-    program: &str,
-    args: &[String],
-) -> (String, Vec<String>) {
+pub fn bwrap_command(bwrap: &Path, scratch: &Path, program: &str, args: &[String]) -> (String, Vec<String>) {
     let scratch = scratch.to_string_lossy().into_owned();
-    let mut out: Vec<String> = [
-        "--unshare-all",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut out: Vec<String> =
+        ["--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
     out.extend([
         "--bind".to_owned(),
         scratch.clone(),

@@ -15,10 +15,7 @@ pub fn group_usage(pgid: i32) -> (u64, u64, u64, u64) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -29,12 +26,7 @@ pub fn group_usage(pgid: i32) -> (u64, u64, u64, u64) {
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<i64>().ok()).unwrap_or(0);
         if field(2) != i64::from(pgid) {
             continue;
         }
@@ -61,20 +53,14 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let pgrp = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().nth(2))
-            .and_then(|f| f.parse::<i32>().ok());
+        let pgrp =
+            stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(2)).and_then(|f| f.parse::<i32>().ok());
         if pgrp == Some(pgid) {
             pids.push(pid);
         }

@@ -51,12 +51,7 @@ pub fn validate(path: &str) -> RuntimeResult<Vec<String>> {
 }
 
 /// Writes `data` to `path` under `scratch`, creating directories, owned by `owner`.
-pub fn write(
-    scratch: &Path,
-    path: &str,
-    data: &[u8],
-    owner: Option<(u32, u32)>,
-) -> RuntimeResult<()> {
+pub fn write(scratch: &Path, path: &str, data: &[u8], owner: Option<(u32, u32)>) -> RuntimeResult<()> {
     if data.len() > MAX_UPLOAD {
         return Err(RuntimeError::TooLarge);
     }
@@ -74,20 +69,17 @@ pub fn write(
             let _ = fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
         }
     };
-    let (name, dirs) = parts
-        .split_last()
-        .ok_or_else(|| RuntimeError::InvalidInput("bad file path: no file name".into()))?;
+    let (name, dirs) =
+        parts.split_last().ok_or_else(|| RuntimeError::InvalidInput("bad file path: no file name".into()))?;
     for part in dirs {
         match mkdirat(dir.as_fd(), part.as_str(), Mode::from_bits_truncate(0o755)) {
             Ok(()) => {
-                let sub =
-                    openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
+                let sub = openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
                 chown(&sub);
                 dir = sub;
             }
             Err(nix::Error::EEXIST) => {
-                dir =
-                    openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
+                dir = openat(dir.as_fd(), part.as_str(), dir_flags, Mode::empty()).map_err(escape)?;
             }
             Err(e) => return Err(escape(e)),
         }
@@ -103,17 +95,14 @@ pub fn write(
     // multiply linked targets (before truncating anything).
     let meta = nix::sys::stat::fstat(&file).map_err(escape)?;
     if meta.st_mode & libc::S_IFMT != libc::S_IFREG || meta.st_nlink > 1 {
-        return Err(RuntimeError::InvalidInput(
-            "bad file path: not a plain file".into(),
-        ));
+        return Err(RuntimeError::InvalidInput("bad file path: not a plain file".into()));
     }
     nix::unistd::ftruncate(&file, 0).map_err(escape)?;
     chown(&file);
     let _ = fchmod(&file, Mode::from_bits_truncate(0o644));
     let mut f = std::fs::File::from(file);
     use std::io::Write;
-    f.write_all(data)
-        .map_err(|e| RuntimeError::Failure(anyhow::anyhow!("writing {path}: {e}")))?;
+    f.write_all(data).map_err(|e| RuntimeError::Failure(anyhow::anyhow!("writing {path}: {e}")))?;
     Ok(())
 }
 
@@ -126,9 +115,6 @@ mod tests {
         for p in ["", "/etc/passwd", "../x", "a/../../x", "a/\0b", ".", "./"] {
             assert!(validate(p).is_err(), "{p:?} accepted");
         }
-        assert_eq!(
-            validate("a/./b.txt").ok(),
-            Some(vec!["a".into(), "b.txt".into()])
-        );
+        assert_eq!(validate("a/./b.txt").ok(), Some(vec!["a".into(), "b.txt".into()]));
     }
 }
