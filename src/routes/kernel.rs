@@ -1,7 +1,7 @@
 //! `/kernel/...`: the compute session API of the contract.
 
 use actix_multipart::Multipart;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -90,12 +90,13 @@ async fn info(
 }
 
 async fn restart(
+    req: HttpRequest,
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
     sessions::restart(&state, &auth.keypair.access_key, &path.token).await?;
-    Ok(HttpResponse::NoContent().finish())
+    Ok(super::no_content(&req))
 }
 
 async fn destroy(
@@ -108,12 +109,13 @@ async fn destroy(
 }
 
 async fn interrupt(
+    req: HttpRequest,
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<KernelPath>,
 ) -> Result<HttpResponse, ApiError> {
     sessions::interrupt(&state, &auth.keypair.access_key, &path.token).await?;
-    Ok(HttpResponse::NoContent().finish())
+    Ok(super::no_content(&req))
 }
 
 #[derive(Deserialize)]
@@ -234,6 +236,7 @@ pub fn validate_upload_name(name: &str) -> Result<(), ApiError> {
 }
 
 async fn upload(
+    req: HttpRequest,
     auth: Authenticated,
     state: web::Data<AppState>,
     path: web::Path<KernelPath>,
@@ -267,7 +270,7 @@ async fn upload(
         }
         sessions::upload(&state, &auth.keypair.access_key, &path.token, name, data.freeze()).await?;
     }
-    Ok(HttpResponse::NoContent().finish())
+    Ok(super::no_content(&req))
 }
 
 #[cfg(test)]

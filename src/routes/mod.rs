@@ -5,7 +5,7 @@ mod health;
 mod kernel;
 mod root;
 
-use actix_web::web;
+use actix_web::{web, HttpRequest, HttpResponse};
 
 pub use health::healthz;
 
@@ -14,4 +14,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     root::configure(cfg);
     authorize::configure(cfg);
     kernel::configure(cfg);
+}
+
+/// The answer to a call that returns nothing: 204 No Content; except for
+/// clients of the 1.0 era (API version `v2.20170315` or older, or the legacy
+/// Sorna headers), which get 200 with an empty body. The official SDK 1.0.6 reads
+/// `Content-Type` and `Content-Length` on every response, as aiohttp (the
+/// original server) always sent them, but HTTP forbids `Content-Length` on a 204
+/// and actix-web never sends it.
+pub fn no_content(req: &HttpRequest) -> HttpResponse {
+    let headers = req.headers();
+    let old_client = headers.contains_key("x-sorna-version")
+        || headers
+            .get("x-backendai-version")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('.'))
+            .is_some_and(|(_, date)| date <= "20170315");
+    if old_client {
+        HttpResponse::Ok().content_type("application/octet-stream").finish()
+    } else {
+        HttpResponse::NoContent().finish()
+    }
 }

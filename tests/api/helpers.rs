@@ -106,6 +106,8 @@ fn init_logs() {
 pub async fn test_settings(backend: Backend) -> Option<(Settings, tempfile::TempDir)> {
     init_logs();
     let data_dir = tempfile::tempdir().expect("a temporary folder");
+    // Kernels run as an unprivileged uid: their scratch dir must be reachable.
+    std::fs::set_permissions(data_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut settings = Settings::default();
     settings.manager.service_port = 0;
     settings.manager.events_port = 0;
@@ -136,6 +138,8 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
     let port = app.port();
     let state = app.state();
     let handle = app.handle();
+    // As an operator would with `etcd update-images` (the embedded store seeds itself).
+    backendai_manager::images::seed_builtin(state.stores.config.as_ref()).await.expect("load the images");
     actix_web::rt::spawn(app.run_until_stopped());
     let access_key = unique("AK").chars().take(20).collect::<String>().to_uppercase();
     let secret_key = unique("secret");
@@ -221,6 +225,24 @@ impl TestApp {
     /// An unsigned request.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.address)).send().await.expect("the request is sent")
+    }
+
+    /// Waits until the built-in agent registered as ALIVE.
+    pub async fn wait_for_agent(&self) {
+        use entity::agents::{self, AgentStatus};
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        for _ in 0..100 {
+            let alive = agents::Entity::find()
+                .filter(agents::Column::Status.eq(AgentStatus::Alive))
+                .all(&self.state.db)
+                .await
+                .unwrap();
+            if !alive.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the built-in agent did not register");
     }
 
     /// Stops the server and waits until it stopped.

@@ -62,3 +62,29 @@ async fn the_sdk_example_keypair_works_embedded() {
     assert!(output.contains("OK authorize"), "{output}");
     app.stop().await;
 }
+
+/// The whole kernel session API through the SDK's Python API.
+#[actix_web::test]
+async fn the_sdk_drives_every_kernel_call() {
+    let Some(python) = sdk_python() else { return };
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let output = run_script(&python, "kernel_api.py", &app.address, &app.access_key, &app.secret_key).await;
+        assert!(output.contains("OK kernel_api"), "{backend:?}: {output}");
+        app.stop().await;
+    }
+}
+
+/// `backend.ai run` with python3 and bash, input() and continuation.
+#[actix_web::test]
+async fn the_sdk_cli_runs_code() {
+    let Some(python) = sdk_python() else { return };
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let output = run_script(&python, "cli_run.py", &app.address, &app.access_key, &app.secret_key).await;
+        assert!(output.contains("OK cli_run"), "{backend:?}: {output}");
+        app.stop().await;
+    }
+}
