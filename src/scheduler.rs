@@ -251,6 +251,7 @@ pub async fn release(
     status: KernelStatus,
     status_info: &str,
     stats: &KernelStats,
+    unwritten_queries: i64,
 ) -> Result<bool, Error> {
     let txn = db.begin().await?;
     let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(&txn).await? else {
@@ -262,6 +263,7 @@ pub async fn release(
         .col_expr(kernels::Column::Status, Expr::value(status))
         .col_expr(kernels::Column::StatusInfo, Expr::value(status_info.chars().take(256).collect::<String>()))
         .col_expr(kernels::Column::TerminatedAt, Expr::value(Utc::now().fixed_offset()))
+        .col_expr(kernels::Column::NumQueries, Expr::col(kernels::Column::NumQueries).add(unwritten_queries))
         .col_expr(kernels::Column::CpuUsed, Expr::value(stat("cpu_used", kernel.cpu_used)))
         .col_expr(kernels::Column::MemMaxBytes, Expr::value(stat("mem_max_bytes", kernel.mem_max_bytes)))
         .col_expr(kernels::Column::MemCurBytes, Expr::value(stat("mem_cur_bytes", kernel.mem_cur_bytes)))
@@ -337,7 +339,7 @@ pub async fn end_agent_sessions(
         .await?;
     let mut ended = Vec::new();
     for kernel in live.into_iter().filter(|k| !keep.contains(&k.id)) {
-        if release(db, kernel.id, status, status_info, &KernelStats::new()).await? {
+        if release(db, kernel.id, status, status_info, &KernelStats::new(), 0).await? {
             ended.push(kernel.id);
         }
     }

@@ -47,15 +47,14 @@ pub fn validate_token(token: &str) -> Result<(), ApiError> {
 pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
     validate_token(&request.token)?;
     if let Some(existing) = scheduler::live_session(&state.db, access_key, &request.token).await? {
-        // Another caller may still be starting it: wait until it is ready.
-        session_actor(&state.registry, existing).await?.send(GetKernel).await??;
+        wait_until_started(&state.registry, existing).await?;
         return Ok(false);
     }
     let image = scheduler::resolve_image(state.stores.config.as_ref(), &request.lang).await?;
     let reservation = SessionRequest { access_key, token: &request.token, image: &image };
     let (kernel, created) = scheduler::reserve(&state.db, &reservation).await?;
     if !created {
-        session_actor(&state.registry, kernel).await?.send(GetKernel).await??;
+        wait_until_started(&state.registry, kernel).await?;
         return Ok(false);
     }
     let limits = KernelLimits {
@@ -67,6 +66,16 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
     let actor = session_actor(&state.registry, kernel).await?;
     actor.send(StartKernel { image: image.spec, limits, mounts: request.mounts }).await??;
     Ok(true)
+}
+
+/// Waits until a session another caller is starting is ready (its actor handles
+/// the start first); a start that failed ended the session and stopped the actor.
+async fn wait_until_started(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<(), Error> {
+    match session_actor(registry, kernel).await?.send(GetKernel).await {
+        Ok(ready) => ready.map(|_| ()),
+        Err(actix::MailboxError::Closed) => Err(ApiError::new(Problem::KernelCreationFailed).into()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<Addr<SessionActor>, Error> {
@@ -81,9 +90,26 @@ async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<Se
     session_actor(&state.registry, kernel).await
 }
 
+/// Sends a message to the session's actor. An actor stops when its session ends,
+/// so a closed mailbox means: look again (and answer 404 if it ended).
+async fn ask<M, T>(state: &AppState, access_key: &str, token: &str, message: impl Fn() -> M) -> Result<T, Error>
+where
+    M: actix::Message<Result = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
+    SessionActor: actix::Handler<M>,
+{
+    for _ in 0..2 {
+        match find(state, access_key, token).await?.send(message()).await {
+            Err(actix::MailboxError::Closed) => continue,
+            answer => return answer?,
+        }
+    }
+    Err(ApiError::new(Problem::KernelNotFound).into())
+}
+
 /// `GET /kernel/{token}`: the contract's info object, with live stats.
 pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
-    let kernel = find(state, access_key, token).await?.send(GetKernel).await??;
+    let kernel = ask(state, access_key, token, || GetKernel).await?;
     let stats = state.stores.stats.kernel_stats(&kernel.id.to_string()).await.unwrap_or_default();
     let stat = |key: &str, stored: i64| stats.get(key).copied().unwrap_or(stored);
     let age_ms = (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0);
@@ -103,17 +129,17 @@ pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<Val
 
 /// Runs or resumes code; the v2 result.
 pub async fn execute(state: &AppState, access_key: &str, token: &str, request: Value) -> Result<Value, Error> {
-    find(state, access_key, token).await?.send(Execute { request }).await?
+    ask(state, access_key, token, || Execute { request: request.clone() }).await
 }
 
 /// A fresh interpreter with the same resources.
 pub async fn restart(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
-    find(state, access_key, token).await?.send(Restart).await?
+    ask(state, access_key, token, || Restart).await
 }
 
 /// Interrupts the running code.
 pub async fn interrupt(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
-    find(state, access_key, token).await?.send(Interrupt).await?
+    ask(state, access_key, token, || Interrupt).await
 }
 
 /// Completions at a cursor.
@@ -124,7 +150,7 @@ pub async fn complete(
     code: String,
     options: Value,
 ) -> Result<Value, Error> {
-    find(state, access_key, token).await?.send(Complete { code, options }).await?
+    ask(state, access_key, token, || Complete { code: code.clone(), options: options.clone() }).await
 }
 
 /// Writes one file into the session's working directory.
@@ -135,12 +161,12 @@ pub async fn upload(
     path: String,
     data: bytes::Bytes,
 ) -> Result<(), Error> {
-    find(state, access_key, token).await?.send(UploadFile { path, data }).await?
+    ask(state, access_key, token, || UploadFile { path: path.clone(), data: data.clone() }).await
 }
 
 /// Destroys the session; its final stats.
 pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
-    find(state, access_key, token).await?.send(Destroy).await?
+    ask(state, access_key, token, || Destroy).await
 }
 
 /// The agent reported that a kernel ended by itself.

@@ -6,6 +6,7 @@
 mod cli;
 mod gateway;
 mod helpers;
+mod kernel;
 mod lifecycle;
 mod ratelimit;
 mod sdk;

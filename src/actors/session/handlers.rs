@@ -28,8 +28,10 @@ impl SessionActor {
     ) -> impl ActorFuture<Self, Output = ()> + 'static {
         let core = self.core.clone();
         let kernel_id = self.kernel.id;
+        // The counted queries are written with the session's end, in one transaction.
+        let queries = std::mem::take(&mut self.pending_queries);
         async move {
-            match scheduler::release(&core.db, kernel_id, status, &info, &stats).await {
+            match scheduler::release(&core.db, kernel_id, status, &info, &stats, queries).await {
                 Ok(true) => tracing::info!(%kernel_id, ?status, %info, "session ended"),
                 Ok(false) => {}
                 Err(error) => tracing::error!(%error, %kernel_id, "could not end the session"),
