@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 use crate::config::DbSettings;
 use crate::error::Error;
@@ -23,14 +23,23 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, Error>
         .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(CONNECT_TIMEOUT)
         .sqlx_logging(false);
-    if settings.is_embedded() || settings.connection_url().expose().starts_with("sqlite:") {
-        // SQLite serializes writers anyway; one connection avoids "database is locked".
-        options.max_connections(1).min_connections(1);
+    let sqlite = settings.connection_url().expose().starts_with("sqlite:");
+    if sqlite {
+        // A few connections; SQLite serializes writers (each waits up to sqlx's 5 s
+        // busy timeout). Write transactions start with a write (see
+        // `scheduler`), since a read lock cannot be upgraded while another
+        // connection writes.
+        options.max_connections(settings.max_connections.clamp(1, 4));
     }
-    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), Database::connect(options)).await {
-        Ok(connection) => Ok(connection?),
-        Err(_) => Err(sea_orm::DbErr::Custom("the database did not answer in time".to_owned()).into()),
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), Database::connect(options)).await {
+        Ok(connection) => connection?,
+        Err(_) => return Err(sea_orm::DbErr::Custom("the database did not answer in time".to_owned()).into()),
+    };
+    if sqlite {
+        // Persistent in the file: other processes (the CLI) read while serve writes.
+        connection.execute_unprepared("PRAGMA journal_mode=WAL").await?;
     }
+    Ok(connection)
 }
 
 /// The migrations not applied yet, by name.

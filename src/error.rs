@@ -192,6 +192,11 @@ impl From<Error> for ApiError {
                 tracing::error!(error = %error, "backing service failed");
                 ApiError::new(Problem::ServiceUnavailable)
             }
+            // Actors only close their mailboxes while the process shuts down.
+            Error::Mailbox(actix::MailboxError::Closed) => {
+                tracing::warn!("request refused: shutting down");
+                ApiError::new(Problem::ServiceUnavailable).with_detail("the manager is shutting down")
+            }
             other => {
                 tracing::error!(error = ?other, "request failed");
                 ApiError::new(Problem::InternalServerError)

@@ -173,9 +173,15 @@ async fn existing(db: &DatabaseConnection, request: &SessionRequest<'_>) -> Resu
 /// `None` when a live session of that key and token exists.
 async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> Result<Option<kernels::Model>, Error> {
     let backend = txn.get_database_backend();
-    // The key's row lock orders concurrent creates of one key: the second one
-    // then sees the first one's session.
-    let keypair = locked(keypairs::Entity::find_by_id(request.access_key.to_owned()), backend)
+    // A no-op write first: it locks the key's row on PostgreSQL and takes the
+    // write lock on SQLite, so concurrent creates of one key are ordered (the
+    // second one then sees the first one's session) and no lock needs upgrading.
+    keypairs::Entity::update_many()
+        .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).into())
+        .filter(keypairs::Column::AccessKey.eq(request.access_key))
+        .exec(txn)
+        .await?;
+    let keypair = keypairs::Entity::find_by_id(request.access_key.to_owned())
         .one(txn)
         .await?
         .ok_or_else(|| Error::Api(ApiError::new(Problem::AuthFailed)))?;
@@ -254,40 +260,42 @@ pub async fn release(
     unwritten_queries: i64,
 ) -> Result<bool, Error> {
     let txn = db.begin().await?;
-    let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(&txn).await? else {
-        txn.rollback().await?;
-        return Ok(false);
-    };
-    let stat = |key: &str, current: i64| stats.get(key).copied().unwrap_or(current);
-    let ended = kernels::Entity::update_many()
+    // The conditional update comes first: it takes the write lock, and only the
+    // caller that ends the session releases its slots and quota.
+    let mut update = kernels::Entity::update_many()
         .col_expr(kernels::Column::Status, Expr::value(status))
         .col_expr(kernels::Column::StatusInfo, Expr::value(status_info.chars().take(256).collect::<String>()))
         .col_expr(kernels::Column::TerminatedAt, Expr::value(Utc::now().fixed_offset()))
-        .col_expr(kernels::Column::NumQueries, Expr::col(kernels::Column::NumQueries).add(unwritten_queries))
-        .col_expr(kernels::Column::CpuUsed, Expr::value(stat("cpu_used", kernel.cpu_used)))
-        .col_expr(kernels::Column::MemMaxBytes, Expr::value(stat("mem_max_bytes", kernel.mem_max_bytes)))
-        .col_expr(kernels::Column::MemCurBytes, Expr::value(stat("mem_cur_bytes", kernel.mem_cur_bytes)))
-        .col_expr(kernels::Column::NetRxBytes, Expr::value(stat("net_rx_bytes", kernel.net_rx_bytes)))
-        .col_expr(kernels::Column::NetTxBytes, Expr::value(stat("net_tx_bytes", kernel.net_tx_bytes)))
-        .col_expr(kernels::Column::IoReadBytes, Expr::value(stat("io_read_bytes", kernel.io_read_bytes)))
-        .col_expr(kernels::Column::IoWriteBytes, Expr::value(stat("io_write_bytes", kernel.io_write_bytes)))
-        .col_expr(
-            kernels::Column::IoMaxScratchSize,
-            Expr::value(stat("io_max_scratch_size", kernel.io_max_scratch_size)),
-        )
-        .col_expr(
-            kernels::Column::IoCurScratchSize,
-            Expr::value(stat("io_cur_scratch_size", kernel.io_cur_scratch_size)),
-        )
+        .col_expr(kernels::Column::NumQueries, Expr::col(kernels::Column::NumQueries).add(unwritten_queries));
+    for (key, column) in [
+        ("cpu_used", kernels::Column::CpuUsed),
+        ("mem_max_bytes", kernels::Column::MemMaxBytes),
+        ("mem_cur_bytes", kernels::Column::MemCurBytes),
+        ("net_rx_bytes", kernels::Column::NetRxBytes),
+        ("net_tx_bytes", kernels::Column::NetTxBytes),
+        ("io_read_bytes", kernels::Column::IoReadBytes),
+        ("io_write_bytes", kernels::Column::IoWriteBytes),
+        ("io_max_scratch_size", kernels::Column::IoMaxScratchSize),
+        ("io_cur_scratch_size", kernels::Column::IoCurScratchSize),
+    ] {
+        if let Some(value) = stats.get(key) {
+            update = update.col_expr(column, Expr::value(*value));
+        }
+    }
+    let ended = update
         .filter(kernels::Column::Id.eq(kernel_id))
         .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
         .exec(&txn)
         .await?
         .rows_affected;
-    if ended == 0 {
+    let kernel = match ended {
+        1 => kernels::Entity::find_by_id(kernel_id).one(&txn).await?,
+        _ => None,
+    };
+    let Some(kernel) = kernel else {
         txn.rollback().await?;
         return Ok(false);
-    }
+    };
     if let Some(agent) = &kernel.agent {
         agents::Entity::update_many()
             .col_expr(agents::Column::UsedCpuSlots, Expr::col(agents::Column::UsedCpuSlots).sub(kernel.cpu_slot))

@@ -84,6 +84,10 @@ async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Res
 
 /// The actor of the live session `token` of `access_key`; 404 for anyone else's.
 async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<SessionActor>, Error> {
+    // The hot path: a session with a running actor needs no database query.
+    if let Some(actor) = state.directory.session(access_key, token) {
+        return Ok(actor);
+    }
     let kernel = scheduler::live_session(&state.db, access_key, token)
         .await?
         .ok_or_else(|| Error::Api(ApiError::new(Problem::KernelNotFound)))?;

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::actors::keypair;
-use crate::actors::registry::Registry;
+use crate::actors::registry::{Directory, Registry};
 use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
 use crate::middleware;
@@ -36,6 +36,8 @@ pub struct AppState {
     pub stores: Stores,
     /// The actor registry.
     pub registry: Addr<Registry>,
+    /// The registry's children, readable without a message.
+    pub directory: Arc<Directory>,
     /// This process's id in the config store (`nodes/manager`).
     pub manager_id: String,
     /// Where agents send their events.
@@ -85,8 +87,9 @@ impl Application {
         let settings = Arc::new(settings);
         let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(60)).build()?;
         let core = Arc::new(Core { settings: settings.clone(), db: db.clone(), stores: stores.clone(), http });
-        let registry = Registry::start_supervised(core, manager_id.clone());
-        let state = web::Data::new(AppState { settings, db, stores, registry, manager_id, events_addr });
+        let directory = Arc::new(Directory::default());
+        let registry = Registry::start_supervised(core, manager_id.clone(), directory.clone());
+        let state = web::Data::new(AppState { settings, db, stores, registry, directory, manager_id, events_addr });
         let events = crate::events::server(state.clone(), events_listener)?;
         let local_agent = match state.settings.local_agent.enabled {
             true => Some(local_agent(&state).await.context("cannot start the built-in agent")?),

@@ -164,7 +164,7 @@ async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<ke
         None => vec![req.method().to_string()],
     };
 
-    let handle = keypair::lookup(&state.registry, &credential.access_key)
+    let handle = keypair::lookup(&state.registry, &state.directory, &credential.access_key)
         .await?
         .ok_or_else(|| ApiError::new(Problem::AuthFailed).with_detail("unknown access key"))?;
 

@@ -14,7 +14,7 @@ use entity::keypairs;
 use sea_orm::DatabaseConnection;
 
 use super::messages::{GetKeypairActor, LookupKeypair, RecordQuery, Shutdown};
-use super::registry::Registry;
+use super::registry::{Directory, Registry};
 use crate::error::Error;
 
 /// How long a cached key is trusted: changes made by any manager process (a
@@ -73,10 +73,17 @@ impl KeypairHandle {
 }
 
 /// The key `access_key` (cached), or `None` when it does not exist.
-pub async fn lookup(registry: &Addr<Registry>, access_key: &str) -> Result<Option<KeypairHandle>, Error> {
-    // An idle actor may stop between the registry's answer and our message: ask once more.
+pub async fn lookup(
+    registry: &Addr<Registry>,
+    directory: &Directory,
+    access_key: &str,
+) -> Result<Option<KeypairHandle>, Error> {
+    // An idle actor may stop between the lookup and our message: ask once more.
     for _ in 0..2 {
-        let actor = registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await?;
+        let actor = match directory.keypair(access_key) {
+            Some(actor) => actor,
+            None => registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await?,
+        };
         match actor.send(LookupKeypair).await {
             Ok(found) => return Ok(found?.map(|keypair| KeypairHandle { keypair, actor })),
             Err(MailboxError::Closed) => continue,

@@ -21,7 +21,8 @@ impl Supervised for Registry {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         // Children recover their state from the database when asked again.
         tracing::warn!("registry restarting");
-        self.keypairs.clear();
+        self.directory.write_keypairs().clear();
+        self.directory.write_sessions().clear();
         self.agents.clear();
         self.sessions.clear();
     }

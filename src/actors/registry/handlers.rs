@@ -14,11 +14,11 @@ impl Handler<GetKeypairActor> for Registry {
     type Result = MessageResult<GetKeypairActor>;
 
     fn handle(&mut self, msg: GetKeypairActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.keypairs.get(&msg.access_key).filter(|addr| addr.connected()) {
-            return MessageResult(addr.clone());
+        if let Some(addr) = self.directory.keypair(&msg.access_key) {
+            return MessageResult(addr);
         }
         let addr = KeypairActor::new(msg.access_key.clone(), self.core.db.clone(), ctx.address()).start();
-        self.keypairs.insert(msg.access_key, addr.clone());
+        self.directory.write_keypairs().insert(msg.access_key, addr.clone());
         MessageResult(addr)
     }
 }
@@ -28,8 +28,9 @@ impl Handler<KeypairActorStopped> for Registry {
 
     fn handle(&mut self, msg: KeypairActorStopped, _ctx: &mut Self::Context) {
         // A newer actor may already serve the key: only forget a stopped one.
-        if self.keypairs.get(&msg.access_key).is_some_and(|addr| !addr.connected()) {
-            self.keypairs.remove(&msg.access_key);
+        let mut keypairs = self.directory.write_keypairs();
+        if keypairs.get(&msg.access_key).is_some_and(|addr| !addr.connected()) {
+            keypairs.remove(&msg.access_key);
         }
     }
 }
@@ -38,12 +39,14 @@ impl Handler<GetSessionActor> for Registry {
     type Result = MessageResult<GetSessionActor>;
 
     fn handle(&mut self, msg: GetSessionActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.sessions.get(&msg.kernel.id).filter(|addr| addr.connected()) {
+        if let Some((addr, _)) = self.sessions.get(&msg.kernel.id).filter(|(addr, _)| addr.connected()) {
             return MessageResult(addr.clone());
         }
         let kernel_id = msg.kernel.id;
+        let token = (msg.kernel.access_key.clone(), msg.kernel.sess_id.clone());
         let addr = SessionActor::new(msg.kernel, self.core.clone(), ctx.address()).start();
-        self.sessions.insert(kernel_id, addr.clone());
+        self.directory.write_sessions().insert(token.clone(), addr.clone());
+        self.sessions.insert(kernel_id, (addr.clone(), token));
         MessageResult(addr)
     }
 }
@@ -52,8 +55,8 @@ impl Handler<SessionActorStopped> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionActorStopped, _ctx: &mut Self::Context) {
-        if self.sessions.get(&msg.kernel_id).is_some_and(|addr| !addr.connected()) {
-            self.sessions.remove(&msg.kernel_id);
+        if self.sessions.get(&msg.kernel_id).is_some_and(|(addr, _)| !addr.connected()) {
+            self.forget_session(&msg.kernel_id);
         }
     }
 }
@@ -63,7 +66,7 @@ impl Handler<SessionsEnded> for Registry {
 
     fn handle(&mut self, msg: SessionsEnded, _ctx: &mut Self::Context) {
         for kernel_id in msg.kernel_ids {
-            if let Some(addr) = self.sessions.remove(&kernel_id) {
+            if let Some(addr) = self.forget_session(&kernel_id) {
                 addr.do_send(SessionEnded);
             }
         }
@@ -126,7 +129,7 @@ impl Handler<CheckLiveness> for Registry {
                         addr.do_send(AgentLost);
                     }
                     for kernel_id in kernel_ids {
-                        if let Some(addr) = registry.sessions.remove(&kernel_id) {
+                        if let Some(addr) = registry.forget_session(&kernel_id) {
                             addr.do_send(SessionEnded);
                         }
                     }
@@ -140,8 +143,9 @@ impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let children: Vec<_> = self.keypairs.drain().map(|(_, addr)| addr).collect();
-        for (_, session) in self.sessions.drain() {
+        let children: Vec<_> = self.directory.write_keypairs().drain().map(|(_, addr)| addr).collect();
+        self.directory.write_sessions().clear();
+        for (_, (session, _)) in self.sessions.drain() {
             // Stopping writes the session's pending counts.
             session.do_send(SessionEnded);
         }

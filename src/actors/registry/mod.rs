@@ -6,7 +6,7 @@ mod actor;
 mod handlers;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
 use uuid::Uuid;
@@ -16,6 +16,38 @@ use super::keypair::KeypairActor;
 use super::session::SessionActor;
 use crate::Core;
 
+/// The addresses of running children that handlers may read without a message
+/// to the registry (the hot path of every request). Only the registry writes.
+#[derive(Default)]
+pub struct Directory {
+    /// Keypair actors, by access key.
+    keypairs: RwLock<HashMap<String, Addr<KeypairActor>>>,
+    /// Session actors of live sessions, by (access key, client token).
+    sessions: RwLock<HashMap<(String, String), Addr<SessionActor>>>,
+}
+
+impl Directory {
+    /// The running actor of `access_key`, if any.
+    pub fn keypair(&self, access_key: &str) -> Option<Addr<KeypairActor>> {
+        let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
+        keypairs.get(access_key).filter(|addr| addr.connected()).cloned()
+    }
+
+    /// The running actor of the live session `token` of `access_key`, if any.
+    pub fn session(&self, access_key: &str, token: &str) -> Option<Addr<SessionActor>> {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions.get(&(access_key.to_owned(), token.to_owned())).filter(|addr| addr.connected()).cloned()
+    }
+
+    fn write_keypairs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<KeypairActor>>> {
+        self.keypairs.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_sessions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Addr<SessionActor>>> {
+        self.sessions.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The registry actor.
 pub struct Registry {
     /// Database, stores and settings, shared with the children.
@@ -23,23 +55,34 @@ pub struct Registry {
     /// This process's id in the config store: only the registered manager
     /// checks agent liveness, so there is one checker per cluster.
     manager_id: String,
-    /// The running keypair actors, by access key.
-    keypairs: HashMap<String, Addr<KeypairActor>>,
+    /// The running keypair and session actors, shared with the handlers.
+    directory: Arc<Directory>,
     /// The running agent actors, by agent id.
     agents: HashMap<String, Addr<AgentActor>>,
-    /// The running session actors, by kernel id.
-    sessions: HashMap<Uuid, Addr<SessionActor>>,
+    /// The running session actors, by kernel id, with their (access key, token).
+    sessions: HashMap<Uuid, (Addr<SessionActor>, (String, String))>,
 }
 
 impl Registry {
     /// A registry whose children use `core`.
-    pub fn new(core: Arc<Core>, manager_id: String) -> Self {
-        Self { core, manager_id, keypairs: HashMap::new(), agents: HashMap::new(), sessions: HashMap::new() }
+    pub fn new(core: Arc<Core>, manager_id: String, directory: Arc<Directory>) -> Self {
+        Self { core, manager_id, directory, agents: HashMap::new(), sessions: HashMap::new() }
     }
 
-    /// Starts the registry on its own arbiter, under a supervisor.
-    pub fn start_supervised(core: Arc<Core>, manager_id: String) -> Addr<Self> {
+    /// Starts the registry on its own arbiter, under a supervisor; handlers read
+    /// its children's addresses from `directory`.
+    pub fn start_supervised(core: Arc<Core>, manager_id: String, directory: Arc<Directory>) -> Addr<Self> {
         let arbiter = Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, manager_id))
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, manager_id, directory))
+    }
+
+    /// Forgets a session's actor (it stopped or its session ended).
+    fn forget_session(&mut self, kernel_id: &Uuid) -> Option<Addr<SessionActor>> {
+        let (addr, token) = self.sessions.remove(kernel_id)?;
+        let mut sessions = self.directory.write_sessions();
+        if sessions.get(&token).is_some_and(|current| *current == addr) {
+            sessions.remove(&token);
+        }
+        Some(addr)
     }
 }

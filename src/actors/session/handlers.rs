@@ -2,7 +2,9 @@ use actix::prelude::*;
 use entity::kernels::KernelStatus;
 use serde_json::Value;
 
-use super::SessionActor;
+use sea_orm::EntityTrait;
+
+use super::{SessionActor, ROW_TTL};
 use crate::actors::messages::{
     Complete, Destroy, Execute, GetKernel, Interrupt, KernelTerminated, Restart, SessionEnded, StartKernel, UploadFile,
 };
@@ -291,13 +293,34 @@ impl Handler<SessionEnded> for SessionActor {
 }
 
 impl Handler<GetKernel> for SessionActor {
-    type Result = Result<entity::kernels::Model, Error>;
+    type Result = AtomicResponse<Self, Result<entity::kernels::Model, Error>>;
 
     fn handle(&mut self, _msg: GetKernel, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         if !self.kernel.status.is_live() {
-            return Err(ApiError::new(Problem::KernelNotFound).into());
+            return AtomicResponse::new(Box::pin(fut::ready(Err(ApiError::new(Problem::KernelNotFound).into()))));
         }
-        Ok(self.kernel.clone())
+        if self.row_checked.elapsed() < ROW_TTL {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(self.kernel.clone()))));
+        }
+        let db = self.core.db.clone();
+        let kernel_id = self.kernel.id;
+        AtomicResponse::new(Box::pin(
+            async move { entity::kernels::Entity::find_by_id(kernel_id).one(&db).await }.into_actor(self).map(
+                |row, actor, ctx| {
+                    let row = row?.filter(|row| row.status.is_live());
+                    let Some(row) = row else {
+                        // Ended by another manager process.
+                        actor.kernel.status = KernelStatus::Terminated;
+                        ctx.stop();
+                        return Err(ApiError::new(Problem::KernelNotFound).into());
+                    };
+                    actor.row_checked = std::time::Instant::now();
+                    // Queries counted here and not yet written are still ours to add.
+                    actor.kernel = entity::kernels::Model { num_queries: row.num_queries + actor.pending_queries, ..row };
+                    Ok(actor.kernel.clone())
+                },
+            ),
+        ))
     }
 }

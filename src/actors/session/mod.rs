@@ -18,6 +18,8 @@ use crate::Core;
 
 /// How often the counted queries are written.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the actor trusts its copy of the session's row.
+pub const ROW_TTL: Duration = Duration::from_secs(2);
 /// A session actor with no message for this long stops (it is restarted from the
 /// database on the next request).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -36,12 +38,17 @@ pub struct SessionActor {
     pending_queries: i64,
     /// The time of the latest message, for the idle timeout.
     last_active: Instant,
+    /// When `kernel` was last read from or written to the database: another
+    /// manager process may end the session, so the row is re-read when older
+    /// than [`ROW_TTL`].
+    row_checked: Instant,
 }
 
 impl SessionActor {
     /// An actor for the session `kernel`, not started.
     pub fn new(kernel: kernels::Model, core: std::sync::Arc<Core>, registry: Addr<Registry>) -> Self {
         let agent = kernel.agent_addr.as_deref().map(|addr| core.agent_client(addr));
-        Self { kernel, agent, core, registry, pending_queries: 0, last_active: Instant::now() }
+        let now = Instant::now();
+        Self { kernel, agent, core, registry, pending_queries: 0, last_active: now, row_checked: now }
     }
 }

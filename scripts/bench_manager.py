@@ -1,0 +1,142 @@
+"""Driver of scripts/bench_manager.sh: signs with the official SDK's signer, and
+sends with one persistent HTTP client so that both sides of each comparison pay
+the same client cost."""
+import argparse
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import time
+from datetime import datetime
+
+import requests
+from ai.backend.client.auth import generate_signature
+from dateutil.tz import tzutc
+
+ACCESS_KEY = 'AKIABENCHMARK0000001'
+SECRET_KEY = 'bench-secret-key-not-for-production-use0'
+VERSION = 'v2.20170315'
+
+parser = argparse.ArgumentParser()
+parser.add_argument('--endpoint', required=True)
+parser.add_argument('--agent', required=True)
+parser.add_argument('--secret', required=True)
+parser.add_argument('--manager-pid', type=int, required=True)
+parser.add_argument('--bare', required=True)
+args = parser.parse_args()
+EXECUTES = int(os.environ.get('BENCH_EXECUTES', 500))
+SESSIONS = int(os.environ.get('BENCH_SESSIONS', 200))
+SECONDS = int(os.environ.get('BENCH_SECONDS', 10))
+http = requests.Session()
+
+
+def signed_headers(method, path, content, content_type='application/json', date=None):
+    date = date or datetime.now(tzutc())
+    headers, _ = generate_signature(method, VERSION, args.endpoint, date, path, content_type, content,
+                                    ACCESS_KEY, SECRET_KEY, 'sha256')
+    headers.update({'Date': date.isoformat(), 'X-BackendAI-Version': VERSION})
+    if content_type:
+        headers['Content-Type'] = content_type
+    return headers
+
+
+def call(method, path, body=None):
+    content = json.dumps(body).encode() if body is not None else b''
+    response = http.request(method, f'{args.endpoint}/v2/{path}', data=content,
+                            headers=signed_headers(method, path, content))
+    if response.status_code // 100 != 2:
+        raise SystemExit(f'{method} {path}: {response.status_code} {response.text}')
+    return response.json() if response.content else None
+
+
+def percentiles(samples):
+    samples = sorted(samples)
+    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+
+
+def rss_kib(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1))
+
+
+for _ in range(100):
+    try:
+        if http.get(f'http://{args.agent}/health', headers={'Authorization': f'Bearer {args.secret}'}).ok:
+            break
+    except requests.ConnectionError:
+        pass
+    time.sleep(0.1)
+time.sleep(1)  # the agent's first report reaches the manager
+
+# 1. Execute round trip of print(1): through the gateway, and straight to the agent.
+token = 'bench-exec-' + secrets.token_hex(4)
+call('POST', 'kernel/create', {'lang': 'python3', 'clientSessionToken': token})
+agent_kernels = http.get(f'http://{args.agent}/kernels', headers={'Authorization': f'Bearer {args.secret}'}).json()
+kernel_id = agent_kernels['kernels'][0]['id']
+
+
+def via_gateway():
+    result = call('POST', f'kernel/{token}', {'mode': 'query', 'code': 'print(1)', 'runId': secrets.token_hex(8)})
+    assert result['result']['console'] == [['stdout', '1\n']], result
+
+
+def via_agent():
+    body = {'api_version': 2, 'run_id': secrets.token_hex(8), 'mode': 'query', 'code': 'print(1)', 'options': {}}
+    response = http.post(f'http://{args.agent}/kernels/{kernel_id}/execute', json=body,
+                         headers={'Authorization': f'Bearer {args.secret}'})
+    assert response.json()['console'] == [['stdout', '1\n']], response.text
+
+
+timings = {'gateway': [], 'agent': []}
+for _ in range(50):
+    via_gateway()
+    via_agent()
+for _ in range(EXECUTES):
+    for name, run in (('gateway', via_gateway), ('agent', via_agent)):
+        started = time.perf_counter()
+        run()
+        timings[name].append((time.perf_counter() - started) * 1000)
+gw50, gw99 = percentiles(timings['gateway'])
+ag50, ag99 = percentiles(timings['agent'])
+print(f'execute print(1), {EXECUTES} runs each:')
+print(f'  agent RPC round trip   p50 {ag50:.3f} ms  p99 {ag99:.3f} ms')
+print(f'  through the gateway    p50 {gw50:.3f} ms  p99 {gw99:.3f} ms  (p50 overhead {gw50 - ag50:+.3f} ms, target <= +1 ms)')
+
+
+# 2. Signed GET /v2/kernel/{id} under wrk -c64, next to a bare actix-web endpoint.
+def wrk(url, headers):
+    command = ['wrk', '-t2', '-c64', f'-d{SECONDS}s', '--latency', url]
+    for name, value in headers.items():
+        command[1:1] = ['-H', f'{name}: {value}']
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r'Requests/sec:\s+([\d.]+)', output).group(1))
+    errors = re.search(r'Non-2xx or 3xx responses: (\d+)', output)
+    if errors:
+        raise SystemExit(f'wrk saw {errors.group(1)} failed responses:\n{output}')
+    p50 = re.search(r'50%\s+(\S+)', output).group(1)
+    return rate, p50
+
+
+# One signature serves the whole run: the request is identical and its date valid for 15 minutes.
+headers = signed_headers('GET', f'kernel/{token}', b'', content_type='')
+gateway_rate, gateway_p50 = wrk(f'{args.endpoint}/v2/kernel/{token}', headers)
+bare_rate, bare_p50 = wrk(args.bare, {})
+print(f'requests/s under wrk -t2 -c64 -d{SECONDS}s:')
+print(f'  bare actix-web JSON    {bare_rate:10.0f} req/s  p50 {bare_p50}')
+print(f'  signed GET /kernel/id  {gateway_rate:10.0f} req/s  p50 {gateway_p50}  ({gateway_rate / bare_rate:.2f}x, target >= 0.5x)')
+
+# 3. Manager memory per live session (bash kernels are light on the agent side).
+before = rss_kib(args.manager_pid)
+tokens = [f'bench-mem-{i:05d}-{secrets.token_hex(2)}' for i in range(SESSIONS)]
+for t in tokens:
+    call('POST', 'kernel/create', {'lang': 'bash', 'clientSessionToken': t})
+    call('GET', f'kernel/{t}')
+time.sleep(2)
+after = rss_kib(args.manager_pid)
+print(f'manager RSS: {before} KiB before, {after} KiB with {SESSIONS} more live sessions: '
+      f'{(after - before) / SESSIONS:.1f} KiB per session (target <= 64 KiB)')
+for t in tokens:
+    call('DELETE', f'kernel/{t}')
+call('DELETE', f'kernel/{token}')
