@@ -90,7 +90,12 @@ async fn bench_agent() {
     child.wait().unwrap();
 
     // Agent: create-to-first-result, then execute round trips.
-    let agent = TestAgent::spawn().await;
+    let mut config = agent_support::test_config();
+    if std::env::var("BENCH_BWRAP").as_deref() == Ok("off") {
+        config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    }
+    println!("sandbox: bwrap {:?}", config.sandbox.use_bwrap);
+    let agent = TestAgent::spawn_with(config).await;
     let mut create = Vec::new();
     for _ in 0..spawns {
         let id = uuid::Uuid::new_v4().to_string();

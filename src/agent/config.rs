@@ -301,4 +301,15 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let example: AgentConfig = Figment::from(Serialized::defaults(AgentConfig::default()))
+            .merge(Toml::string(include_str!("agent.example.toml")))
+            .extract()
+            .unwrap();
+        assert_eq!(example, AgentConfig::default());
+        let keys: toml::Table = toml::from_str(include_str!("agent.example.toml")).unwrap();
+        assert!(keys.contains_key("sandbox") && keys.contains_key("slots"));
+    }
 }

@@ -36,7 +36,7 @@ const PYTHON_RUNNER: &str = include_str!("runner.py");
 const SHELL_RUNNER: &str = r#"exec 0</dev/null
 trap 'return 130 2>/dev/null' INT
 __bai_run() { eval "$1"; }
-printf '{"t":"ready"}\n' >&4
+printf 'ready 0\n' >&4
 while :; do
   IFS= read -r -d '' __bai_cmd <&3
   __bai_rc=$?
@@ -46,12 +46,13 @@ while :; do
   fi
   __bai_seq=${__bai_cmd%%$'\n'*}
   __bai_run "${__bai_cmd#*$'\n'}" 3<&- 4>&-
-  printf '{"t":"done","rc":%d,"seq":%s}\n' "$?" "$__bai_seq" >&4
+  __bai_done="$__bai_seq $?"
+  printf 'done %d\n%s' "${#__bai_done}" "$__bai_done" >&4
 done
 "#;
 
 /// Longest frame accepted from a runner (a media item, typically).
-const MAX_FRAME: usize = 64 << 20;
+const MAX_FRAME: usize = 16 << 20;
 
 /// A kernel that ended by itself, sent to the runtime's reaper.
 #[derive(Debug)]
@@ -313,7 +314,7 @@ impl Kernel {
                     let frame = match run.phase {
                         Phase::WaitingInput { .. } if req.mode != ExecMode::Continue => {
                             run.phase = Phase::Running;
-                            Some(json!({"op": "input", "data": req.code}))
+                            Some(frame_bytes("input", &[&req.code]))
                         }
                         _ => None,
                     };
@@ -323,7 +324,7 @@ impl Kernel {
             };
             match frame {
                 Some(Some(frame)) => {
-                    send_frame(&st, frame_bytes(&frame));
+                    send_frame(&st, frame);
                     true
                 }
                 Some(None) => true,
@@ -459,12 +460,8 @@ impl Kernel {
     fn step_frame(&self, seq: u64, code: &str, is_shell: bool) -> Vec<u8> {
         match self.spec.image.runner {
             RunnerKind::Python => {
-                let frame = if is_shell {
-                    json!({"op": "shell", "cmd": code, "seq": seq})
-                } else {
-                    json!({"op": "exec", "code": code, "seq": seq})
-                };
-                frame_bytes(&frame)
+                let op = if is_shell { "shell" } else { "exec" };
+                frame_bytes(op, &[&seq.to_string(), code])
             }
             RunnerKind::Shell => {
                 // NUL ends a command; code cannot contain it meaningfully anyway.
@@ -544,9 +541,12 @@ impl Kernel {
             }
             let (tx, rx) = oneshot::channel();
             st.completion = Some(tx);
+            let col = options.get("col").and_then(Value::as_i64).unwrap_or(-1);
+            let line = options.get("line").and_then(Value::as_str).unwrap_or("");
+            let line = line.replace('\n', " ");
             send_frame(
                 &st,
-                frame_bytes(&json!({"op": "complete", "code": code, "options": options})),
+                frame_bytes("complete", &[&col.to_string(), &line, &code]),
             );
             rx
         };
@@ -809,12 +809,8 @@ impl Kernel {
     }
 
     /// A frame from the runner's fd 4.
-    fn frame(&self, generation: u64, line: &[u8]) {
-        let Ok(frame) = serde_json::from_slice::<Value>(line) else {
-            tracing::debug!(kernel = %self.id, "ignoring a malformed runner frame");
-            return;
-        };
-        let kind = frame.get("t").and_then(Value::as_str).unwrap_or("");
+    fn frame(&self, generation: u64, kind: &str, payload: &[u8]) {
+        let payload = String::from_utf8_lossy(payload);
         let mut st = self.lock();
         if st.proc.as_ref().map(|p| p.generation) != Some(generation) {
             return;
@@ -826,15 +822,11 @@ impl Kernel {
                 }
             }
             "completions" => {
-                let items = frame
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let items = payload
+                    .split('\n')
+                    .filter(|i| !i.is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 if let Some(tx) = st.completion.take() {
                     let _ = tx.send(items);
                 }
@@ -850,11 +842,15 @@ impl Kernel {
                 };
                 match kind {
                     "done" => {
-                        let seq = frame.get("seq").and_then(Value::as_u64);
+                        let mut fields = payload.split(' ');
+                        let seq = fields.next().and_then(|f| f.parse::<u64>().ok());
                         if seq != Some(run.step_seq) {
                             return;
                         }
-                        let rc = frame.get("rc").and_then(Value::as_i64).unwrap_or(0);
+                        let rc = fields
+                            .next()
+                            .and_then(|f| f.trim().parse::<i64>().ok())
+                            .unwrap_or(0);
                         match run.next_exec.take() {
                             Some(exec) if rc == 0 => {
                                 run.build_finished = true;
@@ -880,30 +876,26 @@ impl Kernel {
                         }
                     }
                     "input" => {
-                        let is_password = frame
-                            .get("password")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false);
-                        run.phase = Phase::WaitingInput { is_password };
+                        run.phase = Phase::WaitingInput {
+                            is_password: payload == "1",
+                        };
                     }
                     "media" => {
-                        let mime = frame.get("mime").and_then(Value::as_str).unwrap_or("");
-                        let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
+                        let (mime, data) = payload.split_once('\n').unwrap_or((&payload, ""));
                         run.console.push_media(mime.to_owned(), data.to_owned());
                         return;
                     }
-                    "out" => {
-                        let stream = match frame.get("s").and_then(Value::as_str) {
-                            Some("stderr") => Stream::Stderr,
-                            _ => Stream::Stdout,
+                    "out1" | "out2" => {
+                        let stream = if kind == "out2" {
+                            Stream::Stderr
+                        } else {
+                            Stream::Stdout
                         };
-                        let data = frame.get("d").and_then(Value::as_str).unwrap_or("");
-                        run.console.push_text(stream, data.to_owned());
+                        run.console.push_text(stream, payload.into_owned());
                         return;
                     }
                     "html" => {
-                        let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
-                        run.console.push_other("html", data.to_owned());
+                        run.console.push_other("html", payload.into_owned());
                         return;
                     }
                     _ => return,
@@ -1047,7 +1039,7 @@ async fn drive(
             r = evt.read(&mut evt_buf), if evt_open => match r {
                 Ok(n) if n > 0 => {
                     lines.extend_from_slice(&evt_buf[..n]);
-                    handle_lines(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                    handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
                 }
                 _ => evt_open = false,
             },
@@ -1055,7 +1047,7 @@ async fn drive(
                 drain(&kernel, generation, Stream::Stdout, &out, &mut scratch);
                 drain(&kernel, generation, Stream::Stderr, &err, &mut scratch);
                 drain_events(&evt, &mut lines, &mut scratch);
-                handle_lines(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
                 kernel.exited(generation, status);
                 return;
             },
@@ -1072,25 +1064,47 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Handles every complete frame in `lines`, draining stdout/stderr before each.
-fn handle_lines(
+/// Handles every complete frame (`<kind> <length>\n<payload>`) in `frames`, draining
+/// stdout/stderr before each.
+fn handle_frames(
     kernel: &Kernel,
     generation: u64,
-    lines: &mut Vec<u8>,
+    frames: &mut Vec<u8>,
     out: &pipe::Receiver,
     err: &pipe::Receiver,
     buf: &mut [u8],
 ) {
-    while let Some(pos) = lines.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = lines.drain(..=pos).collect();
+    loop {
+        let Some(end) = frames.iter().position(|&b| b == b'\n') else {
+            if frames.len() > 256 {
+                desync(kernel, frames);
+            }
+            return;
+        };
+        let header = String::from_utf8_lossy(&frames[..end]).into_owned();
+        let Some((kind, len)) = header
+            .split_once(' ')
+            .and_then(|(k, l)| l.parse::<usize>().ok().map(|l| (k.to_owned(), l)))
+            .filter(|(_, l)| *l <= MAX_FRAME)
+        else {
+            desync(kernel, frames);
+            return;
+        };
+        if frames.len() < end + 1 + len {
+            return;
+        }
+        let payload: Vec<u8> = frames[end + 1..end + 1 + len].to_vec();
+        frames.drain(..end + 1 + len);
         drain(kernel, generation, Stream::Stdout, out, buf);
         drain(kernel, generation, Stream::Stderr, err, buf);
-        kernel.frame(generation, &line[..line.len() - 1]);
+        kernel.frame(generation, &kind, &payload);
     }
-    if lines.len() > MAX_FRAME {
-        tracing::warn!(kernel = %kernel.id, "dropping an oversized runner frame");
-        lines.clear();
-    }
+}
+
+/// Garbage on the event pipe (user code can write to fd 4): drop it and carry on.
+fn desync(kernel: &Kernel, frames: &mut Vec<u8>) {
+    tracing::warn!(kernel = %kernel.id, "dropping unparsable runner frames");
+    frames.clear();
 }
 
 /// Reads what is in a pipe right now, without waiting (the fd is non-blocking). Bypasses
@@ -1119,9 +1133,11 @@ fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
         .map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
 }
 
-fn frame_bytes(frame: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(frame).unwrap_or_default();
-    bytes.push(b'\n');
+/// A command frame for the Python runner: `<op> <length>\n<parts joined by \n>`.
+fn frame_bytes(op: &str, parts: &[&str]) -> Vec<u8> {
+    let payload = parts.join("\n");
+    let mut bytes = format!("{op} {}\n", payload.len()).into_bytes();
+    bytes.extend_from_slice(payload.as_bytes());
     bytes
 }
 
