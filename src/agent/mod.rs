@@ -219,6 +219,7 @@ fn settings(config: &AgentConfig) -> Settings {
         kernel_uid_start: s.kernel_uid_start,
         kernel_uid_count: s.kernel_uid_count,
         uid_lock_dir: s.uid_lock_dir.clone(),
+        warm_kernels: config.warm_kernels,
     }
 }
 

@@ -15,9 +15,14 @@ pub const SECRET: &str = "test-cluster-secret";
 
 /// Silent tracing unless TEST_LOG is set.
 pub fn init_tracing() {
-    if std::env::var_os("TEST_LOG").is_some() {
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        let level = if level.is_empty() || level == "1" {
+            "debug".to_owned()
+        } else {
+            level
+        };
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
             .try_init();
     }
 }

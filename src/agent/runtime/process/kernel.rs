@@ -136,6 +136,8 @@ struct ProcState {
     ready: bool,
     /// Start-up output, kept to explain a runner that dies before `ready`.
     startup_log: String,
+    /// The process exited.
+    dead: bool,
 }
 
 /// Mutable state of a kernel, behind one short-held lock.
@@ -451,7 +453,7 @@ impl Kernel {
         };
         Some(format!(
             "cd {} && {{\n{}\n}}",
-            shell_quote(&self.scratch.to_string_lossy()),
+            shell_quote(&self.inner_scratch()),
             cmd
         ))
     }
@@ -599,7 +601,10 @@ impl Kernel {
             (p.pid, p.driver.take())
         };
         self.sample_stats().await;
-        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        // A process already reaped was signalled then; its pid may be reused by now.
+        if driver.is_some() {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Some(driver) = driver {
             let _ = driver.await;
         }
@@ -626,6 +631,11 @@ impl Kernel {
             .spawn(async move { this.spawn_inner(first) })
             .await
             .map_err(|e| anyhow::anyhow!("spawn task failed: {e}"))??;
+        self.wait_ready(spawned).await
+    }
+
+    /// Waits for the `ready` of interpreter `generation`, then marks the kernel running.
+    async fn wait_ready(&self, spawned: u64) -> RuntimeResult<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let notified = self.changed.notified();
@@ -635,7 +645,7 @@ impl Kernel {
                 let st = self.lock();
                 match st.proc.as_ref() {
                     Some(p) if p.generation == spawned && p.ready => break,
-                    Some(p) if p.generation == spawned => {}
+                    Some(p) if p.generation == spawned && !p.dead => {}
                     _ => {
                         let log = st
                             .proc
@@ -672,77 +682,31 @@ impl Kernel {
     /// Spawns the interpreter process and its driver; returns the new generation. Runs on
     /// the agent's runtime, which then owns the child and the pipes.
     fn spawn_inner(self: &Arc<Self>, first: bool) -> RuntimeResult<u64> {
-        let (out_r, out_w) = pipe_pair()?;
-        let (err_r, err_w) = pipe_pair()?;
-        let (cmd_r, cmd_w) = pipe_pair()?;
-        let (evt_r, evt_w) = pipe_pair()?;
-
-        let (program, args) = match self.spec.image.runner {
-            RunnerKind::Python => (
-                self.spec
-                    .image
-                    .command
-                    .clone()
-                    .unwrap_or_else(|| "python3".to_owned()),
-                vec![
-                    "-u".to_owned(),
-                    "-I".to_owned(),
-                    "-c".to_owned(),
-                    PYTHON_RUNNER.to_owned(),
-                ],
-            ),
-            RunnerKind::Shell => (
-                self.spec
-                    .image
-                    .command
-                    .clone()
-                    .filter(|c| c.ends_with("bash"))
-                    .unwrap_or_else(|| "bash".to_owned()),
-                vec![
-                    "--noprofile".to_owned(),
-                    "--norc".to_owned(),
-                    "-c".to_owned(),
-                    SHELL_RUNNER.to_owned(),
-                ],
-            ),
-        };
-        let (program, args) = self.sandboxed(program, args);
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.scratch))
-            .current_dir(&self.scratch)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::from(out_w))
-            .stderr(std::process::Stdio::from(err_w))
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(lease) = &self.lease {
-            cmd.uid(lease.uid).gid(lease.gid);
-        }
-        let pre = PreExec {
+        let spawned = spawn_runner(&RunnerSpawn {
+            runner: self.spec.image.runner,
+            program: runner_program(&self.spec.image),
+            kernel_id: &self.id,
+            scratch: &self.scratch,
+            bwrap: self.bwrap.as_deref().map(|p| p.as_path()),
+            owner: self.lease.as_ref().map(|l| (l.uid, l.gid)),
             limits: self.rlimits(),
-            control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
-            kill_leftovers: first && self.lease.is_some(),
-            controlling_tty: false,
-        };
-        // SAFETY: PreExec::apply only makes async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || pre.apply());
-        }
-        let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
-        drop(cmd); // closes our copies of the child's ends (held by the pre_exec closure)
-        drop(cmd_r);
-        drop(evt_w);
-        let pid = child.id().unwrap_or(0);
+            kill_leftovers: first,
+        })?;
+        Ok(self.install(spawned))
+    }
 
-        let out = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
-        let err = pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?;
-        let evt = pipe::Receiver::from_owned_fd(evt_r).context("event pipe")?;
-        let commands = pipe::Sender::from_owned_fd(cmd_w).context("command pipe")?;
+    /// Makes a spawned runner this kernel's interpreter: starts its driver.
+    fn install(self: &Arc<Self>, spawned: SpawnedRunner) -> u64 {
+        let SpawnedRunner {
+            child,
+            pid,
+            out,
+            err,
+            evt,
+            commands,
+        } = spawned;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_commands(commands, rx));
-
         let mut st = self.lock();
         let generation = st.next_generation;
         st.next_generation += 1;
@@ -755,8 +719,64 @@ impl Kernel {
             driver: Some(driver),
             ready: false,
             startup_log: String::new(),
+            dead: false,
         });
-        Ok(generation)
+        generation
+    }
+
+    /// Starts the kernel with a runner spawned ahead of time (see `Warm`): it is installed
+    /// like a fresh one, then its first command sets this kernel's memory limit (the warm
+    /// runner has none: only lowering a limit is always allowed, and prlimit(2) from the
+    /// agent is refused for processes inside bubblewrap) and environment. No user code runs
+    /// before that command. The scratch dir was already renamed to this kernel's.
+    pub async fn adopt(self: &Arc<Self>, spawned: SpawnedRunner) -> RuntimeResult<()> {
+        let _gate = self.proc_gate.lock().await;
+        let this = self.clone();
+        let generation = self
+            .rt
+            .spawn(async move { this.install(spawned) })
+            .await
+            .map_err(|e| anyhow::anyhow!("adopt task failed: {e}"))?;
+        // Step 0 is never a run's step: its end is ignored.
+        let setup = self.setup_code();
+        let frame = self.step_frame(0, &setup, false);
+        send_frame(&self.lock(), frame);
+        self.wait_ready(generation).await
+    }
+
+    /// Code that points a runner spawned ahead of time at this kernel's scratch dir and id.
+    fn setup_code(&self) -> String {
+        let home = self.inner_scratch();
+        let mem = self.rlimits().address_space;
+        match self.spec.image.runner {
+            RunnerKind::Python => {
+                let lit = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                format!(
+                    "__import__('resource').setrlimit(__import__('resource').RLIMIT_AS, \
+                     ({mem}, {mem})); \
+                     __import__('os').environ.update({{'HOME': {h}, 'TMPDIR': {h}, \
+                     'BACKENDAI_KERNEL_ID': {k}}}); __import__('os').chdir({h}); \
+                     __import__('sys').path.__setitem__(0, {h})",
+                    h = lit(&home),
+                    k = lit(&self.id)
+                )
+            }
+            RunnerKind::Shell => format!(
+                "ulimit -v {kib}; export HOME={h} TMPDIR={h} BACKENDAI_KERNEL_ID={k}; cd \"$HOME\"",
+                kib = mem >> 10,
+                h = shell_quote(&home),
+                k = shell_quote(&self.id)
+            ),
+        }
+    }
+
+    /// The scratch dir as the kernel sees it (a fixed path inside bubblewrap).
+    fn inner_scratch(&self) -> String {
+        if self.bwrap.is_some() {
+            sandbox::SANDBOX_HOME.to_owned()
+        } else {
+            self.scratch.to_string_lossy().into_owned()
+        }
     }
 
     /// `program args`, inside bubblewrap when enabled.
@@ -938,10 +958,23 @@ impl Kernel {
     /// The interpreter of `generation` exited.
     fn exited(&self, generation: u64, status: std::io::Result<std::process::ExitStatus>) {
         let mut st = self.lock();
-        let Some(p) = st.proc.as_ref().filter(|p| p.generation == generation) else {
+        let Some(p) = st.proc.as_mut().filter(|p| p.generation == generation) else {
             return;
         };
+        p.dead = true;
+        p.driver = None;
         if p.expect_exit {
+            return;
+        }
+        if !p.ready {
+            // A start-up failure: the waiting create or restart reports it.
+            p.expect_exit = true;
+            p.startup_log
+                .push_str(&format!("\n[exit status: {status:?}]"));
+            let pid = p.pid;
+            drop(st);
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            self.changed.notify_waiters();
             return;
         }
         let pid = p.pid;
@@ -1196,7 +1229,7 @@ impl Kernel {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.scratch))
+            .envs(sandbox::kernel_env(&self.id, &self.inner_scratch()))
             .current_dir(&self.scratch)
             .stdin(stdio(&slave)?)
             .stdout(stdio(&slave)?)
@@ -1267,4 +1300,120 @@ pub fn resize_pty(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The interpreter program of an image.
+pub fn runner_program(image: &crate::agent::runtime::ImageSpec) -> String {
+    match image.runner {
+        RunnerKind::Python => image
+            .command
+            .clone()
+            .unwrap_or_else(|| "python3".to_owned()),
+        RunnerKind::Shell => image
+            .command
+            .clone()
+            .filter(|c| c.ends_with("bash"))
+            .unwrap_or_else(|| "bash".to_owned()),
+    }
+}
+
+/// How to spawn a runner.
+pub struct RunnerSpawn<'a> {
+    /// Which runner.
+    pub runner: RunnerKind,
+    /// The interpreter program.
+    pub program: String,
+    /// Kernel id for the environment (a placeholder for runners spawned ahead of time).
+    pub kernel_id: &'a str,
+    /// The scratch dir on the host.
+    pub scratch: &'a std::path::Path,
+    /// The bubblewrap binary, when used.
+    pub bwrap: Option<&'a std::path::Path>,
+    /// The kernel uid and gid.
+    pub owner: Option<(u32, u32)>,
+    /// Resource limits.
+    pub limits: Rlimits,
+    /// Kill leftover processes of the uid first.
+    pub kill_leftovers: bool,
+}
+
+/// A runner process with its pipes, not yet driven.
+#[derive(Debug)]
+pub struct SpawnedRunner {
+    child: tokio::process::Child,
+    /// Pid of the process (group leader).
+    pub pid: u32,
+    out: pipe::Receiver,
+    err: pipe::Receiver,
+    evt: pipe::Receiver,
+    commands: pipe::Sender,
+}
+
+impl SpawnedRunner {
+    /// Kills the runner's process group and reaps it.
+    pub async fn kill(mut self) {
+        signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Spawns a runner in its own process group, sandboxed, with fds 1-4 as pipes. Must run on
+/// the agent's runtime, which then owns the child and the pipes.
+pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let (cmd_r, cmd_w) = pipe_pair()?;
+    let (evt_r, evt_w) = pipe_pair()?;
+    let args = match spec.runner {
+        RunnerKind::Python => vec!["-u", "-I", "-c", PYTHON_RUNNER],
+        RunnerKind::Shell => vec!["--noprofile", "--norc", "-c", SHELL_RUNNER],
+    };
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    let (program, args, home) = match spec.bwrap {
+        Some(bwrap) => {
+            let (p, a) = sandbox::bwrap_command(bwrap, spec.scratch, &spec.program, &args);
+            (p, a, sandbox::SANDBOX_HOME.to_owned())
+        }
+        None => (
+            spec.program.clone(),
+            args,
+            spec.scratch.to_string_lossy().into_owned(),
+        ),
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .env_clear()
+        .envs(sandbox::kernel_env(spec.kernel_id, &home))
+        .current_dir(spec.scratch)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(out_w))
+        .stderr(std::process::Stdio::from(err_w))
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let pre = PreExec {
+        limits: spec.limits,
+        control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
+        kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),
+        controlling_tty: false,
+    };
+    // SAFETY: PreExec::apply only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || pre.apply());
+    }
+    let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
+    drop(cmd); // closes our copies of the child's ends
+    drop(cmd_r);
+    drop(evt_w);
+    let pid = child.id().unwrap_or(0);
+    Ok(SpawnedRunner {
+        child,
+        pid,
+        out: pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?,
+        err: pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?,
+        evt: pipe::Receiver::from_owned_fd(evt_r).context("event pipe")?,
+        commands: pipe::Sender::from_owned_fd(cmd_w).context("command pipe")?,
+    })
 }

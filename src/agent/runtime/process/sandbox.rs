@@ -197,8 +197,8 @@ unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io
 }
 
 /// The whole environment of a kernel process: nothing of the agent's is passed on.
-pub fn kernel_env(kernel_id: &str, scratch: &Path) -> Vec<(String, String)> {
-    let home = scratch.to_string_lossy().into_owned();
+pub fn kernel_env(kernel_id: &str, home: &str) -> Vec<(String, String)> {
+    let home = home.to_owned();
     vec![
         (
             "PATH".into(),
@@ -268,9 +268,13 @@ pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Optio
     }
 }
 
+/// Where the scratch dir appears inside bubblewrap.
+pub const SANDBOX_HOME: &str = "/home/work";
+
 /// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
-/// only writable place besides a private /tmp, fresh /dev and /proc, and every namespace
-/// unshared (network included). The process group stays the agent's handle on the kernel.
+/// only writable place (at [`SANDBOX_HOME`]) besides a private /tmp, /home hidden, fresh /dev
+/// and /proc, and every namespace unshared (network included). The process group stays the
+/// agent's handle on the kernel.
 pub fn bwrap_command(
     bwrap: &Path,
     scratch: &Path,
@@ -289,16 +293,18 @@ pub fn bwrap_command(
         "/proc",
         "--tmpfs",
         "/tmp",
+        "--tmpfs",
+        "/home",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
     out.extend([
         "--bind".to_owned(),
-        scratch.clone(),
-        scratch.clone(),
-        "--chdir".to_owned(),
         scratch,
+        SANDBOX_HOME.to_owned(),
+        "--chdir".to_owned(),
+        SANDBOX_HOME.to_owned(),
         "--".to_owned(),
         program.to_owned(),
     ]);
