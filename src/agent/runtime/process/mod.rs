@@ -196,6 +196,9 @@ fn clean_leftovers(root: &std::path::Path) {
     }
 }
 
+/// How long after a kernel creation its warm replacement is started.
+const WARM_DELAY: Duration = Duration::from_millis(100);
+
 /// Name prefix of the scratch dirs of warm runners.
 const WARM_PREFIX: &str = ".warm-";
 
@@ -358,6 +361,9 @@ impl Inner {
         }
         let inner = self.clone();
         self.rt.spawn(async move {
+            // Later, not now: forking and starting an interpreter would compete with the
+            // kernel that is being created for the CPU and the agent's memory map.
+            tokio::time::sleep(WARM_DELAY).await;
             match inner.spawn_warm(&key) {
                 Ok(warm) => {
                     let surplus = {
