@@ -4,6 +4,7 @@
 //! - agent: create-to-first-result of a python3 kernel (back to back, and 200 ms apart so
 //!   that a warm interpreter is ready), and the execute round trip of `print(1)` over the
 //!   agent RPC.
+//!
 //! `BENCH_BWRAP=off` measures without bubblewrap.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
