@@ -383,7 +383,9 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
         eprintln!("skipped: bwrap is not installed");
         return;
     }
-    let agent = TestAgent::spawn().await;
+    let mut config = test_config();
+    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::On;
+    let agent = TestAgent::spawn_with(config).await;
     let id = uuid::Uuid::new_v4().to_string();
     let (status, created) = agent
         .call(

@@ -37,8 +37,14 @@ pub struct TestAgent {
 }
 
 /// A test configuration: port 0, own scratch root under /tmp (reachable by kernel uids).
+/// `AGENT_TEST_BWRAP=off` runs the suite without bubblewrap.
 pub fn test_config() -> AgentConfig {
+    let mut sandbox = backendai_manager::agent::config::SandboxConfig::default();
+    if std::env::var("AGENT_TEST_BWRAP").as_deref() == Ok("off") {
+        sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    }
     AgentConfig {
+        sandbox,
         listen: "127.0.0.1:0".parse().unwrap(),
         agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
         cluster_secret: backendai_manager::agent::config::Secret(SECRET.to_owned()),
