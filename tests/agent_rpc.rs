@@ -342,7 +342,9 @@ async fn an_agent_runs_embedded_in_an_actix_system() {
     let k = agent.create("python", json!({})).await;
     let results = agent.run_to_end(&k, "print(6 * 7)").await;
     assert_eq!(stream(&results, "stdout"), "42\n");
-    let (status, _) = agent.call(Method::DELETE, &format!("/kernels/{k}"), None).await;
+    let (status, _) = agent
+        .call(Method::DELETE, &format!("/kernels/{k}"), None)
+        .await;
     assert_eq!(status, 200);
     agent.stop().await;
 }

@@ -226,6 +226,10 @@ async fn batch_reports_build_finished_then_runs_the_exec_command() {
         assert_eq!(first["status"], "build-finished", "{runner}: {first}");
         let out = stream(&[first], "stdout");
         assert!(out.starts_with("building\n"), "{out}");
+        assert!(
+            !out.contains("42"),
+            "exec output in the build answer: {out}"
+        );
         let mut results = vec![agent.execute(&k, "b1", "batch", "", Value::Null).await];
         while results.last().unwrap()["status"] == "continued" {
             results.push(agent.execute(&k, "b1", "batch", "", Value::Null).await);

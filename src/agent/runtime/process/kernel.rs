@@ -111,8 +111,9 @@ struct RunState {
     step_seq: u64,
     /// Batch: the exec command to run once the build step succeeded.
     next_exec: Option<String>,
-    /// Batch: the build step ended and `build-finished` was not returned yet.
-    build_finished: bool,
+    /// Batch: the build step ended and `build-finished` was not returned yet; holds the
+    /// build's output (the exec step's output goes to the next answer).
+    build_output: Option<Vec<Value>>,
     /// When the run times out.
     deadline: Instant,
     /// The interpreter generation the run lives in.
@@ -401,7 +402,7 @@ impl Kernel {
             phase: Phase::Running,
             step_seq: seq,
             next_exec: None,
-            build_finished: false,
+            build_output: None,
             deadline: Instant::now() + timeout,
             generation,
         };
@@ -491,10 +492,12 @@ impl Kernel {
                     // Superseded or already fully returned.
                     return result(RunStatus::Finished, Vec::new(), None);
                 };
+                if let Some(console) = run.build_output.take() {
+                    return result(RunStatus::BuildFinished, console, None);
+                }
                 let status = match run.phase {
                     Phase::Done(status) => Some(status),
                     Phase::WaitingInput { .. } => Some(RunStatus::WaitingInput),
-                    Phase::Running if run.build_finished => Some(RunStatus::BuildFinished),
                     Phase::Running if Instant::now() >= window_end => Some(RunStatus::Continued),
                     Phase::Running => None,
                 };
@@ -505,9 +508,6 @@ impl Kernel {
                         }
                         _ => None,
                     };
-                    if status == RunStatus::BuildFinished {
-                        run.build_finished = false;
-                    }
                     let done = matches!(run.phase, Phase::Done(_));
                     if done {
                         run.console.flush();
@@ -873,7 +873,8 @@ impl Kernel {
                             .unwrap_or(0);
                         match run.next_exec.take() {
                             Some(exec) if rc == 0 => {
-                                run.build_finished = true;
+                                run.console.flush();
+                                run.build_output = Some(run.console.take());
                                 let seq = st.next_seq;
                                 st.next_seq += 1;
                                 let frame = self.step_frame(seq, &exec, true);
