@@ -699,6 +699,7 @@ impl Kernel {
     fn install(self: &Arc<Self>, spawned: SpawnedRunner) -> u64 {
         let SpawnedRunner {
             child,
+            ready,
             pid,
             out,
             err,
@@ -717,7 +718,7 @@ impl Kernel {
             commands: tx,
             expect_exit: false,
             driver: Some(driver),
-            ready: false,
+            ready,
             startup_log: String::new(),
             dead: false,
         });
@@ -1342,6 +1343,8 @@ pub struct RunnerSpawn<'a> {
 #[derive(Debug)]
 pub struct SpawnedRunner {
     child: tokio::process::Child,
+    /// The runner's `ready` frame was already read (see [`SpawnedRunner::poll_ready`]).
+    ready: bool,
     /// Pid of the process (group leader).
     pub pid: u32,
     out: pipe::Receiver,
@@ -1351,6 +1354,24 @@ pub struct SpawnedRunner {
 }
 
 impl SpawnedRunner {
+    /// Whether the runner has reported `ready` (reads it without waiting). Until then a
+    /// runner inside bubblewrap may not have bound its scratch dir yet.
+    pub fn poll_ready(&mut self) -> bool {
+        const READY: &[u8] = b"ready 0\n";
+        if !self.ready {
+            let mut buf = [0u8; READY.len()];
+            // The frame is 8 bytes written at once: a pipe delivers it whole or not at all.
+            if let Ok(n) = nix::unistd::read(self.evt.as_fd(), &mut buf) {
+                if n == READY.len() && buf == READY {
+                    self.ready = true;
+                } else if n > 0 {
+                    tracing::warn!(pid = self.pid, "unexpected first frame from a warm runner");
+                }
+            }
+        }
+        self.ready
+    }
+
     /// Kills the runner's process group and reaps it.
     pub async fn kill(mut self) {
         signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
@@ -1411,6 +1432,7 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
     let pid = child.id().unwrap_or(0);
     Ok(SpawnedRunner {
         child,
+        ready: false,
         pid,
         out: pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?,
         err: pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?,

@@ -335,13 +335,13 @@ impl Inner {
         Ok(stats)
     }
 
-    /// Takes a warm runner for `key`, if one is ready.
+    /// Takes a warm runner for `key`, if one has reported `ready` (one still starting stays
+    /// in the pool: inside bubblewrap its scratch dir must not be renamed yet).
     fn take_warm(&self, key: &WarmKey) -> Option<Warm> {
-        self.warm
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(key)
-            .and_then(Vec::pop)
+        let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = pool.get_mut(key)?;
+        let ready = slot.iter_mut().position(|w| w.spawned.poll_ready())?;
+        Some(slot.swap_remove(ready))
     }
 
     /// Starts warm runners for `key` in the background until there are enough.
