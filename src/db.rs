@@ -31,10 +31,11 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, Error>
         // connection writes.
         options.max_connections(settings.max_connections.clamp(1, 4));
     }
-    let connection = match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), Database::connect(options)).await {
-        Ok(connection) => connection?,
-        Err(_) => return Err(sea_orm::DbErr::Custom("the database did not answer in time".to_owned()).into()),
-    };
+    let connection =
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), Database::connect(options)).await {
+            Ok(connection) => connection?,
+            Err(_) => return Err(sea_orm::DbErr::Custom("the database did not answer in time".to_owned()).into()),
+        };
     if sqlite {
         // Persistent in the file: other processes (the CLI) read while serve writes.
         connection.execute_unprepared("PRAGMA journal_mode=WAL").await?;

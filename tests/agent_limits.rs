@@ -286,7 +286,9 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
         eprintln!("skipped: bwrap is not installed");
         return;
     }
-    let agent = TestAgent::spawn().await;
+    let mut config = test_config();
+    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::On;
+    let agent = TestAgent::spawn_with(config).await;
     let id = uuid::Uuid::new_v4().to_string();
     let (status, created) = agent
         .call(
@@ -340,4 +342,24 @@ async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
     assert_eq!(event["data"]["reason"], "killed");
     agent.stop().await;
     sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kernel_gets_its_own_memory_limit() {
+    let agent = TestAgent::spawn().await;
+    for mem in [300, 700] {
+        let k = agent.create("python", json!({"mem_slot": mem})).await;
+        let results = run_until_done(
+            &agent,
+            &k,
+            "import resource, os\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20, os.environ['BACKENDAI_KERNEL_ID'] == os.path.basename(os.environ['HOME']) or os.environ['HOME'] == '/home/work')",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(stream(&results, "stdout"), format!("{mem} True\n"));
+        let k = agent.create("shell", json!({"mem_slot": mem})).await;
+        let results = run_until_done(&agent, &k, "ulimit -v; echo $BACKENDAI_KERNEL_ID", Duration::from_secs(5)).await;
+        assert_eq!(stream(&results, "stdout"), format!("{}\n{k}\n", mem * 1024));
+    }
+    agent.stop().await;
 }

@@ -240,7 +240,9 @@ async fn the_pty_runs_a_shell_in_the_scratch_dir() {
     ws.send(json!({"type": "ping"})).await;
     ws.send(stdin("echo \"$((6 * 7))-$PWD\"; stty size\n")).await;
     let out = ws.read_until("40 100", Duration::from_secs(10)).await;
-    assert!(out.contains(&format!("42-{}", agent.scratch_root.join(&k).display())), "{out}");
+    // Inside bubblewrap the scratch dir is mounted at /home/work.
+    let host = format!("42-{}", agent.scratch_root.join(&k).display());
+    assert!(out.contains(&host) || out.contains("42-/home/work"), "{out}");
     ws.send(json!({"type": "restart"})).await;
     ws.send(stdin("echo again-$((1 + 1))\n")).await;
     ws.read_until("again-2", Duration::from_secs(10)).await;
@@ -270,4 +272,16 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The manager embeds an agent inside its own actix System (current-thread runtime).
+#[actix_web::test]
+async fn an_agent_runs_embedded_in_an_actix_system() {
+    let agent = TestAgent::spawn().await;
+    let k = agent.create("python", json!({})).await;
+    let results = agent.run_to_end(&k, "print(6 * 7)").await;
+    assert_eq!(stream(&results, "stdout"), "42\n");
+    let (status, _) = agent.call(Method::DELETE, &format!("/kernels/{k}"), None).await;
+    assert_eq!(status, 200);
+    agent.stop().await;
 }

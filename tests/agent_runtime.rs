@@ -177,6 +177,7 @@ async fn batch_reports_build_finished_then_runs_the_exec_command() {
         assert_eq!(first["status"], "build-finished", "{runner}: {first}");
         let out = stream(&[first], "stdout");
         assert!(out.starts_with("building\n"), "{out}");
+        assert!(!out.contains("42"), "exec output in the build answer: {out}");
         let mut results = vec![agent.execute(&k, "b1", "batch", "", Value::Null).await];
         while results.last().unwrap()["status"] == "continued" {
             results.push(agent.execute(&k, "b1", "batch", "", Value::Null).await);
@@ -271,5 +272,26 @@ async fn a_second_run_waits_for_the_first_one() {
         .await;
     assert_eq!(status, 400);
     assert_eq!(body["type"], "https://api.backend.ai/probs/invalid-api-params");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupt_stops_a_shell_command_and_the_shell_survives() {
+    let agent = TestAgent::spawn_with(fast_continuation()).await;
+    let k = agent.create("shell", json!({})).await;
+    agent.run_to_end(&k, "KEPT=yes").await;
+    let first = agent.execute(&k, "s", "query", "sleep 30; echo not-reached", Value::Null).await;
+    assert_eq!(first["status"], "continued");
+    let (status, _) = agent.call(Method::POST, &format!("/kernels/{k}/interrupt"), None).await;
+    assert_eq!(status, 204);
+    let started = Instant::now();
+    let mut results = vec![first];
+    while results.last().unwrap()["status"] == "continued" {
+        results.push(agent.execute(&k, "s", "query", "", Value::Null).await);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!stream(&results, "stdout").contains("not-reached"));
+    let after = agent.run_to_end(&k, "echo $KEPT").await;
+    assert_eq!(stream(&after, "stdout"), "yes\n");
     agent.stop().await;
 }

@@ -134,6 +134,9 @@ pub struct AgentConfig {
     pub max_output_bytes: u64,
     /// How long an execute call waits for a run before answering `continued`, in seconds.
     pub continuation_secs: f64,
+    /// Interpreters (python3, bash) kept started ahead of time, per image; makes kernel
+    /// creation about as fast as a bare interpreter start-up. 0 disables.
+    pub warm_kernels: usize,
     /// Seconds between heartbeats.
     pub heartbeat_interval: f64,
     /// Seconds between kernel stats reports.
@@ -160,6 +163,7 @@ impl Default for AgentConfig {
             exec_timeout: 300.0,
             max_output_bytes: 4 << 20,
             continuation_secs: 2.0,
+            warm_kernels: 1,
             heartbeat_interval: 3.0,
             stats_interval: 5.0,
             sandbox: SandboxConfig::default(),
@@ -280,5 +284,16 @@ mod tests {
             assert!(err.contains("bogus"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_example_file_shows_the_defaults() {
+        let example: AgentConfig = Figment::from(Serialized::defaults(AgentConfig::default()))
+            .merge(Toml::string(include_str!("agent.example.toml")))
+            .extract()
+            .unwrap();
+        assert_eq!(example, AgentConfig::default());
+        let keys: toml::Table = toml::from_str(include_str!("agent.example.toml")).unwrap();
+        assert!(keys.contains_key("sandbox") && keys.contains_key("slots"));
     }
 }

@@ -4,6 +4,28 @@
 //! serves until a shutdown future resolves, then terminates every kernel (reported as
 //! `kernel_terminated` with reason `agent-terminated`) and reports `instance_terminated`.
 //! The manager can embed an agent the same way (`listen` on loopback, port 0 allowed).
+//!
+//! # Execute: modes and run ids
+//! - A call whose `run_id` equals the kernel's run in flight (or ended but not yet fully
+//!   returned) resumes it, whatever its mode (`query` and `batch` included, as clients send
+//!   them): if the run waits for input, `code` is the input line (mode `continue` only
+//!   fetches output); otherwise `code` is ignored and the call returns the next part.
+//! - Any other `run_id` with mode `query` or `batch` is a new run. Runs of a kernel are
+//!   served first come, first served: a new run waits until the previous one ended (a
+//!   previous run left waiting for input is interrupted). Output of a previous run that its
+//!   caller never fetched is dropped.
+//! - Mode `input` or `continue` with an unknown `run_id` is a 400 `invalid-api-params`.
+//! - A call returns as soon as the run ends, asks for input, or finishes its build step, and
+//!   at the latest `continuation_secs` (2 s) after the run started or the call arrived:
+//!   `continued` with the output so far.
+//! - `exec-timeout`: the run's wall time (`limits.exec_timeout`, else `exec_timeout`) ran out;
+//!   the interpreter is replaced by a fresh one (namespace lost, scratch dir kept) and the
+//!   kernel stays. No `kernel_terminated` is sent for it.
+//! - Batch: `options.build` then `options.exec`, each a bash command run from the scratch
+//!   dir. `*` or empty build: no build step (and no `build-finished`); `*` or empty exec:
+//!   `python3 main.py` (python kernels) or `bash main.sh` (shell kernels). A failing build
+//!   ends the run (`finished`, with a note) without the exec step.
+//! - The result is always the v2 object; the manager converts it for v1 clients.
 
 pub mod config;
 pub mod error;
@@ -191,6 +213,7 @@ fn settings(config: &AgentConfig) -> Settings {
         kernel_uid_start: s.kernel_uid_start,
         kernel_uid_count: s.kernel_uid_count,
         uid_lock_dir: s.uid_lock_dir.clone(),
+        warm_kernels: config.warm_kernels,
     }
 }
 

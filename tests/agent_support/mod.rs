@@ -15,8 +15,9 @@ pub const SECRET: &str = "test-cluster-secret";
 
 /// Silent tracing unless TEST_LOG is set.
 pub fn init_tracing() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("debug")).try_init();
+    if let Ok(level) = std::env::var("TEST_LOG") {
+        let level = if level.is_empty() || level == "1" { "debug".to_owned() } else { level };
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(level)).try_init();
     }
 }
 
@@ -30,8 +31,14 @@ pub struct TestAgent {
 }
 
 /// A test configuration: port 0, own scratch root under /tmp (reachable by kernel uids).
+/// `AGENT_TEST_BWRAP=off` runs the suite without bubblewrap.
 pub fn test_config() -> AgentConfig {
+    let mut sandbox = backendai_manager::agent::config::SandboxConfig::default();
+    if std::env::var("AGENT_TEST_BWRAP").as_deref() == Ok("off") {
+        sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    }
     AgentConfig {
+        sandbox,
         listen: "127.0.0.1:0".parse().unwrap(),
         agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
         cluster_secret: backendai_manager::agent::config::Secret(SECRET.to_owned()),

@@ -317,7 +317,8 @@ impl Handler<GetKernel> for SessionActor {
                     };
                     actor.row_checked = std::time::Instant::now();
                     // Queries counted here and not yet written are still ours to add.
-                    actor.kernel = entity::kernels::Model { num_queries: row.num_queries + actor.pending_queries, ..row };
+                    actor.kernel =
+                        entity::kernels::Model { num_queries: row.num_queries + actor.pending_queries, ..row };
                     Ok(actor.kernel.clone())
                 },
             ),

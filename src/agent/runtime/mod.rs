@@ -15,7 +15,7 @@ use serde_json::Value;
 pub use console::{Console, RunStatus};
 
 /// How the kernel's interpreter talks to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunnerKind {
     /// A persistent Python interpreter driven by the embedded runner script.

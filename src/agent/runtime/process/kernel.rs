@@ -36,7 +36,7 @@ const PYTHON_RUNNER: &str = include_str!("runner.py");
 const SHELL_RUNNER: &str = r#"exec 0</dev/null
 trap 'return 130 2>/dev/null' INT
 __bai_run() { eval "$1"; }
-printf '{"t":"ready"}\n' >&4
+printf 'ready 0\n' >&4
 while :; do
   IFS= read -r -d '' __bai_cmd <&3
   __bai_rc=$?
@@ -46,12 +46,13 @@ while :; do
   fi
   __bai_seq=${__bai_cmd%%$'\n'*}
   __bai_run "${__bai_cmd#*$'\n'}" 3<&- 4>&-
-  printf '{"t":"done","rc":%d,"seq":%s}\n' "$?" "$__bai_seq" >&4
+  __bai_done="$__bai_seq $?"
+  printf 'done %d\n%s' "${#__bai_done}" "$__bai_done" >&4
 done
 "#;
 
 /// Longest frame accepted from a runner (a media item, typically).
-const MAX_FRAME: usize = 64 << 20;
+const MAX_FRAME: usize = 16 << 20;
 
 /// A kernel that ended by itself, sent to the runtime's reaper.
 #[derive(Debug)]
@@ -110,8 +111,9 @@ struct RunState {
     step_seq: u64,
     /// Batch: the exec command to run once the build step succeeded.
     next_exec: Option<String>,
-    /// Batch: the build step ended and `build-finished` was not returned yet.
-    build_finished: bool,
+    /// Batch: the build step ended and `build-finished` was not returned yet; holds the
+    /// build's output (the exec step's output goes to the next answer).
+    build_output: Option<Vec<Value>>,
     /// When the run times out.
     deadline: Instant,
     /// The interpreter generation the run lives in.
@@ -135,6 +137,8 @@ struct ProcState {
     ready: bool,
     /// Start-up output, kept to explain a runner that dies before `ready`.
     startup_log: String,
+    /// The process exited.
+    dead: bool,
 }
 
 /// Mutable state of a kernel, behind one short-held lock.
@@ -309,7 +313,7 @@ impl Kernel {
                     let frame = match run.phase {
                         Phase::WaitingInput { .. } if req.mode != ExecMode::Continue => {
                             run.phase = Phase::Running;
-                            Some(json!({"op": "input", "data": req.code}))
+                            Some(frame_bytes("input", &[&req.code]))
                         }
                         _ => None,
                     };
@@ -319,7 +323,7 @@ impl Kernel {
             };
             match frame {
                 Some(Some(frame)) => {
-                    send_frame(&st, frame_bytes(&frame));
+                    send_frame(&st, frame);
                     true
                 }
                 Some(None) => true,
@@ -386,7 +390,7 @@ impl Kernel {
             phase: Phase::Running,
             step_seq: seq,
             next_exec: None,
-            build_finished: false,
+            build_output: None,
             deadline: Instant::now() + timeout,
             generation,
         };
@@ -436,19 +440,15 @@ impl Kernel {
         } else {
             cmd
         };
-        Some(format!("cd {} && {{\n{}\n}}", shell_quote(&self.scratch.to_string_lossy()), cmd))
+        Some(format!("cd {} && {{\n{}\n}}", shell_quote(&self.inner_scratch()), cmd))
     }
 
     /// The command frame of one step for this kernel's runner.
     fn step_frame(&self, seq: u64, code: &str, is_shell: bool) -> Vec<u8> {
         match self.spec.image.runner {
             RunnerKind::Python => {
-                let frame = if is_shell {
-                    json!({"op": "shell", "cmd": code, "seq": seq})
-                } else {
-                    json!({"op": "exec", "code": code, "seq": seq})
-                };
-                frame_bytes(&frame)
+                let op = if is_shell { "shell" } else { "exec" };
+                frame_bytes(op, &[&seq.to_string(), code])
             }
             RunnerKind::Shell => {
                 // NUL ends a command; code cannot contain it meaningfully anyway.
@@ -472,10 +472,12 @@ impl Kernel {
                     // Superseded or already fully returned.
                     return result(RunStatus::Finished, Vec::new(), None);
                 };
+                if let Some(console) = run.build_output.take() {
+                    return result(RunStatus::BuildFinished, console, None);
+                }
                 let status = match run.phase {
                     Phase::Done(status) => Some(status),
                     Phase::WaitingInput { .. } => Some(RunStatus::WaitingInput),
-                    Phase::Running if run.build_finished => Some(RunStatus::BuildFinished),
                     Phase::Running if Instant::now() >= window_end => Some(RunStatus::Continued),
                     Phase::Running => None,
                 };
@@ -484,9 +486,6 @@ impl Kernel {
                         Phase::WaitingInput { is_password } => Some(json!({ "is_password": is_password })),
                         _ => None,
                     };
-                    if status == RunStatus::BuildFinished {
-                        run.build_finished = false;
-                    }
                     let done = matches!(run.phase, Phase::Done(_));
                     if done {
                         run.console.flush();
@@ -519,7 +518,10 @@ impl Kernel {
             }
             let (tx, rx) = oneshot::channel();
             st.completion = Some(tx);
-            send_frame(&st, frame_bytes(&json!({"op": "complete", "code": code, "options": options})));
+            let col = options.get("col").and_then(Value::as_i64).unwrap_or(-1);
+            let line = options.get("line").and_then(Value::as_str).unwrap_or("");
+            let line = line.replace('\n', " ");
+            send_frame(&st, frame_bytes("complete", &[&col.to_string(), &line, &code]));
             rx
         };
         match tokio::time::timeout(Duration::from_secs(3), rx).await {
@@ -569,7 +571,10 @@ impl Kernel {
             (p.pid, p.driver.take())
         };
         self.sample_stats().await;
-        signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        // A process already reaped was signalled then; its pid may be reused by now.
+        if driver.is_some() {
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         if let Some(driver) = driver {
             let _ = driver.await;
         }
@@ -596,6 +601,11 @@ impl Kernel {
             .spawn(async move { this.spawn_inner(first) })
             .await
             .map_err(|e| anyhow::anyhow!("spawn task failed: {e}"))??;
+        self.wait_ready(spawned).await
+    }
+
+    /// Waits for the `ready` of interpreter `generation`, then marks the kernel running.
+    async fn wait_ready(&self, spawned: u64) -> RuntimeResult<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let notified = self.changed.notified();
@@ -605,7 +615,7 @@ impl Kernel {
                 let st = self.lock();
                 match st.proc.as_ref() {
                     Some(p) if p.generation == spawned && p.ready => break,
-                    Some(p) if p.generation == spawned => {}
+                    Some(p) if p.generation == spawned && !p.dead => {}
                     _ => {
                         let log = st.proc.as_ref().map(|p| p.startup_log.clone()).unwrap_or_default();
                         return Err(anyhow::anyhow!("the kernel runner died at start: {log}").into());
@@ -629,58 +639,24 @@ impl Kernel {
     /// Spawns the interpreter process and its driver; returns the new generation. Runs on
     /// the agent's runtime, which then owns the child and the pipes.
     fn spawn_inner(self: &Arc<Self>, first: bool) -> RuntimeResult<u64> {
-        let (out_r, out_w) = pipe_pair()?;
-        let (err_r, err_w) = pipe_pair()?;
-        let (cmd_r, cmd_w) = pipe_pair()?;
-        let (evt_r, evt_w) = pipe_pair()?;
-
-        let (program, args) = match self.spec.image.runner {
-            RunnerKind::Python => (
-                self.spec.image.command.clone().unwrap_or_else(|| "python3".to_owned()),
-                vec!["-u".to_owned(), "-I".to_owned(), "-c".to_owned(), PYTHON_RUNNER.to_owned()],
-            ),
-            RunnerKind::Shell => (
-                self.spec.image.command.clone().filter(|c| c.ends_with("bash")).unwrap_or_else(|| "bash".to_owned()),
-                vec!["--noprofile".to_owned(), "--norc".to_owned(), "-c".to_owned(), SHELL_RUNNER.to_owned()],
-            ),
-        };
-        let (program, args) = self.sandboxed(program, args);
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&args)
-            .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.scratch))
-            .current_dir(&self.scratch)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::from(out_w))
-            .stderr(std::process::Stdio::from(err_w))
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(lease) = &self.lease {
-            cmd.uid(lease.uid).gid(lease.gid);
-        }
-        let pre = PreExec {
+        let spawned = spawn_runner(&RunnerSpawn {
+            runner: self.spec.image.runner,
+            program: runner_program(&self.spec.image),
+            kernel_id: &self.id,
+            scratch: &self.scratch,
+            bwrap: self.bwrap.as_deref().map(|p| p.as_path()),
+            owner: self.lease.as_ref().map(|l| (l.uid, l.gid)),
             limits: self.rlimits(),
-            control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
-            kill_leftovers: first && self.lease.is_some(),
-            controlling_tty: false,
-        };
-        // SAFETY: PreExec::apply only makes async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || pre.apply());
-        }
-        let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
-        drop(cmd); // closes our copies of the child's ends (held by the pre_exec closure)
-        drop(cmd_r);
-        drop(evt_w);
-        let pid = child.id().unwrap_or(0);
+            kill_leftovers: first,
+        })?;
+        Ok(self.install(spawned))
+    }
 
-        let out = pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?;
-        let err = pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?;
-        let evt = pipe::Receiver::from_owned_fd(evt_r).context("event pipe")?;
-        let commands = pipe::Sender::from_owned_fd(cmd_w).context("command pipe")?;
+    /// Makes a spawned runner this kernel's interpreter: starts its driver.
+    fn install(self: &Arc<Self>, spawned: SpawnedRunner) -> u64 {
+        let SpawnedRunner { child, ready, pid, out, err, evt, commands } = spawned;
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(write_commands(commands, rx));
-
         let mut st = self.lock();
         let generation = st.next_generation;
         st.next_generation += 1;
@@ -691,10 +667,66 @@ impl Kernel {
             commands: tx,
             expect_exit: false,
             driver: Some(driver),
-            ready: false,
+            ready,
             startup_log: String::new(),
+            dead: false,
         });
-        Ok(generation)
+        generation
+    }
+
+    /// Starts the kernel with a runner spawned ahead of time (see `Warm`): it is installed
+    /// like a fresh one, then its first command sets this kernel's memory limit (the warm
+    /// runner has none: only lowering a limit is always allowed, and prlimit(2) from the
+    /// agent is refused for processes inside bubblewrap) and environment. No user code runs
+    /// before that command. The scratch dir was already renamed to this kernel's.
+    pub async fn adopt(self: &Arc<Self>, spawned: SpawnedRunner) -> RuntimeResult<()> {
+        let _gate = self.proc_gate.lock().await;
+        let this = self.clone();
+        let generation = self
+            .rt
+            .spawn(async move { this.install(spawned) })
+            .await
+            .map_err(|e| anyhow::anyhow!("adopt task failed: {e}"))?;
+        // Step 0 is never a run's step: its end is ignored.
+        let setup = self.setup_code();
+        let frame = self.step_frame(0, &setup, false);
+        send_frame(&self.lock(), frame);
+        self.wait_ready(generation).await
+    }
+
+    /// Code that points a runner spawned ahead of time at this kernel's scratch dir and id.
+    fn setup_code(&self) -> String {
+        let home = self.inner_scratch();
+        let mem = self.rlimits().address_space;
+        match self.spec.image.runner {
+            RunnerKind::Python => {
+                let lit = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                format!(
+                    "__import__('resource').setrlimit(__import__('resource').RLIMIT_AS, \
+                     ({mem}, {mem})); \
+                     __import__('os').environ.update({{'HOME': {h}, 'TMPDIR': {h}, \
+                     'BACKENDAI_KERNEL_ID': {k}}}); __import__('os').chdir({h}); \
+                     __import__('sys').path.__setitem__(0, {h})",
+                    h = lit(&home),
+                    k = lit(&self.id)
+                )
+            }
+            RunnerKind::Shell => format!(
+                "ulimit -v {kib}; export HOME={h} TMPDIR={h} BACKENDAI_KERNEL_ID={k}; cd \"$HOME\"",
+                kib = mem >> 10,
+                h = shell_quote(&home),
+                k = shell_quote(&self.id)
+            ),
+        }
+    }
+
+    /// The scratch dir as the kernel sees it (a fixed path inside bubblewrap).
+    fn inner_scratch(&self) -> String {
+        if self.bwrap.is_some() {
+            sandbox::SANDBOX_HOME.to_owned()
+        } else {
+            self.scratch.to_string_lossy().into_owned()
+        }
     }
 
     /// `program args`, inside bubblewrap when enabled.
@@ -744,12 +776,8 @@ impl Kernel {
     }
 
     /// A frame from the runner's fd 4.
-    fn frame(&self, generation: u64, line: &[u8]) {
-        let Ok(frame) = serde_json::from_slice::<Value>(line) else {
-            tracing::debug!(kernel = %self.id, "ignoring a malformed runner frame");
-            return;
-        };
-        let kind = frame.get("t").and_then(Value::as_str).unwrap_or("");
+    fn frame(&self, generation: u64, kind: &str, payload: &[u8]) {
+        let payload = String::from_utf8_lossy(payload);
         let mut st = self.lock();
         if st.proc.as_ref().map(|p| p.generation) != Some(generation) {
             return;
@@ -761,11 +789,7 @@ impl Kernel {
                 }
             }
             "completions" => {
-                let items = frame
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default();
+                let items = payload.split('\n').filter(|i| !i.is_empty()).map(str::to_owned).collect();
                 if let Some(tx) = st.completion.take() {
                     let _ = tx.send(items);
                 }
@@ -779,14 +803,16 @@ impl Kernel {
                 };
                 match kind {
                     "done" => {
-                        let seq = frame.get("seq").and_then(Value::as_u64);
+                        let mut fields = payload.split(' ');
+                        let seq = fields.next().and_then(|f| f.parse::<u64>().ok());
                         if seq != Some(run.step_seq) {
                             return;
                         }
-                        let rc = frame.get("rc").and_then(Value::as_i64).unwrap_or(0);
+                        let rc = fields.next().and_then(|f| f.trim().parse::<i64>().ok()).unwrap_or(0);
                         match run.next_exec.take() {
                             Some(exec) if rc == 0 => {
-                                run.build_finished = true;
+                                run.console.flush();
+                                run.build_output = Some(run.console.take());
                                 let seq = st.next_seq;
                                 st.next_seq += 1;
                                 let frame = self.step_frame(seq, &exec, true);
@@ -808,27 +834,20 @@ impl Kernel {
                         }
                     }
                     "input" => {
-                        let is_password = frame.get("password").and_then(Value::as_bool).unwrap_or(false);
-                        run.phase = Phase::WaitingInput { is_password };
+                        run.phase = Phase::WaitingInput { is_password: payload == "1" };
                     }
                     "media" => {
-                        let mime = frame.get("mime").and_then(Value::as_str).unwrap_or("");
-                        let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
+                        let (mime, data) = payload.split_once('\n').unwrap_or((&payload, ""));
                         run.console.push_media(mime.to_owned(), data.to_owned());
                         return;
                     }
-                    "out" => {
-                        let stream = match frame.get("s").and_then(Value::as_str) {
-                            Some("stderr") => Stream::Stderr,
-                            _ => Stream::Stdout,
-                        };
-                        let data = frame.get("d").and_then(Value::as_str).unwrap_or("");
-                        run.console.push_text(stream, data.to_owned());
+                    "out1" | "out2" => {
+                        let stream = if kind == "out2" { Stream::Stderr } else { Stream::Stdout };
+                        run.console.push_text(stream, payload.into_owned());
                         return;
                     }
                     "html" => {
-                        let data = frame.get("data").and_then(Value::as_str).unwrap_or("");
-                        run.console.push_other("html", data.to_owned());
+                        run.console.push_other("html", payload.into_owned());
                         return;
                     }
                     _ => return,
@@ -867,10 +886,22 @@ impl Kernel {
     /// The interpreter of `generation` exited.
     fn exited(&self, generation: u64, status: std::io::Result<std::process::ExitStatus>) {
         let mut st = self.lock();
-        let Some(p) = st.proc.as_ref().filter(|p| p.generation == generation) else {
+        let Some(p) = st.proc.as_mut().filter(|p| p.generation == generation) else {
             return;
         };
+        p.dead = true;
+        p.driver = None;
         if p.expect_exit {
+            return;
+        }
+        if !p.ready {
+            // A start-up failure: the waiting create or restart reports it.
+            p.expect_exit = true;
+            p.startup_log.push_str(&format!("\n[exit status: {status:?}]"));
+            let pid = p.pid;
+            drop(st);
+            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+            self.changed.notify_waiters();
             return;
         }
         let pid = p.pid;
@@ -956,7 +987,7 @@ async fn drive(
             r = evt.read(&mut evt_buf), if evt_open => match r {
                 Ok(n) if n > 0 => {
                     lines.extend_from_slice(&evt_buf[..n]);
-                    handle_lines(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                    handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
                 }
                 _ => evt_open = false,
             },
@@ -964,7 +995,7 @@ async fn drive(
                 drain(&kernel, generation, Stream::Stdout, &out, &mut scratch);
                 drain(&kernel, generation, Stream::Stderr, &err, &mut scratch);
                 drain_events(&evt, &mut lines, &mut scratch);
-                handle_lines(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
                 kernel.exited(generation, status);
                 return;
             },
@@ -981,25 +1012,47 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Handles every complete frame in `lines`, draining stdout/stderr before each.
-fn handle_lines(
+/// Handles every complete frame (`<kind> <length>\n<payload>`) in `frames`, draining
+/// stdout/stderr before each.
+fn handle_frames(
     kernel: &Kernel,
     generation: u64,
-    lines: &mut Vec<u8>,
+    frames: &mut Vec<u8>,
     out: &pipe::Receiver,
     err: &pipe::Receiver,
     buf: &mut [u8],
 ) {
-    while let Some(pos) = lines.iter().position(|&b| b == b'\n') {
-        let line: Vec<u8> = lines.drain(..=pos).collect();
+    loop {
+        let Some(end) = frames.iter().position(|&b| b == b'\n') else {
+            if frames.len() > 256 {
+                desync(kernel, frames);
+            }
+            return;
+        };
+        let header = String::from_utf8_lossy(&frames[..end]).into_owned();
+        let Some((kind, len)) = header
+            .split_once(' ')
+            .and_then(|(k, l)| l.parse::<usize>().ok().map(|l| (k.to_owned(), l)))
+            .filter(|(_, l)| *l <= MAX_FRAME)
+        else {
+            desync(kernel, frames);
+            return;
+        };
+        if frames.len() < end + 1 + len {
+            return;
+        }
+        let payload: Vec<u8> = frames[end + 1..end + 1 + len].to_vec();
+        frames.drain(..end + 1 + len);
         drain(kernel, generation, Stream::Stdout, out, buf);
         drain(kernel, generation, Stream::Stderr, err, buf);
-        kernel.frame(generation, &line[..line.len() - 1]);
+        kernel.frame(generation, &kind, &payload);
     }
-    if lines.len() > MAX_FRAME {
-        tracing::warn!(kernel = %kernel.id, "dropping an oversized runner frame");
-        lines.clear();
-    }
+}
+
+/// Garbage on the event pipe (user code can write to fd 4): drop it and carry on.
+fn desync(kernel: &Kernel, frames: &mut Vec<u8>) {
+    tracing::warn!(kernel = %kernel.id, "dropping unparsable runner frames");
+    frames.clear();
 }
 
 /// Reads what is in a pipe right now, without waiting (the fd is non-blocking). Bypasses
@@ -1027,9 +1080,11 @@ fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
 }
 
-fn frame_bytes(frame: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(frame).unwrap_or_default();
-    bytes.push(b'\n');
+/// A command frame for the Python runner: `<op> <length>\n<parts joined by \n>`.
+fn frame_bytes(op: &str, parts: &[&str]) -> Vec<u8> {
+    let payload = parts.join("\n");
+    let mut bytes = format!("{op} {}\n", payload.len()).into_bytes();
+    bytes.extend_from_slice(payload.as_bytes());
     bytes
 }
 
@@ -1080,7 +1135,7 @@ impl Kernel {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.scratch))
+            .envs(sandbox::kernel_env(&self.id, &self.inner_scratch()))
             .current_dir(&self.scratch)
             .stdin(stdio(&slave)?)
             .stdout(stdio(&slave)?)
@@ -1127,4 +1182,130 @@ pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> 
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The interpreter program of an image.
+pub fn runner_program(image: &crate::agent::runtime::ImageSpec) -> String {
+    match image.runner {
+        RunnerKind::Python => image.command.clone().unwrap_or_else(|| "python3".to_owned()),
+        RunnerKind::Shell => image.command.clone().filter(|c| c.ends_with("bash")).unwrap_or_else(|| "bash".to_owned()),
+    }
+}
+
+/// How to spawn a runner.
+pub struct RunnerSpawn<'a> {
+    /// Which runner.
+    pub runner: RunnerKind,
+    /// The interpreter program.
+    pub program: String,
+    /// Kernel id for the environment (a placeholder for runners spawned ahead of time).
+    pub kernel_id: &'a str,
+    /// The scratch dir on the host.
+    pub scratch: &'a std::path::Path,
+    /// The bubblewrap binary, when used.
+    pub bwrap: Option<&'a std::path::Path>,
+    /// The kernel uid and gid.
+    pub owner: Option<(u32, u32)>,
+    /// Resource limits.
+    pub limits: Rlimits,
+    /// Kill leftover processes of the uid first.
+    pub kill_leftovers: bool,
+}
+
+/// A runner process with its pipes, not yet driven.
+#[derive(Debug)]
+pub struct SpawnedRunner {
+    child: tokio::process::Child,
+    /// The runner's `ready` frame was already read (see [`SpawnedRunner::poll_ready`]).
+    ready: bool,
+    /// Pid of the process (group leader).
+    pub pid: u32,
+    out: pipe::Receiver,
+    err: pipe::Receiver,
+    evt: pipe::Receiver,
+    commands: pipe::Sender,
+}
+
+impl SpawnedRunner {
+    /// Whether the runner has reported `ready` (reads it without waiting). Until then a
+    /// runner inside bubblewrap may not have bound its scratch dir yet.
+    pub fn poll_ready(&mut self) -> bool {
+        const READY: &[u8] = b"ready 0\n";
+        if !self.ready {
+            let mut buf = [0u8; READY.len()];
+            // The frame is 8 bytes written at once: a pipe delivers it whole or not at all.
+            if let Ok(n) = nix::unistd::read(self.evt.as_fd(), &mut buf) {
+                if n == READY.len() && buf == READY {
+                    self.ready = true;
+                } else if n > 0 {
+                    tracing::warn!(pid = self.pid, "unexpected first frame from a warm runner");
+                }
+            }
+        }
+        self.ready
+    }
+
+    /// Kills the runner's process group and reaps it.
+    pub async fn kill(mut self) {
+        signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait().await;
+    }
+}
+
+/// Spawns a runner in its own process group, sandboxed, with fds 1-4 as pipes. Must run on
+/// the agent's runtime, which then owns the child and the pipes.
+pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let (cmd_r, cmd_w) = pipe_pair()?;
+    let (evt_r, evt_w) = pipe_pair()?;
+    let args = match spec.runner {
+        RunnerKind::Python => vec!["-u", "-I", "-c", PYTHON_RUNNER],
+        RunnerKind::Shell => vec!["--noprofile", "--norc", "-c", SHELL_RUNNER],
+    };
+    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    let (program, args, home) = match spec.bwrap {
+        Some(bwrap) => {
+            let (p, a) = sandbox::bwrap_command(bwrap, spec.scratch, &spec.program, &args);
+            (p, a, sandbox::SANDBOX_HOME.to_owned())
+        }
+        None => (spec.program.clone(), args, spec.scratch.to_string_lossy().into_owned()),
+    };
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(&args)
+        .env_clear()
+        .envs(sandbox::kernel_env(spec.kernel_id, &home))
+        .current_dir(spec.scratch)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(out_w))
+        .stderr(std::process::Stdio::from(err_w))
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.owner {
+        cmd.uid(uid).gid(gid);
+    }
+    let pre = PreExec {
+        limits: spec.limits,
+        control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
+        kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),
+        controlling_tty: false,
+    };
+    // SAFETY: PreExec::apply only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(move || pre.apply());
+    }
+    let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
+    drop(cmd); // closes our copies of the child's ends
+    drop(cmd_r);
+    drop(evt_w);
+    let pid = child.id().unwrap_or(0);
+    Ok(SpawnedRunner {
+        child,
+        ready: false,
+        pid,
+        out: pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?,
+        err: pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?,
+        evt: pipe::Receiver::from_owned_fd(evt_r).context("event pipe")?,
+        commands: pipe::Sender::from_owned_fd(cmd_w).context("command pipe")?,
+    })
 }

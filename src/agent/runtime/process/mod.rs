@@ -15,8 +15,9 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use self::kernel::{Death, Kernel};
+use self::kernel::{Death, Kernel, RunnerSpawn, SpawnedRunner};
 use self::sandbox::UidPool;
+use super::RunnerKind;
 use super::{
     ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult, Runtime, RuntimeError,
     RuntimeInfo, RuntimeResult, TerminationReason,
@@ -53,6 +54,8 @@ pub struct Settings {
     pub kernel_uid_count: u32,
     /// Directory of the machine-wide uid lease files.
     pub uid_lock_dir: PathBuf,
+    /// Interpreters kept started ahead of time per image (0: none).
+    pub warm_kernels: usize,
 }
 
 /// The process runtime.
@@ -76,6 +79,31 @@ struct Inner {
     deaths: mpsc::UnboundedSender<Death>,
     /// Where `kernel_terminated` reports go.
     terminated: mpsc::UnboundedSender<KernelTerminated>,
+    /// Interpreters started ahead of time, by (runner, program).
+    warm: Mutex<HashMap<WarmKey, Vec<Warm>>>,
+    /// Set at shutdown: no more warm interpreters.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+/// Which interpreter a warm runner is.
+type WarmKey = (RunnerKind, String);
+
+/// A runner started ahead of time, with its uid and (placeholder) scratch dir.
+struct Warm {
+    spawned: SpawnedRunner,
+    lease: Option<sandbox::UidLease>,
+    scratch: PathBuf,
+}
+
+impl Warm {
+    async fn discard(self) {
+        self.spawned.kill().await;
+        if let Some(lease) = &self.lease {
+            let (uid, gid) = (lease.uid, lease.gid);
+            let _ = tokio::task::spawn_blocking(move || sandbox::kill_uid(uid, gid)).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
 }
 
 impl ProcessRuntime {
@@ -112,6 +140,8 @@ impl ProcessRuntime {
             rt: tokio::runtime::Handle::current(),
             deaths,
             terminated,
+            warm: Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         });
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -122,6 +152,9 @@ impl ProcessRuntime {
                 let _ = inner.destroy(&death.kernel_id, death.reason, death.exit_code).await;
             }
         });
+        for image in [("python3", RunnerKind::Python), ("bash", RunnerKind::Shell)] {
+            inner.refill((image.1, image.0.to_owned()));
+        }
         Ok(Self { inner })
     }
 
@@ -139,7 +172,7 @@ fn clean_leftovers(root: &std::path::Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if name.to_str().is_some_and(valid_kernel_id) {
+        if name.to_str().is_some_and(|n| valid_kernel_id(n) || n.starts_with(WARM_PREFIX)) {
             let path = entry.path();
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove a leftover scratch dir");
@@ -149,6 +182,12 @@ fn clean_leftovers(root: &std::path::Path) {
         }
     }
 }
+
+/// How long after a kernel creation its warm replacement is started.
+const WARM_DELAY: Duration = Duration::from_millis(100);
+
+/// Name prefix of the scratch dirs of warm runners.
+const WARM_PREFIX: &str = ".warm-";
 
 /// Kernel ids become directory names: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_kernel_id(id: &str) -> bool {
@@ -160,14 +199,23 @@ impl Inner {
         self.kernels.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().ok_or(RuntimeError::KernelNotFound)
     }
 
-    async fn create(&self, spec: super::KernelSpec) -> RuntimeResult<KernelInfo> {
+    async fn create(self: &Arc<Self>, spec: super::KernelSpec) -> RuntimeResult<KernelInfo> {
         if !valid_kernel_id(&spec.kernel_id) {
             return Err(RuntimeError::InvalidInput("kernel_id must match [A-Za-z0-9_-]{1,64}".into()));
         }
         let scratch = self.settings.scratch_root.join(&spec.kernel_id);
-        let lease = match &self.uids {
-            Some(pool) => Some(pool.acquire()?),
-            None => None,
+        if self.get(&spec.kernel_id).is_ok() {
+            return Err(RuntimeError::KernelExists);
+        }
+        let key: WarmKey = (spec.image.runner, kernel::runner_program(&spec.image));
+        let warm = self.take_warm(&key);
+        let lease = match (&warm, &self.uids) {
+            (Some(_), _) | (None, None) => None,
+            (None, Some(pool)) => Some(pool.acquire()?),
+        };
+        let (lease, warm) = match warm {
+            Some(w) => (w.lease, Some((w.spawned, w.scratch))),
+            None => (lease, None),
         };
         let kernel = Arc::new(Kernel::new(
             spec,
@@ -178,25 +226,39 @@ impl Inner {
             self.rt.clone(),
             self.deaths.clone(),
         ));
-        {
+        let inserted = {
             let mut kernels = self.kernels.lock().unwrap_or_else(|e| e.into_inner());
             if kernels.contains_key(&kernel.id) {
-                return Err(RuntimeError::KernelExists);
+                false
+            } else {
+                kernels.insert(kernel.id.clone(), kernel.clone());
+                true
             }
-            kernels.insert(kernel.id.clone(), kernel.clone());
+        };
+        if !inserted {
+            if let Some((spawned, warm_scratch)) = warm {
+                spawned.kill().await;
+                let _ = std::fs::remove_dir_all(warm_scratch);
+            }
+            return Err(RuntimeError::KernelExists);
         }
+        self.refill(key);
         let started = async {
+            if let Some((spawned, warm_scratch)) = warm {
+                std::fs::rename(&warm_scratch, &scratch)
+                    .with_context(|| format!("renaming {}", warm_scratch.display()))?;
+                match kernel.adopt(spawned).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        // The scratch dir and uid are fine: start a fresh interpreter.
+                        tracing::warn!(kernel = %kernel.id, error = %e, "a warm interpreter failed; starting a fresh one");
+                        return kernel.restart("").await;
+                    }
+                }
+            }
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
             std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-            sandbox::set_mode(&scratch, 0o700)?;
-            if let Some((uid, gid)) = owner {
-                nix::unistd::chown(
-                    &scratch,
-                    Some(nix::unistd::Uid::from_raw(uid)),
-                    Some(nix::unistd::Gid::from_raw(gid)),
-                )
-                .context("chown scratch dir")?;
-            }
+            prepare_scratch(&scratch, owner)?;
             kernel.start().await
         };
         if let Err(e) = started.await {
@@ -231,9 +293,110 @@ impl Inner {
         Ok(stats)
     }
 
+    /// Takes a warm runner for `key`, if one has reported `ready` (one still starting stays
+    /// in the pool: inside bubblewrap its scratch dir must not be renamed yet).
+    fn take_warm(&self, key: &WarmKey) -> Option<Warm> {
+        let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = pool.get_mut(key)?;
+        let ready = slot.iter_mut().position(|w| w.spawned.poll_ready())?;
+        Some(slot.swap_remove(ready))
+    }
+
+    /// Starts warm runners for `key` in the background until there are enough.
+    fn refill(self: &Arc<Self>, key: WarmKey) {
+        let want = self.settings.warm_kernels;
+        if want == 0 || self.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let have = self.warm.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Vec::len);
+        if have >= want {
+            return;
+        }
+        let inner = self.clone();
+        self.rt.spawn(async move {
+            // Later, not now: forking and starting an interpreter would compete with the
+            // kernel that is being created for the CPU and the agent's memory map.
+            tokio::time::sleep(WARM_DELAY).await;
+            match inner.spawn_warm(&key) {
+                Ok(warm) => {
+                    let surplus = {
+                        let mut pool = inner.warm.lock().unwrap_or_else(|e| e.into_inner());
+                        let slot = pool.entry(key).or_default();
+                        let closing = inner.closing.load(std::sync::atomic::Ordering::Relaxed);
+                        if slot.len() < want && !closing {
+                            slot.push(warm);
+                            None
+                        } else {
+                            Some(warm)
+                        }
+                    };
+                    if let Some(warm) = surplus {
+                        warm.discard().await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not start a warm interpreter"),
+            }
+        });
+    }
+
+    /// Starts one runner ahead of time in a placeholder scratch dir, without a memory limit
+    /// (the adopting kernel sets its own before any user code runs).
+    fn spawn_warm(&self, key: &WarmKey) -> RuntimeResult<Warm> {
+        let lease = match &self.uids {
+            Some(pool) => Some(pool.acquire()?),
+            None => None,
+        };
+        let name = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let scratch = self.settings.scratch_root.join(name);
+        std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+        let owner = lease.as_ref().map(|l| (l.uid, l.gid));
+        prepare_scratch(&scratch, owner)?;
+        let s = &self.settings;
+        let spawned = kernel::spawn_runner(&RunnerSpawn {
+            runner: key.0,
+            program: key.1.clone(),
+            kernel_id: "",
+            scratch: &scratch,
+            bwrap: self.bwrap.as_deref().map(|p| p.as_path()),
+            owner,
+            limits: sandbox::Rlimits {
+                // Set by the adopting kernel's first command (see `Kernel::adopt`).
+                address_space: libc::RLIM_INFINITY,
+                processes: owner.map(|_| s.max_processes),
+                open_files: s.max_open_files,
+                file_size: s.max_file_size,
+            },
+            kill_leftovers: true,
+        });
+        match spawned {
+            Ok(spawned) => Ok(Warm { spawned, lease, scratch }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&scratch);
+                Err(e)
+            }
+        }
+    }
+
+    /// Discards every warm runner (shutdown).
+    async fn drain_warm(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<Warm> = self.warm.lock().unwrap_or_else(|e| e.into_inner()).drain().flat_map(|(_, v)| v).collect();
+        futures_util::future::join_all(all.into_iter().map(Warm::discard)).await;
+    }
+
     fn all(&self) -> Vec<Arc<Kernel>> {
         self.kernels.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
+}
+
+/// Sets the mode and owner of a new scratch dir.
+fn prepare_scratch(scratch: &std::path::Path, owner: Option<(u32, u32)>) -> RuntimeResult<()> {
+    sandbox::set_mode(scratch, 0o700)?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::chown(scratch, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+            .context("chown scratch dir")?;
+    }
+    Ok(())
 }
 
 impl Runtime for ProcessRuntime {
@@ -333,6 +496,7 @@ impl Runtime for ProcessRuntime {
             let ids: Vec<String> = self.inner.all().iter().map(|k| k.id.clone()).collect();
             let destroys = ids.iter().map(|id| self.inner.destroy(id, TerminationReason::AgentTerminated, None));
             futures_util::future::join_all(destroys).await;
+            self.inner.drain_warm().await;
         })
     }
 }

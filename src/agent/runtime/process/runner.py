@@ -1,19 +1,19 @@
 # The Backend.AI Python kernel runner, embedded in the agent binary and started with
 # `python3 -u -I -c <this>`. It keeps one persistent namespace.
 #
-# Protocol (one JSON object per line):
-#   fd 3, agent -> runner: {"op": "exec", "code", "seq"} | {"op": "shell", "cmd", "seq"} |
-#                          {"op": "input", "data"} | {"op": "complete", "code", "options"}
-#   fd 4, runner -> agent: {"t": "ready"} | {"t": "done", "rc", "seq"} | {"t": "out", "s", "d"} |
-#                          {"t": "input", "password"} | {"t": "media", "mime", "data"} |
-#                          {"t": "html", "data"} | {"t": "completions", "items"}
-# Python-level output (sys.stdout/sys.stderr) travels as "out" frames, in order with the
-# other frames. Raw writes to fd 1 and 2 (subprocesses, .buffer) go to pipes that the agent
-# drains before handling each frame, so they are not older than the frame that follows them.
+# Protocol: frames of `<kind> <payload length>\n<payload bytes>` (UTF-8), chosen over JSON
+# because importing json costs more than the rest of the start-up.
+#   fd 3, agent -> runner:  exec "<seq>\n<code>" | shell "<seq>\n<cmd>" | input "<line>" |
+#                           complete "<col or -1>\n<line>\n<code>"
+#   fd 4, runner -> agent:  ready "" | done "<seq> <rc>" | out1 / out2 "<stdout / stderr text>" |
+#                           input "0" / "1" (password) | media "<mime>\n<data>" |
+#                           html "<text>" | completions "<item>\n<item>..."
+# Python-level output (sys.stdout/sys.stderr) travels as out frames, in order with the other
+# frames. Raw writes to fd 1 and 2 (subprocesses, .buffer) go to pipes that the agent drains
+# before handling each frame, so they are not older than the frame that follows them.
+import _signal
 import builtins
-import json
 import os
-import signal
 import sys
 
 CMD_FD = 3
@@ -21,27 +21,40 @@ EVT_FD = 4
 _inbuf = b""
 
 
-def _send(obj):
-    data = (json.dumps(obj) + "\n").encode()
+def _send(kind, payload=""):
+    body = payload.encode("utf-8", "replace")
+    data = b"%s %d\n%s" % (kind.encode(), len(body), body)
     # A frame is never cut by a KeyboardInterrupt.
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(EVT_FD, view):]
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
 
 
-def _recv():
+def _fill(predicate):
     global _inbuf
-    while b"\n" not in _inbuf:
+    while not predicate():
         chunk = os.read(CMD_FD, 1 << 16)
         if not chunk:
             os._exit(0)  # the agent went away
         _inbuf += chunk
-    line, _, _inbuf = _inbuf.partition(b"\n")
-    return json.loads(line)
+
+
+def _recv():
+    """The next command: (op, payload)."""
+    global _inbuf
+    _fill(lambda: b"\n" in _inbuf)
+    end = _inbuf.index(b"\n")
+    op, _, size = _inbuf[:end].decode().partition(" ")
+    size = int(size)
+    start = end + 1
+    _fill(lambda: len(_inbuf) >= start + size)
+    payload = _inbuf[start : start + size].decode("utf-8", "replace")
+    _inbuf = _inbuf[start + size :]
+    return op, payload
 
 
 def _flush():
@@ -55,11 +68,11 @@ def _flush():
 def _ask(prompt, password):
     sys.stdout.write(str(prompt))
     _flush()
-    _send({"t": "input", "password": password})
+    _send("input", "1" if password else "0")
     while True:
-        msg = _recv()
-        if msg.get("op") == "input":
-            return msg.get("data", "")
+        op, payload = _recv()
+        if op == "input":
+            return payload
 
 
 def _input(prompt=""):
@@ -77,13 +90,13 @@ def emit_media(mime, data):
 
         data = base64.b64encode(data).decode()
     _flush()
-    _send({"t": "media", "mime": str(mime), "data": str(data)})
+    _send("media", str(mime).replace("\n", " ") + "\n" + str(data))
 
 
 def emit_html(html):
     """Shows `html` as an html console item."""
     _flush()
-    _send({"t": "html", "data": str(html)})
+    _send("html", str(html))
 
 
 builtins.input = _input
@@ -124,6 +137,7 @@ class _Output:
 
     def __init__(self, name, fd, raw):
         self.name = name
+        self._kind = "out1" if fd == 1 else "out2"
         self._fd = fd
         self.buffer = raw
 
@@ -131,8 +145,7 @@ class _Output:
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not " + type(s).__name__)
         if s:
-            # Lone surrogates cannot travel in JSON to the agent.
-            _send({"t": "out", "s": self.name, "d": s.encode("utf-8", "replace").decode("utf-8")})
+            _send(self._kind, s)
         return len(s)
 
     def writelines(self, lines):
@@ -184,13 +197,14 @@ def _print_exception(skip_frames):
 
 
 def _run(code):
-    import ast
+    # The ast module is not imported: compile() builds the tree with the builtin _ast types.
+    import _ast
 
     try:
-        tree = ast.parse(code, "<input>", "exec")
+        tree = compile(code, "<input>", "exec", _ast.PyCF_ONLY_AST)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Interactive(body=[tree.body.pop()])
+        if tree.body and type(tree.body[-1]) is _ast.Expr:
+            last = _ast.Interactive(body=[tree.body.pop()])
         body = compile(tree, "<input>", "exec")
         tail = compile(last, "<input>", "single") if last is not None else None
     except (SyntaxError, ValueError, OverflowError):
@@ -217,15 +231,13 @@ def _shell(cmd):
         return 130
 
 
-def _complete(code, options):
+def _complete(col, line, code):
     import re
     import rlcompleter
 
-    line = options.get("line") if isinstance(options, dict) else None
-    if not isinstance(line, str):
+    if not line:
         line = code.splitlines()[-1] if code else ""
-    col = options.get("col") if isinstance(options, dict) else None
-    if isinstance(col, int) and 0 <= col <= len(line):
+    if 0 <= col <= len(line):
         line = line[:col]
     prefix = re.split(r"[^\w.]", line)[-1]
     completer = rlcompleter.Completer(namespace)
@@ -243,34 +255,36 @@ def _complete(code, options):
 
 def main():
     sys.path.insert(0, os.getcwd())
-    _send({"t": "ready"})
+    _send("ready")
     current = None  # the sequence number of the step in progress
     while True:
         try:
-            msg = _recv()
-            op = msg.get("op")
+            op, payload = _recv()
             if op == "exec" or op == "shell":
-                current = msg.get("seq")
+                seq, _, text = payload.partition("\n")
+                current = seq
                 if op == "exec":
-                    rc = _run(msg.get("code", ""))
+                    rc = _run(text)
                 else:
                     _flush()
-                    rc = _shell(msg.get("cmd", ""))
+                    rc = _shell(text)
                 _flush()
-                _send({"t": "done", "rc": rc, "seq": current})
+                _send("done", "%s %d" % (current, rc))
                 current = None
             elif op == "complete":
+                col, _, rest = payload.partition("\n")
+                line, _, code = rest.partition("\n")
                 try:
-                    items = _complete(msg.get("code", ""), msg.get("options") or {})
+                    items = _complete(int(col), line, code)
                 except Exception:
                     items = []
-                _send({"t": "completions", "items": items})
+                _send("completions", "\n".join(items))
         except KeyboardInterrupt:
             # An interrupt outside user code: end the step if one is in progress (the
             # agent ignores a duplicate), and keep serving.
             _flush()
             if current is not None:
-                _send({"t": "done", "rc": 130, "seq": current})
+                _send("done", "%s 130" % current)
                 current = None
 
 

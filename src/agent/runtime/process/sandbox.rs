@@ -182,8 +182,8 @@ unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io
 }
 
 /// The whole environment of a kernel process: nothing of the agent's is passed on.
-pub fn kernel_env(kernel_id: &str, scratch: &Path) -> Vec<(String, String)> {
-    let home = scratch.to_string_lossy().into_owned();
+pub fn kernel_env(kernel_id: &str, home: &str) -> Vec<(String, String)> {
+    let home = home.to_owned();
     vec![
         ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME".into(), home.clone()),
@@ -248,22 +248,38 @@ pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Optio
     }
 }
 
+/// Where the scratch dir appears inside bubblewrap.
+pub const SANDBOX_HOME: &str = "/home/work";
+
 /// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
-/// only writable place besides a private /tmp, fresh /dev and /proc, and every namespace
-/// unshared (network included). The process group stays the agent's handle on the kernel.
+/// only writable place (at [`SANDBOX_HOME`]) besides a private /tmp, /home hidden, fresh /dev
+/// and /proc, and every namespace unshared (network included). The process group stays the
+/// agent's handle on the kernel.
 pub fn bwrap_command(bwrap: &Path, scratch: &Path, program: &str, args: &[String]) -> (String, Vec<String>) {
     let scratch = scratch.to_string_lossy().into_owned();
-    let mut out: Vec<String> =
-        ["--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+    let mut out: Vec<String> = [
+        "--unshare-all",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/home",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     out.extend([
         "--bind".to_owned(),
-        scratch.clone(),
-        scratch.clone(),
-        "--chdir".to_owned(),
         scratch,
+        SANDBOX_HOME.to_owned(),
+        "--chdir".to_owned(),
+        SANDBOX_HOME.to_owned(),
         "--".to_owned(),
         program.to_owned(),
     ]);
