@@ -123,7 +123,12 @@ def wrk(url, headers):
 headers = signed_headers('GET', f'kernel/{token}', b'', content_type='')
 gateway_rate, gateway_p50 = wrk(f'{args.endpoint}/v2/kernel/{token}', headers)
 bare_rate, bare_p50 = wrk(args.bare, {})
+# Where the time goes: the middleware alone, then authentication alone.
+root_rate, _ = wrk(f'{args.endpoint}/v3', {})
+auth_rate, _ = wrk(f'{args.endpoint}/v2/authorize', signed_headers('GET', 'authorize', b'', content_type=''))
 print(f'requests/s under wrk -t2 -c64 -d{SECONDS}s:')
+print(f'  unsigned GET /v3       {root_rate:10.0f} req/s  (middleware only)')
+print(f'  signed GET /authorize  {auth_rate:10.0f} req/s  (plus signature check and rate limit)')
 print(f'  bare actix-web JSON    {bare_rate:10.0f} req/s  p50 {bare_p50}')
 print(f'  signed GET /kernel/id  {gateway_rate:10.0f} req/s  p50 {gateway_p50}  ({gateway_rate / bare_rate:.2f}x, target >= 0.5x)')
 

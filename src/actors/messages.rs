@@ -9,14 +9,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::agent::AgentActor;
-use super::keypair::KeypairActor;
+use super::registry::KeypairEntry;
 use super::session::SessionActor;
 use crate::agent_client::{ImageSpec, KernelLimits};
 use crate::error::Error;
 
-/// Registry: the actor of an access key, started if it is not running.
+/// Registry: the actor of an access key (and what it shares), started if it is not running.
 #[derive(Message)]
-#[rtype(result = "Addr<KeypairActor>")]
+#[rtype(result = "KeypairEntry")]
 pub struct GetKeypairActor {
     /// The access key.
     pub access_key: String,
@@ -40,11 +40,6 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "Result<Option<Arc<keypairs::Model>>, Error>")]
 pub struct LookupKeypair;
-
-/// Keypair actor: count one authenticated request (written in batches).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RecordQuery;
 
 /// Keypair actor: write the counted requests now.
 #[derive(Message)]

@@ -1,3 +1,4 @@
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -10,7 +11,9 @@ impl Actor for KeypairActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(FLUSH_INTERVAL, |actor, ctx| {
-            if actor.pending_queries > 0 {
+            let pending = actor.shared.pending_queries.load(Ordering::Relaxed);
+            if pending > 0 {
+                actor.last_active = Instant::now();
                 ctx.notify(FlushUsage);
             } else if actor.last_active.elapsed() > IDLE_TIMEOUT {
                 ctx.stop();
@@ -19,7 +22,7 @@ impl Actor for KeypairActor {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        if self.pending_queries > 0 {
+        if self.shared.pending_queries.load(Ordering::Relaxed) > 0 {
             // Stopped with the system: write what is left without the context.
             let write = self.usage_update();
             actix::spawn(async move {

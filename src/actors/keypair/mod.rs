@@ -1,19 +1,24 @@
 //! The per-access-key actor: caches the key for the gateway, so that a request
-//! costs no database write (and at most one read every few seconds), and writes
+//! costs no database write (and at most one read every [`CACHE_TTL`]), and writes
 //! `last_used`/`num_queries` in batches.
+//!
+//! The actor publishes what it caches in a [`KeypairShared`] that the gateway
+//! reads without a message while it is fresh, and counts requests in atomics
+//! the actor drains: the hot path of every request is one lock-free read. Only
+//! the actor reads the database, refreshes the cache and writes usage.
 
 mod actor;
 mod handlers;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
 use entity::keypairs;
 use sea_orm::DatabaseConnection;
 
-use super::messages::{GetKeypairActor, LookupKeypair, RecordQuery, Shutdown};
+use super::messages::{GetKeypairActor, LookupKeypair, Shutdown};
 use super::registry::{Directory, Registry};
 use crate::error::Error;
 
@@ -25,6 +30,37 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// An actor with no request for this long stops.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// A key's row as last read (`None`: no such key), with the time of the read.
+type CachedRow = (Option<Arc<keypairs::Model>>, Instant);
+
+/// What a keypair actor shares with the gateway.
+#[derive(Default)]
+pub struct KeypairShared {
+    /// The cache, written only by the actor.
+    cached: RwLock<Option<CachedRow>>,
+    /// Requests counted but not written yet.
+    pending_queries: AtomicI64,
+    /// Unix time (ms) of the latest counted request, 0 for none.
+    last_used_ms: AtomicI64,
+}
+
+impl KeypairShared {
+    /// The cached row while it is fresh.
+    fn fresh(&self) -> Option<Option<Arc<keypairs::Model>>> {
+        let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
+        cached.as_ref().filter(|(_, read_at)| read_at.elapsed() < CACHE_TTL).map(|(row, _)| row.clone())
+    }
+
+    fn store(&self, row: Option<Arc<keypairs::Model>>) {
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = Some((row, Instant::now()));
+    }
+
+    fn count_query(&self) {
+        self.pending_queries.fetch_add(1, Ordering::Relaxed);
+        self.last_used_ms.fetch_max(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
 /// The actor of one access key.
 pub struct KeypairActor {
     /// The key it serves.
@@ -33,42 +69,36 @@ pub struct KeypairActor {
     db: DatabaseConnection,
     /// The registry, told when this actor stops.
     registry: Addr<Registry>,
-    /// The key's row as last read (`None`: no such key), with the time of the read.
-    cached: Option<(Option<Arc<keypairs::Model>>, Instant)>,
-    /// Requests counted but not written yet.
-    pending_queries: i64,
-    /// The time of the latest counted request.
-    last_used: Option<DateTime<Utc>>,
-    /// The time of the latest message, for the idle timeout.
+    /// The cache and counters, shared with the gateway.
+    shared: Arc<KeypairShared>,
+    /// The time of the latest activity, for the idle timeout.
     last_active: Instant,
 }
 
 impl KeypairActor {
     /// An actor for `access_key`, not started.
     pub fn new(access_key: String, db: DatabaseConnection, registry: Addr<Registry>) -> Self {
-        Self {
-            access_key,
-            db,
-            registry,
-            cached: None,
-            pending_queries: 0,
-            last_used: None,
-            last_active: Instant::now(),
-        }
+        let shared = Arc::new(KeypairShared::default());
+        Self { access_key, db, registry, shared, last_active: Instant::now() }
+    }
+
+    /// What the gateway may read without a message.
+    pub fn shared(&self) -> Arc<KeypairShared> {
+        self.shared.clone()
     }
 }
 
-/// A looked-up key, with the actor that accounts for it.
+/// A looked-up key, with what accounts for its use.
 pub struct KeypairHandle {
     /// The key's row.
     pub keypair: Arc<keypairs::Model>,
-    actor: Addr<KeypairActor>,
+    shared: Arc<KeypairShared>,
 }
 
 impl KeypairHandle {
-    /// Counts one authenticated request against the key.
+    /// Counts one authenticated request against the key (written in batches).
     pub fn record_query(&self) {
-        self.actor.do_send(RecordQuery);
+        self.shared.count_query();
     }
 }
 
@@ -78,14 +108,19 @@ pub async fn lookup(
     directory: &Directory,
     access_key: &str,
 ) -> Result<Option<KeypairHandle>, Error> {
+    if let Some((_, shared)) = directory.keypair(access_key) {
+        if let Some(row) = shared.fresh() {
+            return Ok(row.map(|keypair| KeypairHandle { keypair, shared }));
+        }
+    }
     // An idle actor may stop between the lookup and our message: ask once more.
     for _ in 0..2 {
-        let actor = match directory.keypair(access_key) {
-            Some(actor) => actor,
+        let (actor, shared) = match directory.keypair(access_key) {
+            Some(found) => found,
             None => registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await?,
         };
         match actor.send(LookupKeypair).await {
-            Ok(found) => return Ok(found?.map(|keypair| KeypairHandle { keypair, actor })),
+            Ok(found) => return Ok(found?.map(|keypair| KeypairHandle { keypair, shared })),
             Err(MailboxError::Closed) => continue,
             Err(error) => return Err(error.into()),
         }

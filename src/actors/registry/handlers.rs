@@ -14,12 +14,14 @@ impl Handler<GetKeypairActor> for Registry {
     type Result = MessageResult<GetKeypairActor>;
 
     fn handle(&mut self, msg: GetKeypairActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.directory.keypair(&msg.access_key) {
-            return MessageResult(addr);
+        if let Some(found) = self.directory.keypair(&msg.access_key) {
+            return MessageResult(found);
         }
-        let addr = KeypairActor::new(msg.access_key.clone(), self.core.db.clone(), ctx.address()).start();
-        self.directory.write_keypairs().insert(msg.access_key, addr.clone());
-        MessageResult(addr)
+        let actor = KeypairActor::new(msg.access_key.clone(), self.core.db.clone(), ctx.address());
+        let shared = actor.shared();
+        let addr = actor.start();
+        self.directory.write_keypairs().insert(msg.access_key, (addr.clone(), shared.clone()));
+        MessageResult((addr, shared))
     }
 }
 
@@ -29,7 +31,7 @@ impl Handler<KeypairActorStopped> for Registry {
     fn handle(&mut self, msg: KeypairActorStopped, _ctx: &mut Self::Context) {
         // A newer actor may already serve the key: only forget a stopped one.
         let mut keypairs = self.directory.write_keypairs();
-        if keypairs.get(&msg.access_key).is_some_and(|addr| !addr.connected()) {
+        if keypairs.get(&msg.access_key).is_some_and(|(addr, _)| !addr.connected()) {
             keypairs.remove(&msg.access_key);
         }
     }
@@ -143,7 +145,7 @@ impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let children: Vec<_> = self.directory.write_keypairs().drain().map(|(_, addr)| addr).collect();
+        let children: Vec<_> = self.directory.write_keypairs().drain().map(|(_, (addr, _))| addr).collect();
         self.directory.write_sessions().clear();
         for (_, (session, _)) in self.sessions.drain() {
             // Stopping writes the session's pending counts.

@@ -12,25 +12,28 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::agent::AgentActor;
-use super::keypair::KeypairActor;
+use super::keypair::{KeypairActor, KeypairShared};
 use super::session::SessionActor;
 use crate::Core;
+
+/// A running keypair actor and what it shares with the gateway.
+pub type KeypairEntry = (Addr<KeypairActor>, Arc<KeypairShared>);
 
 /// The addresses of running children that handlers may read without a message
 /// to the registry (the hot path of every request). Only the registry writes.
 #[derive(Default)]
 pub struct Directory {
-    /// Keypair actors, by access key.
-    keypairs: RwLock<HashMap<String, Addr<KeypairActor>>>,
+    /// Keypair actors and what they share, by access key.
+    keypairs: RwLock<HashMap<String, KeypairEntry>>,
     /// Session actors of live sessions, by (access key, client token).
     sessions: RwLock<HashMap<(String, String), Addr<SessionActor>>>,
 }
 
 impl Directory {
     /// The running actor of `access_key`, if any.
-    pub fn keypair(&self, access_key: &str) -> Option<Addr<KeypairActor>> {
+    pub fn keypair(&self, access_key: &str) -> Option<KeypairEntry> {
         let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
-        keypairs.get(access_key).filter(|addr| addr.connected()).cloned()
+        keypairs.get(access_key).filter(|(addr, _)| addr.connected()).cloned()
     }
 
     /// The running actor of the live session `token` of `access_key`, if any.
@@ -39,7 +42,7 @@ impl Directory {
         sessions.get(&(access_key.to_owned(), token.to_owned())).filter(|addr| addr.connected()).cloned()
     }
 
-    fn write_keypairs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Addr<KeypairActor>>> {
+    fn write_keypairs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, KeypairEntry>> {
         self.keypairs.write().unwrap_or_else(|e| e.into_inner())
     }
 
