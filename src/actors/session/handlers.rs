@@ -88,13 +88,42 @@ impl Handler<StartKernel> for SessionActor {
                     Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelCreationFailed).into(),
                     Err(error) => error,
                 };
-                tracing::warn!(error = %failure, kernel_id = %actor.kernel.id, "kernel creation failed");
-                let info = format!("creation-failed: {failure}");
-                futures_util::future::Either::Right(
-                    actor.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure)),
-                )
+                futures_util::future::Either::Right(actor.fail("creation-failed", failure))
             }),
         ))
+    }
+}
+
+impl SessionActor {
+    /// Relays one call to the agent while the session is live; a kernel the agent
+    /// no longer knows ends the session, other failures answer `problem`.
+    fn relay_call<T, F, Fut>(&mut self, problem: Problem, call: F) -> ResponseActFuture<Self, Result<T, Error>>
+    where
+        T: 'static,
+        F: FnOnce(AgentClient, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, AgentError>> + 'static,
+    {
+        self.touch();
+        let agent = match self.live_agent() {
+            Ok(agent) => agent,
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        let kernel_id = self.kernel.id.to_string();
+        Box::pin(call(agent, kernel_id).into_actor(self).then(move |result, actor, _ctx| match result {
+            Ok(value) => Box::pin(fut::ready(Ok(value))) as ResponseActFuture<Self, Result<T, Error>>,
+            Err(AgentError::KernelNotFound) => {
+                let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), KernelStats::new());
+                Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
+            }
+            Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
+        }))
+    }
+
+    /// Ends the session with ERROR `<what>: <failure>` and answers the failure.
+    fn fail<T: 'static>(&mut self, what: &str, failure: Error) -> impl ActorFuture<Self, Output = Result<T, Error>> {
+        tracing::warn!(error = %failure, kernel_id = %self.kernel.id, "{what}");
+        let info = format!("{what}: {failure}");
+        self.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure))
     }
 }
 
@@ -102,36 +131,13 @@ impl Handler<Execute> for SessionActor {
     type Result = ResponseActFuture<Self, Result<Value, Error>>;
 
     fn handle(&mut self, msg: Execute, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        let agent = match self.live_agent() {
-            Ok(agent) => agent,
-            Err(error) => return Box::pin(fut::ready(Err(error))),
-        };
-        self.pending_queries += 1;
-        self.kernel.num_queries += 1;
-        let kernel_id = self.kernel.id.to_string();
-        Box::pin(
-            async move { agent.execute(&kernel_id, &msg.request).await }
-                .into_actor(self)
-                .then(relay(Problem::KernelExecutionFailed)),
-        )
-    }
-}
-
-/// Maps an agent's answer to a relayed call; a kernel the agent no longer knows
-/// ends the session.
-type Relayed<T> = ResponseActFuture<SessionActor, Result<T, Error>>;
-
-fn relay<T: 'static>(
-    problem: Problem,
-) -> impl FnOnce(Result<T, AgentError>, &mut SessionActor, &mut Context<SessionActor>) -> Relayed<T> {
-    move |result, actor, _ctx| match result {
-        Ok(value) => Box::pin(fut::ready(Ok(value))),
-        Err(AgentError::KernelNotFound) => {
-            let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), KernelStats::new());
-            Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
+        if self.kernel.status.is_live() {
+            self.pending_queries += 1;
+            self.kernel.num_queries += 1;
         }
-        Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
+        self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
+            agent.execute(&id, &msg.request).await
+        })
     }
 }
 
@@ -139,17 +145,7 @@ impl Handler<Interrupt> for SessionActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, _msg: Interrupt, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        let agent = match self.live_agent() {
-            Ok(agent) => agent,
-            Err(error) => return Box::pin(fut::ready(Err(error))),
-        };
-        let kernel_id = self.kernel.id.to_string();
-        Box::pin(
-            async move { agent.interrupt(&kernel_id).await }
-                .into_actor(self)
-                .then(relay(Problem::KernelExecutionFailed)),
-        )
+        self.relay_call(Problem::KernelExecutionFailed, |agent, id| async move { agent.interrupt(&id).await })
     }
 }
 
@@ -157,17 +153,9 @@ impl Handler<Complete> for SessionActor {
     type Result = ResponseActFuture<Self, Result<Value, Error>>;
 
     fn handle(&mut self, msg: Complete, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        let agent = match self.live_agent() {
-            Ok(agent) => agent,
-            Err(error) => return Box::pin(fut::ready(Err(error))),
-        };
-        let kernel_id = self.kernel.id.to_string();
-        Box::pin(
-            async move { agent.complete(&kernel_id, &msg.code, &msg.options).await }
-                .into_actor(self)
-                .then(relay(Problem::KernelExecutionFailed)),
-        )
+        self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
+            agent.complete(&id, &msg.code, &msg.options).await
+        })
     }
 }
 
@@ -175,17 +163,9 @@ impl Handler<UploadFile> for SessionActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, msg: UploadFile, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        let agent = match self.live_agent() {
-            Ok(agent) => agent,
-            Err(error) => return Box::pin(fut::ready(Err(error))),
-        };
-        let kernel_id = self.kernel.id.to_string();
-        Box::pin(
-            async move { agent.upload_file(&kernel_id, &msg.path, msg.data).await }
-                .into_actor(self)
-                .then(relay(Problem::InvalidApiParams)),
-        )
+        self.relay_call(Problem::InvalidApiParams, move |agent, id| async move {
+            agent.upload_file(&id, &msg.path, msg.data).await
+        })
     }
 }
 
@@ -217,10 +197,7 @@ impl Handler<Restart> for SessionActor {
                     Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelRestartFailed).into(),
                     Err(error) => error,
                 };
-                let info = format!("restart-failed: {failure}");
-                futures_util::future::Either::Right(
-                    actor.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure)),
-                )
+                futures_util::future::Either::Right(actor.fail("restart-failed", failure))
             }),
         ))
     }
