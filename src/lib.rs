@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod sessions;
 pub mod startup;
 pub mod stores;
+pub mod streams;
 pub mod telemetry;
 
 pub use context::Core;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use entity::agents::{self, AgentStatus};
 use entity::kernels::{self, KernelStatus};
-use entity::keypairs;
+use entity::{keypairs, session_events};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
@@ -242,7 +242,30 @@ async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
     }
     .insert(txn)
     .await?;
+    record_event(txn, &kernel, KernelStatus::Preparing, None).await?;
     Ok(Some(kernel))
+}
+
+/// Records a lifecycle event of `kernel` (its new status, lower-case), in the
+/// caller's transaction: the event exists exactly when the change does.
+pub async fn record_event(
+    conn: &impl ConnectionTrait,
+    kernel: &kernels::Model,
+    status: KernelStatus,
+    reason: Option<&str>,
+) -> Result<(), Error> {
+    session_events::ActiveModel {
+        access_key: Set(kernel.access_key.clone()),
+        kernel_id: Set(kernel.id),
+        sess_id: Set(kernel.sess_id.clone()),
+        name: Set(format!("{status:?}").to_lowercase()),
+        reason: Set(reason.map(|r| r.chars().take(256).collect())),
+        created_at: Set(Utc::now().fixed_offset()),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
 }
 
 /// Final usage of a kernel, as the agent reports it.
@@ -296,6 +319,7 @@ pub async fn release(
         txn.rollback().await?;
         return Ok(false);
     };
+    record_event(&txn, &kernel, status, Some(status_info)).await?;
     if let Some(agent) = &kernel.agent {
         agents::Entity::update_many()
             .col_expr(agents::Column::UsedCpuSlots, Expr::col(agents::Column::UsedCpuSlots).sub(kernel.cpu_slot))
@@ -315,21 +339,28 @@ pub async fn release(
     Ok(true)
 }
 
-/// Sets a live session's status (e.g. PREPARING -> RUNNING) unless it ended.
+/// Sets a live session's status (e.g. PREPARING -> RUNNING) and records the
+/// event, unless the session ended meanwhile.
 pub async fn set_status(
     db: &DatabaseConnection,
-    kernel_id: Uuid,
+    kernel: &kernels::Model,
     status: KernelStatus,
     container_id: Option<String>,
 ) -> Result<bool, Error> {
+    let txn = db.begin().await?;
     let mut update = kernels::Entity::update_many()
         .col_expr(kernels::Column::Status, Expr::value(status))
-        .filter(kernels::Column::Id.eq(kernel_id))
+        .filter(kernels::Column::Id.eq(kernel.id))
         .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
     if let Some(container_id) = container_id {
         update = update.col_expr(kernels::Column::ContainerId, Expr::value(container_id));
     }
-    Ok(update.exec(db).await?.rows_affected == 1)
+    let changed = update.exec(&txn).await?.rows_affected == 1;
+    if changed {
+        record_event(&txn, kernel, status, None).await?;
+    }
+    txn.commit().await?;
+    Ok(changed)
 }
 
 /// Ends every live session on `agent_id` (e.g. ERROR `agent-lost`); returns them.

@@ -42,6 +42,8 @@ pub struct AppState {
     pub manager_id: String,
     /// Where agents send their events.
     pub events_addr: std::net::SocketAddr,
+    /// Session lifecycle events for the event streams.
+    pub event_hub: Arc<crate::streams::hub::EventHub>,
 }
 
 /// A built, bound, not yet running manager.
@@ -89,7 +91,9 @@ impl Application {
         let core = Arc::new(Core { settings: settings.clone(), db: db.clone(), stores: stores.clone(), http });
         let directory = Arc::new(Directory::default());
         let registry = Registry::start_supervised(core, manager_id.clone(), directory.clone());
-        let state = web::Data::new(AppState { settings, db, stores, registry, directory, manager_id, events_addr });
+        let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
+        let state =
+            web::Data::new(AppState { settings, db, stores, registry, directory, manager_id, events_addr, event_hub });
         let events = crate::events::server(state.clone(), events_listener)?;
         let local_agent = match state.settings.local_agent.enabled {
             true => Some(local_agent(&state).await.context("cannot start the built-in agent")?),

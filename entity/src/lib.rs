@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod kernels;
 pub mod keypairs;
+pub mod session_events;
 pub mod vfolder_attachment;
 pub mod vfolders;
 
@@ -12,6 +13,7 @@ pub mod prelude {
     pub use super::agents::Entity as Agents;
     pub use super::kernels::Entity as Kernels;
     pub use super::keypairs::Entity as Keypairs;
+    pub use super::session_events::Entity as SessionEvents;
     pub use super::vfolder_attachment::Entity as VfolderAttachment;
     pub use super::vfolders::Entity as Vfolders;
 }

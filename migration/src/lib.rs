@@ -8,6 +8,7 @@ mod m20261128_000003_create_kernels;
 mod m20261128_000004_create_vfolders;
 mod m20261128_000005_create_vfolder_attachment;
 mod m20261128_000006_add_agents_last_heartbeat;
+mod m20261128_000007_create_session_events;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_create_vfolders::Migration),
             Box::new(m20261128_000005_create_vfolder_attachment::Migration),
             Box::new(m20261128_000006_add_agents_last_heartbeat::Migration),
+            Box::new(m20261128_000007_create_session_events::Migration),
         ]
     }
 }

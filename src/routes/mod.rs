@@ -14,6 +14,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     root::configure(cfg);
     authorize::configure(cfg);
     kernel::configure(cfg);
+    crate::streams::configure(cfg);
 }
 
 /// The answer to a call that returns nothing: 204 No Content; except for

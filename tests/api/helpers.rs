@@ -90,7 +90,7 @@ pub struct TestApp {
     pub access_key: String,
     pub secret_key: String,
     handle: ServerHandle,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 fn init_logs() {
@@ -152,7 +152,7 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
         access_key,
         secret_key,
         handle,
-        _data_dir: data_dir,
+        _data_dir: Some(data_dir),
     })
 }
 
@@ -178,6 +178,21 @@ pub struct Signed<'a> {
 }
 
 impl TestApp {
+    /// A handle on an application built by the test itself, signing with the
+    /// embedded example key.
+    pub fn attach(port: u16, state: web::Data<AppState>, handle: ServerHandle) -> Self {
+        Self {
+            address: format!("http://127.0.0.1:{port}"),
+            host: format!("127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            state,
+            access_key: "AKIAIOSFODNN7EXAMPLE".to_owned(),
+            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
+            handle,
+            _data_dir: None,
+        }
+    }
+
     /// A signed request with the app's key and a JSON body.
     pub fn signed<'a>(&'a self, method: &'a str, path: &'a str, body: Option<Value>) -> Signed<'a> {
         Signed {

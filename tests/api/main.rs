@@ -11,3 +11,4 @@ mod lifecycle;
 mod ratelimit;
 mod sdk;
 mod stores;
+mod streams;

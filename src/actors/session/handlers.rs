@@ -67,14 +67,14 @@ impl Handler<StartKernel> for SessionActor {
             Ok(agent) => agent,
             Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
         };
-        let kernel_id = self.kernel.id;
+        let kernel = self.kernel.clone();
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let created = agent.create_kernel(&kernel_id.to_string(), &msg.image, &msg.limits, &msg.mounts).await;
+                let created = agent.create_kernel(&kernel.id.to_string(), &msg.image, &msg.limits, &msg.mounts).await;
                 if let Ok(runtime) = &created {
                     let container = runtime.get("id").and_then(Value::as_str).map(str::to_owned);
-                    scheduler::set_status(&core.db, kernel_id, KernelStatus::Running, container).await?;
+                    scheduler::set_status(&core.db, &kernel, KernelStatus::Running, container).await?;
                 }
                 Ok::<_, Error>(created)
             }
@@ -178,14 +178,14 @@ impl Handler<Restart> for SessionActor {
             Ok(agent) => agent,
             Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
         };
-        let kernel_id = self.kernel.id;
+        let kernel = self.kernel.clone();
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                scheduler::set_status(&core.db, kernel_id, KernelStatus::Restarting, None).await?;
-                let restarted = agent.restart_kernel(&kernel_id.to_string()).await;
+                scheduler::set_status(&core.db, &kernel, KernelStatus::Restarting, None).await?;
+                let restarted = agent.restart_kernel(&kernel.id.to_string()).await;
                 if restarted.is_ok() {
-                    scheduler::set_status(&core.db, kernel_id, KernelStatus::Running, None).await?;
+                    scheduler::set_status(&core.db, &kernel, KernelStatus::Running, None).await?;
                 }
                 Ok::<_, Error>(restarted)
             }
@@ -212,12 +212,12 @@ impl Handler<Destroy> for SessionActor {
             Ok(agent) => agent,
             Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
         };
-        let kernel_id = self.kernel.id;
+        let kernel = self.kernel.clone();
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                scheduler::set_status(&core.db, kernel_id, KernelStatus::Terminating, None).await?;
-                Ok::<_, Error>(agent.destroy_kernel(&kernel_id.to_string()).await)
+                scheduler::set_status(&core.db, &kernel, KernelStatus::Terminating, None).await?;
+                Ok::<_, Error>(agent.destroy_kernel(&kernel.id.to_string()).await)
             }
             .into_actor(self)
             .then(|result, actor, _ctx| {

@@ -1,0 +1,207 @@
+//! Session lifecycle events over Server-Sent Events: ordered, resumable with
+//! `Last-Event-ID` exactly once, scoped to the caller's key, and kept across a
+//! manager restart.
+
+use std::time::Duration;
+
+use backendai_manager::startup::Application;
+use serde_json::{json, Value};
+
+use crate::helpers::{add_keypair, assert_problem, spawn_app, test_settings, unique, Backend, TestApp, BACKENDS};
+
+/// One parsed SSE event.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: i64,
+    name: String,
+    data: Value,
+}
+
+/// Opens a stream and reads `count` events (keep-alive comments are skipped).
+async fn read_events(app: &TestApp, path: &str, last_event_id: Option<i64>, count: usize) -> Vec<Sse> {
+    let request = app.signed("GET", path, None);
+    let response = match last_event_id {
+        Some(id) => {
+            // Sign as usual, then add the header (it is not part of the signature).
+            let date = request.date;
+            let date_header = date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+            let parts = backendai_manager::auth::SignedParts {
+                method: "GET",
+                path_and_query: path,
+                date_header: &date_header,
+                date,
+                host: &app.host,
+                content_type: "",
+                version_header: "x-backendai-version",
+                version: "v3.20170615",
+                body_hash: &backendai_manager::auth::HashAlgorithm::Sha256.hex_digest(b""),
+            };
+            let signature =
+                backendai_manager::auth::sign(backendai_manager::auth::HashAlgorithm::Sha256, &app.secret_key, &parts);
+            app.client
+                .get(format!("{}{path}", app.address))
+                .header("Date", date_header)
+                .header("X-BackendAI-Version", "v3.20170615")
+                .header(
+                    "Authorization",
+                    format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", app.access_key),
+                )
+                .header("Last-Event-ID", id.to_string())
+                .send()
+                .await
+                .unwrap()
+        }
+        None => app.send(request).await,
+    };
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    collect(response, count).await
+}
+
+async fn collect(mut response: reqwest::Response, count: usize) -> Vec<Sse> {
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline, response.chunk()).await.expect("events in time").unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream stays open")));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let field =
+                |name: &str| block.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned));
+            if let (Some(id), Some(name), Some(data)) = (field("id"), field("event"), field("data")) {
+                events.push(Sse { id: id.parse().unwrap(), name, data: serde_json::from_str(&data).unwrap() });
+            }
+        }
+    }
+    events
+}
+
+async fn create(app: &TestApp, token: &str) {
+    let body = json!({"lang": "bash", "clientSessionToken": token});
+    assert_eq!(app.send(app.signed("POST", "/v3/kernel/create", Some(body))).await.status().as_u16(), 201);
+}
+
+async fn destroy(app: &TestApp, token: &str) {
+    assert_eq!(app.send(app.signed("DELETE", &format!("/v3/kernel/{token}"), None)).await.status().as_u16(), 200);
+}
+
+#[actix_web::test]
+async fn a_session_stream_shows_its_lifecycle_in_order() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let token = unique("sse");
+        create(&app, &token).await;
+        let path = format!("/v3/stream/kernel/{token}/events");
+        let first = read_events(&app, &path, Some(0), 2).await;
+        assert_eq!(first.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["preparing", "running"], "{backend:?}");
+        assert_eq!(first[0].data["sessionId"], token);
+        // Live: a stream opened now sees the destroy as it happens.
+        let live = read_events(&app, &path, None, 2);
+        let destroyer = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            destroy(&app, &token).await;
+        };
+        let (events, ()) = tokio::join!(live, destroyer);
+        assert_eq!(events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["terminating", "terminated"]);
+        assert_eq!(events[1].data["reason"], "user-requested");
+        assert!(events[0].id > first[1].id && events[1].id > events[0].id);
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn resuming_with_last_event_id_sends_each_later_event_once() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("sse");
+    create(&app, &token).await;
+    destroy(&app, &token).await;
+    let path = format!("/v3/stream/kernel/{token}/events");
+    let all = read_events(&app, &path, Some(0), 4).await;
+    assert_eq!(
+        all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["preparing", "running", "terminating", "terminated"]
+    );
+    let resumed = read_events(&app, &path, Some(all[1].id), 2).await;
+    assert_eq!(resumed.iter().map(|e| e.id).collect::<Vec<_>>(), [all[2].id, all[3].id]);
+    // Nothing more arrives after those two: a new event is the next thing read.
+    let second = unique("sse");
+    let later = read_events(&app, "/v3/stream/events", Some(all[3].id), 1);
+    let creator = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        create(&app, &second).await;
+    };
+    let (later, ()) = tokio::join!(later, creator);
+    assert_eq!(later[0].name, "preparing");
+    assert_eq!(later[0].data["sessionId"], second);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_key_stream_shows_only_the_callers_sessions() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let other = unique("AKIA").chars().take(20).collect::<String>().to_uppercase();
+    add_keypair(&app.state, &other, "other-secret", 100, true).await;
+    let mine = unique("mine");
+    create(&app, &mine).await;
+    let mut request =
+        app.signed("POST", "/v3/kernel/create", Some(json!({"lang": "bash", "clientSessionToken": unique("theirs")})));
+    request.access_key = &other;
+    request.secret_key = "other-secret";
+    assert_eq!(app.send(request).await.status().as_u16(), 201);
+    let second = unique("mine");
+    create(&app, &second).await;
+    let events = read_events(&app, "/v3/stream/events", Some(0), 4).await;
+    let sessions: Vec<&str> = events.iter().map(|e| e.data["sessionId"].as_str().unwrap()).collect();
+    assert_eq!(sessions, [mine.as_str(), mine.as_str(), second.as_str(), second.as_str()]);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn unknown_or_foreign_sessions_and_bad_ids_are_refused() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let response = app.send(app.signed("GET", "/v3/stream/kernel/no-such-session/events", None)).await;
+    assert_problem(response, 404, "kernel-not-found").await;
+    let other = unique("AKIA").chars().take(20).collect::<String>().to_uppercase();
+    add_keypair(&app.state, &other, "other-secret", 100, true).await;
+    let token = unique("sse");
+    create(&app, &token).await;
+    let path = format!("/v3/stream/kernel/{token}/events");
+    let mut request = app.signed("GET", &path, None);
+    request.access_key = &other;
+    request.secret_key = "other-secret";
+    assert_problem(app.send(request).await, 404, "kernel-not-found").await;
+    assert_problem(app.get("/v3/stream/events").await, 401, "auth-failed").await;
+    let response = app.send(app.signed("GET", "/v3/stream/events?last_event_id=abc", None)).await;
+    assert_problem(response, 400, "invalid-api-params").await;
+    app.stop().await;
+}
+
+/// The events live in the database: a new manager process resumes the stream.
+#[actix_web::test]
+async fn streams_resume_across_a_manager_restart() {
+    let (mut settings, data_dir) = test_settings(Backend::Embedded).await.unwrap();
+    settings.local_agent.enabled = true;
+    let first = Application::build(settings.clone()).await.unwrap();
+    let (port, state, handle) = (first.port(), first.state(), first.handle());
+    actix_web::rt::spawn(first.run_until_stopped());
+    let app = TestApp::attach(port, state, handle.clone());
+    app.wait_for_agent().await;
+    let token = unique("sse");
+    create(&app, &token).await;
+    let before = read_events(&app, "/v3/stream/events", Some(0), 2).await;
+    handle.stop(true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let second = Application::build(settings.clone()).await.unwrap();
+    let (port, state, handle) = (second.port(), second.state(), second.handle());
+    actix_web::rt::spawn(second.run_until_stopped());
+    let app = TestApp::attach(port, state, handle);
+    let after = read_events(&app, "/v3/stream/events", Some(0), 2).await;
+    assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), after.iter().map(|e| e.id).collect::<Vec<_>>());
+    drop(data_dir);
+}
