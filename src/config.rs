@@ -91,6 +91,10 @@ pub struct ManagerSettings {
     pub max_body_size: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Accept unsigned PTY WebSocket upgrades, as 1.0.x did (the SDK 1.0.6 does not
+    /// sign them): anyone who knows a session token can then open its terminal.
+    /// Off by default; browsers should use stream tickets instead.
+    pub allow_unsigned_pty: bool,
 }
 
 impl Default for ManagerSettings {
@@ -107,6 +111,7 @@ impl Default for ManagerSettings {
             cluster_secret: Secret::default(),
             max_body_size: 1 << 20,
             workers: 0,
+            allow_unsigned_pty: false,
         }
     }
 }

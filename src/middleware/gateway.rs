@@ -88,10 +88,13 @@ fn api_version(req: &ServiceRequest) -> Result<u8, ApiError> {
         .ok_or_else(|| ApiError::new(Problem::GenericBadRequest).with_detail("unsupported API version"))
 }
 
-/// `GET /v{N}` (the version) needs no signature.
+/// `GET /v{N}` (the version) needs no signature; an unsigned PTY upgrade is left
+/// to its handler (stream tickets, or the compatibility setting).
 fn is_public(req: &ServiceRequest, api_version: u8) -> bool {
     let path = req.path().trim_end_matches('/');
-    req.method() == Method::GET && path == format!("/v{api_version}")
+    req.method() == Method::GET
+        && (path == format!("/v{api_version}")
+            || (crate::streams::pty::is_pty_upgrade(path) && !req.headers().contains_key("authorization")))
 }
 
 fn rate_limit_headers(limit: u64, window: Window) -> Vec<(&'static str, String)> {
@@ -168,7 +171,10 @@ async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<ke
         .await?
         .ok_or_else(|| ApiError::new(Problem::AuthFailed).with_detail("unknown access key"))?;
 
-    let body_hash = if content_type.starts_with("multipart/") {
+    // Multipart bodies are signed as empty (the contract), and so are upgrades:
+    // their "body" is the upgraded stream, which must not be read here.
+    let upgrade = req.headers().contains_key(actix_web::http::header::UPGRADE);
+    let body_hash = if content_type.starts_with("multipart/") || upgrade {
         credential.algorithm.hex_digest(b"")
     } else {
         let body = buffer_body(req, state.settings.manager.max_body_size).await?;

@@ -47,6 +47,15 @@ pub trait StatStore: Send + Sync {
     async fn ping(&self) -> Result<(), Error>;
 }
 
+/// Short-lived single-use secrets (stream tickets), shared by every manager.
+#[async_trait]
+pub trait TicketStore: Send + Sync {
+    /// Stores `value` under `ticket` for `ttl`.
+    async fn put_ticket(&self, ticket: &str, value: &str, ttl: Duration) -> Result<(), Error>;
+    /// Takes the value of `ticket` (at most once, and only before it expires).
+    async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, Error>;
+}
+
 /// Counts and returns the window in one atomic step: no lost updates between
 /// managers, and a key never outlives its window.
 const HIT_SCRIPT: &str = r"
@@ -170,6 +179,21 @@ impl StatStore for RedisStore {
 /// Stats of one kernel and when they expire.
 type ExpiringStats = (HashMap<String, i64>, Instant);
 
+#[async_trait]
+impl TicketStore for RedisStore {
+    async fn put_ticket(&self, ticket: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        let mut connection = self.connection().await?;
+        let key = format!("ticket:{ticket}");
+        connection.pset_ex::<_, _, ()>(key, value, ttl.as_millis() as u64).await.map_err(redis_error)
+    }
+
+    async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, Error> {
+        let mut connection = self.connection().await?;
+        // GETDEL: two managers cannot both redeem it.
+        redis::cmd("GETDEL").arg(format!("ticket:{ticket}")).query_async(&mut connection).await.map_err(redis_error)
+    }
+}
+
 /// Process-local counters and stats for the embedded deployment.
 #[derive(Default)]
 pub struct MemoryCounters {
@@ -177,6 +201,8 @@ pub struct MemoryCounters {
     windows: Mutex<HashMap<String, (u64, Instant)>>,
     /// Stats by kernel id.
     stats: Mutex<HashMap<String, ExpiringStats>>,
+    /// Tickets and when they expire.
+    tickets: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 /// Expired entries are swept when a map grows past this many.
@@ -256,5 +282,23 @@ impl StatStore for MemoryCounters {
 
     async fn ping(&self) -> Result<(), Error> {
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TicketStore for MemoryCounters {
+    async fn put_ticket(&self, ticket: &str, value: &str, ttl: Duration) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut tickets = self.tickets.lock().map_err(poisoned)?;
+        if tickets.len() > SWEEP_THRESHOLD {
+            tickets.retain(|_, (_, expires)| *expires > now);
+        }
+        tickets.insert(ticket.to_owned(), (value.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, Error> {
+        let taken = self.tickets.lock().map_err(poisoned)?.remove(ticket);
+        Ok(taken.filter(|(_, expires)| *expires > Instant::now()).map(|(value, _)| value))
     }
 }

@@ -8,7 +8,7 @@ mod config_store;
 mod counters;
 
 pub use config_store::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
-pub use counters::{MemoryCounters, RateLimitStore, RedisStore, StatStore, Window};
+pub use counters::{MemoryCounters, RateLimitStore, RedisStore, StatStore, TicketStore, Window};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +28,8 @@ pub struct Stores {
     pub ratelimit: Arc<dyn RateLimitStore>,
     /// Live kernel stats (Redis database 0).
     pub stats: Arc<dyn StatStore>,
+    /// Single-use stream tickets (Redis database 0).
+    pub tickets: Arc<dyn TicketStore>,
 }
 
 impl Stores {
@@ -39,15 +41,16 @@ impl Stores {
             Some(addr) => Arc::new(EtcdConfigStore::connect(addr, namespace).await?),
             None => Arc::new(MemoryConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
         };
-        let (ratelimit, stats): (Arc<dyn RateLimitStore>, Arc<dyn StatStore>) = match &settings.redis.addr {
+        Ok(match &settings.redis.addr {
             Some(addr) => {
-                (Arc::new(RedisStore::connect(addr, 1).await?), Arc::new(RedisStore::connect(addr, 0).await?))
+                let stats = Arc::new(RedisStore::connect(addr, 0).await?);
+                let ratelimit = Arc::new(RedisStore::connect(addr, 1).await?);
+                Self { config, ratelimit, stats: stats.clone(), tickets: stats }
             }
             None => {
                 let memory = Arc::new(MemoryCounters::default());
-                (memory.clone(), memory)
+                Self { config, ratelimit: memory.clone(), stats: memory.clone(), tickets: memory }
             }
-        };
-        Ok(Self { config, ratelimit, stats })
+        })
     }
 }

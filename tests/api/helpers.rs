@@ -206,8 +206,8 @@ impl TestApp {
         }
     }
 
-    /// Sends a signed request, signed as the official client does.
-    pub async fn send(&self, request: Signed<'_>) -> reqwest::Response {
+    /// The headers that sign `request`, as the official client makes them.
+    pub fn signature_headers(&self, request: &Signed<'_>) -> Vec<(&'static str, String)> {
         let date_header = request.date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
         let body_hash = HashAlgorithm::Sha256.hex_digest(&request.body);
         let parts = SignedParts {
@@ -222,19 +222,42 @@ impl TestApp {
             body_hash: &body_hash,
         };
         let signature = auth::sign(HashAlgorithm::Sha256, request.secret_key, &parts);
-        self.client
-            .request(request.method.parse().unwrap(), format!("{}{}", self.address, request.path))
-            .header("Date", date_header)
-            .header("X-BackendAI-Version", "v2.20170315")
-            .header("Content-Type", request.content_type)
-            .header(
+        let mut headers = vec![
+            ("Date", date_header),
+            ("X-BackendAI-Version", "v2.20170315".to_owned()),
+            (
                 "Authorization",
                 format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", request.access_key),
-            )
-            .body(request.body)
-            .send()
-            .await
-            .expect("the request is sent")
+            ),
+        ];
+        if !request.content_type.is_empty() {
+            headers.push(("Content-Type", request.content_type.to_owned()));
+        }
+        headers
+    }
+
+    /// Sends a signed request, signed as the official client does.
+    pub async fn send(&self, request: Signed<'_>) -> reqwest::Response {
+        let mut builder =
+            self.client.request(request.method.parse().unwrap(), format!("{}{}", self.address, request.path));
+        for (name, value) in self.signature_headers(&request) {
+            builder = builder.header(name, value);
+        }
+        builder.body(request.body).send().await.expect("the request is sent")
+    }
+
+    /// A second handle on the same running app (to sign with another key).
+    pub fn clone_handle(&self) -> Self {
+        Self {
+            address: self.address.clone(),
+            host: self.host.clone(),
+            client: self.client.clone(),
+            state: self.state.clone(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            handle: self.handle.clone(),
+            _data_dir: None,
+        }
     }
 
     /// An unsigned request.

@@ -8,6 +8,7 @@ mod gateway;
 mod helpers;
 mod kernel;
 mod lifecycle;
+mod pty;
 mod ratelimit;
 mod sdk;
 mod stores;
