@@ -145,3 +145,68 @@ print(f'manager RSS: {before} KiB before, {after} KiB with {SESSIONS} more live 
 for t in tokens:
     call('DELETE', f'kernel/{t}')
 call('DELETE', f'kernel/{token}')
+
+# 4. PTY streams: many at once through this manager, memory, and echo latency.
+import asyncio  # noqa: E402
+import base64  # noqa: E402
+
+import aiohttp  # noqa: E402
+
+STREAMS = int(os.environ.get('BENCH_STREAMS', 500))
+PER_SESSION = 50  # each stream is a shell in its kernel, under the kernel's process limit
+
+
+async def pty_bench():
+    tokens = [f'bench-pty-{i:03d}-{secrets.token_hex(2)}' for i in range((STREAMS + PER_SESSION - 1) // PER_SESSION)]
+    for t in tokens:
+        call('POST', 'kernel/create', {'lang': 'bash', 'clientSessionToken': t})
+    before = rss_kib(args.manager_pid)
+    ws_base = args.endpoint.replace('http://', 'ws://')
+    async with aiohttp.ClientSession() as http_session:
+        async def connect(i):
+            token = tokens[i // PER_SESSION]
+            path = f'stream/kernel/{token}/pty'
+            headers = signed_headers('GET', path, b'', content_type='')
+            return await http_session.ws_connect(f'{ws_base}/v2/{path}', headers=headers, max_msg_size=1 << 20)
+
+        sockets = []
+        for start in range(0, STREAMS, 50):
+            sockets += await asyncio.gather(*(connect(i) for i in range(start, min(start + 50, STREAMS))))
+        await asyncio.sleep(2)
+        during = rss_kib(args.manager_pid)
+
+        async def echo(ws, char):
+            frame = json.dumps({'type': 'stdin', 'chars': base64.b64encode(char.encode()).decode()})
+            started = time.perf_counter()
+            await ws.send_str(frame)
+            while True:
+                msg = await ws.receive(timeout=10)
+                data = base64.b64decode(json.loads(msg.data)['data']).decode(errors='replace')
+                if char in data:
+                    return (time.perf_counter() - started) * 1000
+
+        # Drain the prompts first, then time single keystrokes (the terminal echoes them).
+        for ws in sockets:
+            while True:
+                try:
+                    await ws.receive(timeout=0.05)
+                except asyncio.TimeoutError:
+                    break
+        samples = []
+        for i in range(400):
+            ws = sockets[(i * 7) % len(sockets)]
+            samples.append(await echo(ws, 'xyzw'[i % 4]))
+        p50, p99 = percentiles(samples)
+        for ws in sockets:
+            await ws.close()
+    await asyncio.sleep(2)
+    after = rss_kib(args.manager_pid)
+    print(f'PTY: {len(sockets)} concurrent streams over {len(tokens)} sessions:')
+    print(f'  manager RSS {before} KiB before, {during} KiB with the streams open '
+          f'({(during - before) / len(sockets):.1f} KiB per stream), {after} KiB after closing them')
+    print(f'  stdin -> stdout echo of one keystroke: p50 {p50:.3f} ms  p99 {p99:.3f} ms ({len(samples)} samples)')
+    for t in tokens:
+        call('DELETE', f'kernel/{t}')
+
+
+asyncio.run(pty_bench())

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod fixtures;
+pub mod graphql;
 pub mod images;
 pub mod middleware;
 pub mod routes;

@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource, each exporting `configure`.
 
+mod admin;
 mod authorize;
 mod health;
 mod kernel;
@@ -12,6 +13,7 @@ pub use health::healthz;
 /// Registers the routes of the `/v{N}` scope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     root::configure(cfg);
+    admin::configure(cfg);
     authorize::configure(cfg);
     kernel::configure(cfg);
     crate::streams::configure(cfg);

@@ -3,6 +3,7 @@
 //! and etcd.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod cli;
 mod gateway;
 mod helpers;

@@ -1,0 +1,210 @@
+//! The keypair mutations of the admin schema. Refusals a client can act on (no
+//! such key, a key with sessions) answer `ok: false` with a message, as 1.0.x
+//! did; only server failures are GraphQL errors.
+
+use async_graphql::{Context, InputObject, Object, Result, SimpleObject};
+use chrono::Utc;
+use entity::{kernels, keypairs};
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, Set, SqlErr};
+
+use super::types::KeyPair;
+use super::{internal, GqlContext};
+use crate::cli::generate_keypair;
+
+/// Defaults of a new keypair for the props left null.
+const DEFAULT_CONCURRENCY_LIMIT: i32 = 1;
+const DEFAULT_RATE_LIMIT: i32 = 1000;
+
+/// The settable properties of a keypair; null fields are left unchanged (or
+/// take their default on creation).
+#[derive(InputObject, Default)]
+#[graphql(rename_fields = "snake_case")]
+pub struct KeyPairInput {
+    /// Inactive keys are refused by the gateway.
+    pub is_active: Option<bool>,
+    /// Name of the resource policy.
+    pub resource_policy: Option<String>,
+    /// How many live sessions the key may own at once (0 or more).
+    pub concurrency_limit: Option<i32>,
+    /// Requests allowed per 15-minute window (0 or more).
+    pub rate_limit: Option<i32>,
+}
+
+impl KeyPairInput {
+    /// Why the props are unacceptable, if they are.
+    fn invalid(&self) -> Option<&'static str> {
+        if self.concurrency_limit.is_some_and(|v| v < 0) {
+            Some("concurrency_limit must not be negative")
+        } else if self.rate_limit.is_some_and(|v| v < 0) {
+            Some("rate_limit must not be negative")
+        } else {
+            None
+        }
+    }
+
+    /// The columns to set, for the non-null fields.
+    fn changes(&self) -> Vec<(keypairs::Column, SimpleExpr)> {
+        let mut changes = Vec::new();
+        if let Some(v) = self.is_active {
+            changes.push((keypairs::Column::IsActive, Expr::value(v)));
+        }
+        if let Some(v) = &self.resource_policy {
+            changes.push((keypairs::Column::ResourcePolicy, Expr::value(v.clone())));
+        }
+        if let Some(v) = self.concurrency_limit {
+            changes.push((keypairs::Column::ConcurrencyLimit, Expr::value(v)));
+        }
+        if let Some(v) = self.rate_limit {
+            changes.push((keypairs::Column::RateLimit, Expr::value(v)));
+        }
+        changes
+    }
+}
+
+/// The answer of `create_keypair`.
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct CreateKeyPair {
+    /// Whether the key was created.
+    ok: bool,
+    /// Why not, or what happened.
+    msg: Option<String>,
+    /// The new key, with its secret.
+    keypair: Option<KeyPair>,
+}
+
+/// The answer of `modify_keypair`.
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct ModifyKeyPair {
+    /// Whether the key was changed.
+    ok: bool,
+    /// Why not, or what happened.
+    msg: Option<String>,
+}
+
+/// The answer of `delete_keypair`.
+#[derive(SimpleObject)]
+#[graphql(rename_fields = "snake_case")]
+pub struct DeleteKeyPair {
+    /// Whether the key was deleted.
+    ok: bool,
+    /// Why not, or what happened.
+    msg: Option<String>,
+}
+
+fn refused<T: From<(bool, Option<String>)>>(msg: impl Into<String>) -> T {
+    T::from((false, Some(msg.into())))
+}
+
+impl From<(bool, Option<String>)> for ModifyKeyPair {
+    fn from((ok, msg): (bool, Option<String>)) -> Self {
+        Self { ok, msg }
+    }
+}
+
+impl From<(bool, Option<String>)> for DeleteKeyPair {
+    fn from((ok, msg): (bool, Option<String>)) -> Self {
+        Self { ok, msg }
+    }
+}
+
+impl From<(bool, Option<String>)> for CreateKeyPair {
+    fn from((ok, msg): (bool, Option<String>)) -> Self {
+        Self { ok, msg, keypair: None }
+    }
+}
+
+fn is_foreign_key_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_)))
+}
+
+/// Mutations for admin keys.
+pub struct AdminMutation;
+
+#[Object(rename_fields = "snake_case", rename_args = "snake_case")]
+impl AdminMutation {
+    /// Creates a keypair for a user; the server generates the access key
+    /// (`AKIA` + 16 base32 characters) and a URL-safe secret key.
+    async fn create_keypair(&self, ctx: &Context<'_>, user_id: i32, props: KeyPairInput) -> Result<CreateKeyPair> {
+        if let Some(why) = props.invalid() {
+            return Ok(refused(why));
+        }
+        let (access_key, secret_key) = generate_keypair();
+        let row = keypairs::ActiveModel {
+            access_key: Set(access_key),
+            user_id: Set(user_id),
+            secret_key: Set(secret_key),
+            is_active: Set(props.is_active.unwrap_or(true)),
+            is_admin: Set(false),
+            resource_policy: Set(props.resource_policy),
+            created_at: Set(Utc::now().fixed_offset()),
+            last_used: Set(None),
+            concurrency_limit: Set(props.concurrency_limit.unwrap_or(DEFAULT_CONCURRENCY_LIMIT)),
+            concurrency_used: Set(0),
+            rate_limit: Set(props.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT)),
+            num_queries: Set(0),
+        };
+        let row = row.insert(&ctx.data::<GqlContext>()?.db).await.map_err(internal)?;
+        Ok(CreateKeyPair { ok: true, msg: None, keypair: Some(KeyPair(row)) })
+    }
+
+    /// Changes the non-null properties of a keypair. A deactivated key is
+    /// refused by every manager once their caches expire (2 seconds).
+    async fn modify_keypair(
+        &self,
+        ctx: &Context<'_>,
+        access_key: String,
+        props: KeyPairInput,
+    ) -> Result<ModifyKeyPair> {
+        if let Some(why) = props.invalid() {
+            return Ok(refused(why));
+        }
+        let db = &ctx.data::<GqlContext>()?.db;
+        let changes = props.changes();
+        let found = if changes.is_empty() {
+            keypairs::Entity::find_by_id(access_key.clone()).one(db).await.map_err(internal)?.is_some()
+        } else {
+            let mut update = keypairs::Entity::update_many().filter(keypairs::Column::AccessKey.eq(access_key.clone()));
+            for (column, value) in changes {
+                update = update.col_expr(column, value);
+            }
+            update.exec(db).await.map_err(internal)?.rows_affected > 0
+        };
+        if !found {
+            return Ok(refused(format!("no such keypair: {access_key}")));
+        }
+        Ok(ModifyKeyPair { ok: true, msg: None })
+    }
+
+    /// Deletes a keypair and its virtual folders. Refused (ok = false) for the
+    /// key that signs the request and for a key that owns sessions: their rows
+    /// are kept for accounting, so such a key can only be deactivated.
+    async fn delete_keypair(&self, ctx: &Context<'_>, access_key: String) -> Result<DeleteKeyPair> {
+        let context = ctx.data::<GqlContext>()?;
+        if context.caller.access_key == access_key {
+            return Ok(refused("a keypair cannot delete itself"));
+        }
+        let sessions = kernels::Entity::find()
+            .filter(kernels::Column::AccessKey.eq(access_key.clone()))
+            .count(&context.db)
+            .await
+            .map_err(internal)?;
+        if sessions > 0 {
+            return Ok(refused(format!(
+                "the keypair owns {sessions} compute session(s), kept for accounting; \
+                 deactivate it with modify_keypair(props: {{is_active: false}}) instead"
+            )));
+        }
+        match keypairs::Entity::delete_by_id(access_key.clone()).exec(&context.db).await {
+            Ok(result) if result.rows_affected > 0 => Ok(DeleteKeyPair { ok: true, msg: None }),
+            Ok(_) => Ok(refused(format!("no such keypair: {access_key}"))),
+            // A session was created with the key since the count.
+            Err(error) if is_foreign_key_violation(&error) => {
+                Ok(refused("the keypair owns compute sessions; deactivate it instead"))
+            }
+            Err(error) => Err(internal(error)),
+        }
+    }
+}
