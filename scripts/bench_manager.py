@@ -153,7 +153,7 @@ import base64  # noqa: E402
 import aiohttp  # noqa: E402
 
 STREAMS = int(os.environ.get('BENCH_STREAMS', 500))
-PER_SESSION = 50  # each stream is a shell in its kernel, under the kernel's process limit
+PER_SESSION = 25  # each stream is a shell in its kernel, under the kernel's process limit (128)
 
 
 async def pty_bench():
@@ -162,7 +162,7 @@ async def pty_bench():
         call('POST', 'kernel/create', {'lang': 'bash', 'clientSessionToken': t})
     before = rss_kib(args.manager_pid)
     ws_base = args.endpoint.replace('http://', 'ws://')
-    async with aiohttp.ClientSession() as http_session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http_session:
         async def connect(i):
             token = tokens[i // PER_SESSION]
             path = f'stream/kernel/{token}/pty'
@@ -170,8 +170,11 @@ async def pty_bench():
             return await http_session.ws_connect(f'{ws_base}/v2/{path}', headers=headers, max_msg_size=1 << 20)
 
         sockets = []
+        print(f'  opening {STREAMS} PTY streams...', flush=True)
         for start in range(0, STREAMS, 50):
             sockets += await asyncio.gather(*(connect(i) for i in range(start, min(start + 50, STREAMS))))
+            print(f'  {len(sockets)} open', flush=True)
+        print(f'  {len(sockets)} open', flush=True)
         await asyncio.sleep(2)
         during = rss_kib(args.manager_pid)
 
@@ -181,17 +184,25 @@ async def pty_bench():
             await ws.send_str(frame)
             while True:
                 msg = await ws.receive(timeout=10)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise SystemExit(f'PTY stream closed: {msg.type} {msg.data} {ws.close_code}')
                 data = base64.b64decode(json.loads(msg.data)['data']).decode(errors='replace')
                 if char in data:
                     return (time.perf_counter() - started) * 1000
 
         # Drain the prompts first, then time single keystrokes (the terminal echoes them).
+        closed = []
         for ws in sockets:
             while True:
                 try:
-                    await ws.receive(timeout=0.05)
+                    msg = await ws.receive(timeout=0.05)
                 except asyncio.TimeoutError:
                     break
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    closed.append((msg.type, msg.data, msg.extra))
+                    break
+        if closed:
+            raise SystemExit(f'{len(closed)} PTY streams were closed early, e.g. {closed[:3]}')
         samples = []
         for i in range(400):
             ws = sockets[(i * 7) % len(sockets)]

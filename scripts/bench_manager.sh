@@ -18,7 +18,7 @@ WORK=$(mktemp -d /tmp/bench-manager.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
 # The agent stops first: it reports its kernels' ends to the manager.
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; sleep 0.5; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; sleep 0.5; done; wait 2>/dev/null || true; cp "$WORK/agent.log" /tmp/bench-agent.log 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 PORT=18500; EVENTS=18501; AGENT=18502; BARE=18503
