@@ -235,3 +235,36 @@ async fn streams_free_their_sockets() {
     assert!(after <= before + 5, "file descriptors grew from {before} to {after}");
     app.stop().await;
 }
+
+/// The agent refuses the proxied upgrade (its kernel is gone): the client gets a
+/// plain error, never an upgraded socket, and later streams are unaffected.
+#[actix_web::test]
+async fn an_agent_refusing_the_upgrade_is_an_http_error() {
+    use entity::kernels;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("pty");
+    create(&app, &token).await;
+    let kernel = kernels::Entity::find()
+        .filter(kernels::Column::SessId.eq(token.clone()))
+        .one(&app.state.db)
+        .await
+        .unwrap()
+        .unwrap();
+    // Remove the kernel behind the manager's back.
+    let removed = reqwest::Client::new()
+        .delete(format!("http://{}/kernels/{}", kernel.agent_addr.clone().unwrap(), kernel.id))
+        .bearer_auth("test-cluster-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status().as_u16(), 200);
+    assert_eq!(open(&app, &token).await.err(), Some(StatusCode::NOT_FOUND));
+    let healthy = unique("pty");
+    create(&app, &healthy).await;
+    let mut socket = open(&app, &healthy).await.expect("other streams still open");
+    socket.send(stdin("echo still-fine\n")).await.unwrap();
+    read_until(&mut socket, "still-fine").await;
+    app.stop().await;
+}
