@@ -205,3 +205,16 @@ async fn streams_resume_across_a_manager_restart() {
     assert_eq!(before.iter().map(|e| e.id).collect::<Vec<_>>(), after.iter().map(|e| e.id).collect::<Vec<_>>());
     drop(data_dir);
 }
+
+/// An idle stream gets a comment line every 15 seconds, so proxies keep it open.
+#[actix_web::test]
+async fn idle_streams_get_keep_alive_comments() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let mut response = app.send(app.signed("GET", "/v3/stream/events", None)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let chunk = tokio::time::timeout(Duration::from_secs(25), response.chunk()).await.expect("a keep-alive in time");
+    let chunk = chunk.unwrap().expect("the stream stays open");
+    assert_eq!(&chunk[..], b": keep-alive\n\n");
+    drop(response);
+    app.stop().await;
+}
