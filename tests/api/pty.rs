@@ -268,3 +268,27 @@ async fn an_agent_refusing_the_upgrade_is_an_http_error() {
     read_until(&mut socket, "still-fine").await;
     app.stop().await;
 }
+
+/// A client that stops reading while the terminal floods it is disconnected with
+/// a reason, instead of holding the terminal back or filling the manager's memory.
+#[actix_web::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("pty");
+    create(&app, &token).await;
+    let mut socket = open(&app, &token).await.unwrap();
+    socket.send(stdin("yes $(printf 'x%.0s' $(seq 1000))\n")).await.unwrap();
+    // Read nothing for a while: socket buffers fill, then the proxy's bounded queue.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let reason = loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await.expect("closed in time") {
+            Some(Ok(awc::ws::Frame::Close(reason))) => break reason.and_then(|r| r.description).unwrap_or_default(),
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => break String::new(),
+        }
+    };
+    assert_eq!(reason, "the client is too slow");
+    app.stop().await;
+}
