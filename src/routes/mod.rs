@@ -39,3 +39,22 @@ pub fn no_content(req: &HttpRequest) -> HttpResponse {
         HttpResponse::NoContent().finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    #[test]
+    fn no_content_is_204_except_for_old_clients() {
+        let status = |name: &str, value: &str| {
+            no_content(&TestRequest::default().insert_header((name, value)).to_http_request()).status()
+        };
+        assert_eq!(status("X-BackendAI-Version", "v3.20170615"), 204);
+        assert_eq!(status("X-BackendAI-Version", "v2.20170315"), 200);
+        assert_eq!(status("X-BackendAI-Version", "v1.20160915"), 200);
+        assert_eq!(status("X-Sorna-Version", "v1.20160915"), 200);
+        assert_eq!(no_content(&TestRequest::default().to_http_request()).status(), 204);
+    }
+}

@@ -19,40 +19,17 @@ struct Sse {
 
 /// Opens a stream and reads `count` events (keep-alive comments are skipped).
 async fn read_events(app: &TestApp, path: &str, last_event_id: Option<i64>, count: usize) -> Vec<Sse> {
-    let request = app.signed("GET", path, None);
-    let response = match last_event_id {
-        Some(id) => {
-            // Sign as usual, then add the header (it is not part of the signature).
-            let date = request.date;
-            let date_header = date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-            let parts = backendai_manager::auth::SignedParts {
-                method: "GET",
-                path_and_query: path,
-                date_header: &date_header,
-                date,
-                host: &app.host,
-                content_type: "",
-                version_header: "x-backendai-version",
-                version: "v3.20170615",
-                body_hash: &backendai_manager::auth::HashAlgorithm::Sha256.hex_digest(b""),
-            };
-            let signature =
-                backendai_manager::auth::sign(backendai_manager::auth::HashAlgorithm::Sha256, &app.secret_key, &parts);
-            app.client
-                .get(format!("{}{path}", app.address))
-                .header("Date", date_header)
-                .header("X-BackendAI-Version", "v3.20170615")
-                .header(
-                    "Authorization",
-                    format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", app.access_key),
-                )
-                .header("Last-Event-ID", id.to_string())
-                .send()
-                .await
-                .unwrap()
-        }
-        None => app.send(request).await,
-    };
+    let mut request = app.signed("GET", path, None);
+    request.content_type = "";
+    let mut builder = app.client.get(format!("{}{path}", app.address));
+    for (name, value) in app.signature_headers(&request) {
+        builder = builder.header(name, value);
+    }
+    // Not part of the signature.
+    if let Some(id) = last_event_id {
+        builder = builder.header("Last-Event-ID", id.to_string());
+    }
+    let response = builder.send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     collect(response, count).await
