@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::actors::agent;
 use crate::actors::messages::AgentReport;
 use crate::error::{ApiError, Error, Problem};
-use crate::sessions;
 use crate::startup::AppState;
+use crate::{scheduler, sessions};
 
 /// How long live kernel stats live without an update.
 pub const STATS_TTL: Duration = Duration::from_secs(120);
@@ -49,13 +49,6 @@ struct KernelTerminatedData {
 #[derive(Debug, Deserialize)]
 struct KernelStatsData {
     stats: HashMap<String, Value>,
-}
-
-fn numeric_stats(value: &Value) -> HashMap<String, i64> {
-    value
-        .as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as i64))).collect())
-        .unwrap_or_default()
 }
 
 /// Builds the events server on `listener`.
@@ -104,13 +97,13 @@ async fn receive(req: HttpRequest, state: web::Data<AppState>, body: web::Bytes)
         "kernel_terminated" => {
             let data: KernelTerminatedData = serde_json::from_value(event.data.clone()).map_err(bad)?;
             let reason = data.reason.unwrap_or_else(|| "exited".to_owned());
-            let stats = data.stats.as_ref().map(numeric_stats).unwrap_or_default();
+            let stats = data.stats.as_ref().map(scheduler::parse_stats).unwrap_or_default();
             sessions::kernel_terminated(&state, data.kernel_id, reason, stats).await
         }
         "kernel_stats" => {
             let data: KernelStatsData = serde_json::from_value(event.data.clone()).map_err(bad)?;
             for (kernel_id, stats) in data.stats {
-                state.stores.stats.set_kernel_stats(&kernel_id, &numeric_stats(&stats), STATS_TTL).await?;
+                state.stores.stats.set_kernel_stats(&kernel_id, &scheduler::parse_stats(&stats), STATS_TTL).await?;
             }
             Ok(())
         }

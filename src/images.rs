@@ -51,7 +51,9 @@ pub struct AliasesFile {
     pub aliases: BTreeMap<String, String>,
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` may name an image, tag or alias (never `_`-prefixed, which the
+/// store reserves for `_aliases`).
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('_') && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
 }
 

@@ -44,14 +44,13 @@ fn image_not_found(lang: &str) -> Error {
 
 /// Resolves `lang` (an alias, `name` or `name:tag`; the default tag is `latest`).
 pub async fn resolve_image(store: &dyn ConfigStore, lang: &str) -> Result<ResolvedImage, Error> {
-    let valid =
-        |s: &str| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    let valid = |s: &str| s.len() <= 128 && crate::images::valid_name(s);
     if !valid(lang) {
         return Err(image_not_found(lang));
     }
     let target = store.get(&format!("images/_aliases/{lang}")).await?.unwrap_or_else(|| lang.to_owned());
     let (name, tag) = target.split_once(':').unwrap_or((&target, "latest"));
-    if !valid(name) || !valid(tag) || name.starts_with('_') {
+    if !valid(name) || !valid(tag) {
         return Err(image_not_found(lang));
     }
     let fields: HashMap<String, String> = store
@@ -270,6 +269,14 @@ pub async fn record_event(
 
 /// Final usage of a kernel, as the agent reports it.
 pub type KernelStats = HashMap<String, i64>;
+
+/// Reads an agent's stats object, keeping the numeric fields.
+pub fn parse_stats(stats: &serde_json::Value) -> KernelStats {
+    stats
+        .as_object()
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as i64))).collect())
+        .unwrap_or_default()
+}
 
 /// Ends a live session: sets its final status, reason and stats, and gives back
 /// its slots and quota, in one transaction. Returns false (and changes nothing)

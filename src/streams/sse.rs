@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use entity::{kernels, session_events};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -49,6 +49,16 @@ struct Filter {
 }
 
 impl Filter {
+    /// The stored events this stream shows.
+    fn select(&self) -> Select<session_events::Entity> {
+        let mut select =
+            session_events::Entity::find().filter(session_events::Column::AccessKey.eq(self.access_key.clone()));
+        if let Some(token) = &self.token {
+            select = select.filter(session_events::Column::SessId.eq(token.clone()));
+        }
+        select
+    }
+
     fn matches(&self, event: &session_events::Model) -> bool {
         event.access_key == self.access_key && self.token.as_ref().is_none_or(|t| *t == event.sess_id)
     }
@@ -100,22 +110,17 @@ async fn session_events(
 
 /// The newest event id of the filter (streams without `Last-Event-ID` start after it).
 async fn newest_id(db: &DatabaseConnection, filter: &Filter) -> Result<i64, Error> {
-    let mut select =
-        session_events::Entity::find().filter(session_events::Column::AccessKey.eq(filter.access_key.clone()));
-    if let Some(token) = &filter.token {
-        select = select.filter(session_events::Column::SessId.eq(token.clone()));
-    }
-    Ok(select.order_by_desc(session_events::Column::Id).one(db).await?.map(|e| e.id).unwrap_or(0))
+    Ok(filter.select().order_by_desc(session_events::Column::Id).one(db).await?.map(|e| e.id).unwrap_or(0))
 }
 
 async fn events_after(db: &DatabaseConnection, filter: &Filter, after: i64) -> Result<Vec<Event>, Error> {
-    let mut select = session_events::Entity::find()
-        .filter(session_events::Column::AccessKey.eq(filter.access_key.clone()))
-        .filter(session_events::Column::Id.gt(after));
-    if let Some(token) = &filter.token {
-        select = select.filter(session_events::Column::SessId.eq(token.clone()));
-    }
-    let events = select.order_by_asc(session_events::Column::Id).limit(CATCH_UP_BATCH).all(db).await?;
+    let events = filter
+        .select()
+        .filter(session_events::Column::Id.gt(after))
+        .order_by_asc(session_events::Column::Id)
+        .limit(CATCH_UP_BATCH)
+        .all(db)
+        .await?;
     Ok(events.into_iter().map(std::sync::Arc::new).collect())
 }
 

@@ -50,14 +50,6 @@ impl SessionActor {
     }
 }
 
-/// Reads the agent's numeric stats, ignoring anything else.
-fn parse_stats(stats: &Value) -> KernelStats {
-    stats
-        .as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as i64))).collect())
-        .unwrap_or_default()
-}
-
 impl Handler<StartKernel> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
@@ -224,7 +216,12 @@ impl Handler<Destroy> for SessionActor {
                 let (status, info, stats, answer) = match result {
                     Ok(Ok(stats)) => {
                         let stats = if stats.is_object() { stats } else { Value::Object(Default::default()) };
-                        (KernelStatus::Terminated, "user-requested".to_owned(), parse_stats(&stats), Ok(stats))
+                        (
+                            KernelStatus::Terminated,
+                            "user-requested".to_owned(),
+                            scheduler::parse_stats(&stats),
+                            Ok(stats),
+                        )
                     }
                     // Already gone on the agent: the session ends all the same.
                     Ok(Err(AgentError::KernelNotFound)) => (
