@@ -1245,6 +1245,28 @@ impl SpawnedRunner {
         self.ready
     }
 
+    /// Waits for the runner's `ready` frame, at most `limit`. Must run on the agent's
+    /// runtime, which owns the pipes.
+    pub async fn wait_ready(&mut self, limit: Duration) -> RuntimeResult<()> {
+        const READY: &[u8] = b"ready 0\n";
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.ready {
+            tokio::time::timeout_at(deadline, self.evt.readable())
+                .await
+                .map_err(|_| anyhow::anyhow!("a warm runner did not start in time"))?
+                .context("event pipe")?;
+            let mut buf = [0u8; READY.len()];
+            match self.evt.try_read(&mut buf) {
+                Ok(n) if n == READY.len() && buf == READY => self.ready = true,
+                Ok(0) => return Err(anyhow::anyhow!("a warm runner exited at start").into()),
+                Ok(_) => return Err(anyhow::anyhow!("unexpected first frame from a warm runner").into()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(anyhow::Error::from(e).context("event pipe").into()),
+            }
+        }
+        Ok(())
+    }
+
     /// Kills the runner's process group and reaps it.
     pub async fn kill(mut self) {
         signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);

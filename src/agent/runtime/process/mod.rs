@@ -183,8 +183,8 @@ fn clean_leftovers(root: &std::path::Path) {
     }
 }
 
-/// How long after a kernel creation its warm replacement is started.
-const WARM_DELAY: Duration = Duration::from_millis(100);
+/// How long a kernel creation waits for a warm runner still starting.
+const WARM_START_LIMIT: Duration = Duration::from_secs(20);
 
 /// Name prefix of the scratch dirs of warm runners.
 const WARM_PREFIX: &str = ".warm-";
@@ -245,9 +245,16 @@ impl Inner {
         self.refill(key);
         let started = async {
             if let Some((spawned, warm_scratch)) = warm {
+                // Inside bubblewrap a runner binds its scratch dir as it starts: the dir is
+                // renamed only once the runner is ready.
+                let ready = self.runner_ready(spawned).await;
                 std::fs::rename(&warm_scratch, &scratch)
                     .with_context(|| format!("renaming {}", warm_scratch.display()))?;
-                match kernel.adopt(spawned).await {
+                let adopted = match ready {
+                    Ok(spawned) => kernel.adopt(spawned).await,
+                    Err(e) => Err(e),
+                };
+                match adopted {
                     Ok(()) => return Ok(()),
                     Err(e) => {
                         // The scratch dir and uid are fine: start a fresh interpreter.
@@ -293,13 +300,28 @@ impl Inner {
         Ok(stats)
     }
 
-    /// Takes a warm runner for `key`, if one has reported `ready` (one still starting stays
-    /// in the pool: inside bubblewrap its scratch dir must not be renamed yet).
+    /// Takes a warm runner for `key`: a ready one, else the oldest one still starting,
+    /// which is ahead of a runner spawned now.
     fn take_warm(&self, key: &WarmKey) -> Option<Warm> {
         let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         let slot = pool.get_mut(key)?;
-        let ready = slot.iter_mut().position(|w| w.spawned.poll_ready())?;
-        Some(slot.swap_remove(ready))
+        let ready = slot.iter_mut().position(|w| w.spawned.poll_ready());
+        let index = ready.or((!slot.is_empty()).then_some(0))?;
+        Some(slot.remove(index))
+    }
+
+    /// Waits until a warm runner is ready; one that fails to start is killed.
+    async fn runner_ready(&self, mut spawned: SpawnedRunner) -> RuntimeResult<SpawnedRunner> {
+        let waited = self.rt.spawn(async move {
+            match spawned.wait_ready(WARM_START_LIMIT).await {
+                Ok(()) => Ok(spawned),
+                Err(e) => {
+                    spawned.kill().await;
+                    Err(e)
+                }
+            }
+        });
+        waited.await.map_err(|e| anyhow::anyhow!("waiting for a warm runner failed: {e}"))?
     }
 
     /// Starts warm runners for `key` in the background until there are enough.
@@ -313,10 +335,8 @@ impl Inner {
             return;
         }
         let inner = self.clone();
+        // At once: a creation that comes before it is ready adopts it still starting.
         self.rt.spawn(async move {
-            // Later, not now: forking and starting an interpreter would compete with the
-            // kernel that is being created for the CPU and the agent's memory map.
-            tokio::time::sleep(WARM_DELAY).await;
             match inner.spawn_warm(&key) {
                 Ok(warm) => {
                     let surplus = {
