@@ -18,3 +18,6 @@ async fn main() -> std::io::Result<()> {
     .run()
     .await
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

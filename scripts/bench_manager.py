@@ -25,10 +25,17 @@ parser.add_argument('--agent', required=True)
 parser.add_argument('--secret', required=True)
 parser.add_argument('--manager-pid', type=int, required=True)
 parser.add_argument('--bare', required=True)
+parser.add_argument('--bare-pid', type=int, required=True)
 args = parser.parse_args()
 EXECUTES = int(os.environ.get('BENCH_EXECUTES', 500))
 SESSIONS = int(os.environ.get('BENCH_SESSIONS', 200))
 SECONDS = int(os.environ.get('BENCH_SECONDS', 10))
+# Which parts to run (all by default): execute,throughput,memory,pty.
+PARTS = set(os.environ.get('BENCH_PARTS', 'execute,throughput,memory,pty').split(','))
+# When set, `perf record -g` samples the manager during the signed GET run into this file.
+PERF_OUT = os.environ.get('BENCH_PERF')
+# Alternating wrk runs of the gateway and the bare endpoint.
+ROUNDS = int(os.environ.get('BENCH_ROUNDS', 5))
 http = requests.Session()
 
 
@@ -89,61 +96,108 @@ def via_agent():
     assert response.json()['console'] == [['stdout', '1\n']], response.text
 
 
-timings = {'gateway': [], 'agent': []}
-for _ in range(50):
-    via_gateway()
-    via_agent()
-for _ in range(EXECUTES):
-    for name, run in (('gateway', via_gateway), ('agent', via_agent)):
-        started = time.perf_counter()
-        run()
-        timings[name].append((time.perf_counter() - started) * 1000)
-gw50, gw99 = percentiles(timings['gateway'])
-ag50, ag99 = percentiles(timings['agent'])
-print(f'execute print(1), {EXECUTES} runs each:')
-print(f'  agent RPC round trip   p50 {ag50:.3f} ms  p99 {ag99:.3f} ms')
-print(f'  through the gateway    p50 {gw50:.3f} ms  p99 {gw99:.3f} ms  (p50 overhead {gw50 - ag50:+.3f} ms, target <= +1 ms)')
+def execute_bench():
+    timings = {'gateway': [], 'agent': []}
+    for _ in range(50):
+        via_gateway()
+        via_agent()
+    for _ in range(EXECUTES):
+        for name, run in (('gateway', via_gateway), ('agent', via_agent)):
+            started = time.perf_counter()
+            run()
+            timings[name].append((time.perf_counter() - started) * 1000)
+    gw50, gw99 = percentiles(timings['gateway'])
+    ag50, ag99 = percentiles(timings['agent'])
+    print(f'execute print(1), {EXECUTES} runs each:')
+    print(f'  agent RPC round trip   p50 {ag50:.3f} ms  p99 {ag99:.3f} ms')
+    print(f'  through the gateway    p50 {gw50:.3f} ms  p99 {gw99:.3f} ms  '
+          f'(p50 overhead {gw50 - ag50:+.3f} ms, target <= +1 ms)')
+
+
+if 'execute' in PARTS:
+    execute_bench()
 
 
 # 2. Signed GET /v2/kernel/{id} under wrk -c64, next to a bare actix-web endpoint.
-def wrk(url, headers):
+def cpu_seconds(pid):
+    with open(f'/proc/{pid}/stat') as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def wrk(url, headers, pid=None):
+    """Requests/s, p50 latency, and the CPU time `pid` spent per request (us)."""
     command = ['wrk', '-t2', '-c64', f'-d{SECONDS}s', '--latency', url]
     for name, value in headers.items():
         command[1:1] = ['-H', f'{name}: {value}']
+    cpu_before = cpu_seconds(pid) if pid else 0
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0
     rate = float(re.search(r'Requests/sec:\s+([\d.]+)', output).group(1))
     errors = re.search(r'Non-2xx or 3xx responses: (\d+)', output)
     if errors:
         raise SystemExit(f'wrk saw {errors.group(1)} failed responses:\n{output}')
-    p50 = re.search(r'50%\s+(\S+)', output).group(1)
-    return rate, p50
+    p50 = re.search(r'\s50%\s+(\S+)', output).group(1)
+    requests_done = int(re.search(r'(\d+) requests in', output).group(1))
+    return rate, p50, cpu * 1e6 / requests_done
 
 
-# One signature serves the whole run: the request is identical and its date valid for 15 minutes.
-headers = signed_headers('GET', f'kernel/{token}', b'', content_type='')
-gateway_rate, gateway_p50 = wrk(f'{args.endpoint}/v2/kernel/{token}', headers)
-bare_rate, bare_p50 = wrk(args.bare, {})
-# Where the time goes: the middleware alone, then authentication alone.
-root_rate, _ = wrk(f'{args.endpoint}/v3', {})
-auth_rate, _ = wrk(f'{args.endpoint}/v2/authorize', signed_headers('GET', 'authorize', b'', content_type=''))
-print(f'requests/s under wrk -t2 -c64 -d{SECONDS}s:')
-print(f'  unsigned GET /v3       {root_rate:10.0f} req/s  (middleware only)')
-print(f'  signed GET /authorize  {auth_rate:10.0f} req/s  (plus signature check and rate limit)')
-print(f'  bare actix-web JSON    {bare_rate:10.0f} req/s  p50 {bare_p50}')
-print(f'  signed GET /kernel/id  {gateway_rate:10.0f} req/s  p50 {gateway_p50}  ({gateway_rate / bare_rate:.2f}x, target >= 0.5x)')
+def throughput_bench():
+    # One signature serves the whole run: the request is identical and its date valid for 15 minutes.
+    headers = signed_headers('GET', f'kernel/{token}', b'', content_type='')
+    perf = None
+    if PERF_OUT:
+        perf = subprocess.Popen(['perf', 'record', '-g', '-o', PERF_OUT, '-p', str(args.manager_pid),
+                                 '--', 'sleep', str(SECONDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = args.manager_pid
+    # Alternating runs, medians: both sides see the same machine noise.
+    gateway_runs, bare_runs = [], []
+    for i in range(ROUNDS):
+        if perf and i == 0:
+            gateway_runs.append(wrk(f'{args.endpoint}/v2/kernel/{token}', headers, pid))
+            perf.wait()
+            continue
+        gateway_runs.append(wrk(f'{args.endpoint}/v2/kernel/{token}', headers, pid))
+        bare_runs.append(wrk(args.bare, {}, args.bare_pid))
+    if not bare_runs:
+        bare_runs.append(wrk(args.bare, {}, args.bare_pid))
+    gateway_rate, gateway_p50, gateway_cpu = sorted(gateway_runs)[len(gateway_runs) // 2]
+    bare_rate, bare_p50, bare_cpu = sorted(bare_runs)[len(bare_runs) // 2]
+    ratios = sorted(g[0] / b[0] for g, b in zip(gateway_runs, bare_runs))
+    # Where the time goes: the middleware alone, then authentication alone.
+    root_rate, _, root_cpu = wrk(f'{args.endpoint}/v3', {}, pid)
+    auth_rate, _, auth_cpu = wrk(f'{args.endpoint}/v2/authorize',
+                                 signed_headers('GET', 'authorize', b'', content_type=''), pid)
+    print(f'requests/s under wrk -t2 -c64 -d{SECONDS}s (and server CPU time per request); '
+          f'medians of {ROUNDS} alternating runs for the last two:')
+    print(f'  unsigned GET /v3       {root_rate:10.0f} req/s  {root_cpu:5.1f} us  (middleware only)')
+    print(f'  signed GET /authorize  {auth_rate:10.0f} req/s  {auth_cpu:5.1f} us  (plus signature and rate limit)')
+    print(f'  bare actix-web JSON    {bare_rate:10.0f} req/s  {bare_cpu:5.1f} us  p50 {bare_p50}')
+    print(f'  signed GET /kernel/id  {gateway_rate:10.0f} req/s  {gateway_cpu:5.1f} us  p50 {gateway_p50}  '
+          f'({gateway_rate / bare_rate:.2f}x, target >= 0.5x)')
+    print('  ratio of each run pair: ' + ', '.join(f'{r:.2f}' for r in ratios))
 
-# 3. Manager memory per live session (bash kernels are light on the agent side).
-before = rss_kib(args.manager_pid)
-tokens = [f'bench-mem-{i:05d}-{secrets.token_hex(2)}' for i in range(SESSIONS)]
-for t in tokens:
-    call('POST', 'kernel/create', {'lang': 'bash', 'clientSessionToken': t})
-    call('GET', f'kernel/{t}')
-time.sleep(2)
-after = rss_kib(args.manager_pid)
-print(f'manager RSS: {before} KiB before, {after} KiB with {SESSIONS} more live sessions: '
-      f'{(after - before) / SESSIONS:.1f} KiB per session (target <= 64 KiB)')
-for t in tokens:
-    call('DELETE', f'kernel/{t}')
+
+def memory_bench():
+    # Bash kernels are light on the agent side.
+    before = rss_kib(args.manager_pid)
+    tokens = [f'bench-mem-{i:05d}-{secrets.token_hex(2)}' for i in range(SESSIONS)]
+    for t in tokens:
+        call('POST', 'kernel/create', {'lang': 'bash', 'clientSessionToken': t})
+        call('GET', f'kernel/{t}')
+    time.sleep(2)
+    after = rss_kib(args.manager_pid)
+    print(f'manager RSS: {before} KiB before, {after} KiB with {SESSIONS} more live sessions: '
+          f'{(after - before) / SESSIONS:.1f} KiB per session (target <= 64 KiB)')
+    for t in tokens:
+        call('DELETE', f'kernel/{t}')
+
+
+if 'throughput' in PARTS:
+    throughput_bench()
+# 3. Manager memory per live session.
+if 'memory' in PARTS:
+    memory_bench()
 call('DELETE', f'kernel/{token}')
 
 # 4. PTY streams: many at once through this manager, memory, and echo latency.
@@ -241,4 +295,5 @@ async def pty_bench():
         call('DELETE', f'kernel/{t}')
 
 
-asyncio.run(pty_bench())
+if 'pty' in PARTS:
+    asyncio.run(pty_bench())

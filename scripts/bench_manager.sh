@@ -35,8 +35,9 @@ BACKENDAI_AGENT_CLUSTER_SECRET=$SECRET target/release/backendai-agent --listen 1
     --event-addr 127.0.0.1:$EVENTS --scratch-root "$WORK/scratch" >"$WORK/agent.log" 2>&1 &
 PIDS+=($! "$MANAGER_PID")
 target/release/examples/bare_json $BARE &
-PIDS+=($!)
+BARE_PID=$!
+PIDS+=($BARE_PID)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/v3" >/dev/null && break; sleep 0.1; done
 
 "$PYTHON" scripts/bench_manager.py --endpoint "http://127.0.0.1:$PORT" --agent "127.0.0.1:$AGENT" \
-    --secret "$SECRET" --manager-pid "$MANAGER_PID" --bare "http://127.0.0.1:$BARE/json"
+    --secret "$SECRET" --manager-pid "$MANAGER_PID" --bare "http://127.0.0.1:$BARE/json" --bare-pid "$BARE_PID"

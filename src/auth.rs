@@ -2,7 +2,9 @@
 //! with a key derived from the date and the host), legacy Sorna headers included.
 //! Pure functions; the gateway middleware applies them to requests.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use std::cell::RefCell;
+
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use hmac::{Hmac, Mac};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -24,12 +26,21 @@ pub enum HashAlgorithm {
 
 impl HashAlgorithm {
     fn parse(name: &str) -> Option<Self> {
-        match name.to_ascii_uppercase().as_str() {
-            "SHA256" => Some(Self::Sha256),
-            "SHA512" => Some(Self::Sha512),
-            "SHA1" => Some(Self::Sha1),
-            "MD5" => Some(Self::Md5),
-            _ => None,
+        [("SHA256", Self::Sha256), ("SHA512", Self::Sha512), ("SHA1", Self::Sha1), ("MD5", Self::Md5)]
+            .into_iter()
+            .find_map(|(known, algorithm)| name.eq_ignore_ascii_case(known).then_some(algorithm))
+    }
+
+    /// The hex digest of an empty body (GET requests, multipart uploads, upgrades).
+    pub fn empty_hex_digest(self) -> &'static str {
+        match self {
+            Self::Sha256 => "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            Self::Sha512 => {
+                "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce\
+                 47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+            }
+            Self::Sha1 => "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            Self::Md5 => "d41d8cd98f00b204e9800998ecf8427e",
         }
     }
 
@@ -66,13 +77,13 @@ impl HashAlgorithm {
 
 /// The parsed `Authorization` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credential {
+pub struct Credential<'a> {
     /// The hash of the signature.
     pub algorithm: HashAlgorithm,
     /// The access key that signed.
-    pub access_key: String,
-    /// The hex signature as sent.
-    pub signature: String,
+    pub access_key: &'a str,
+    /// The hex signature as sent (either case).
+    pub signature: &'a str,
 }
 
 fn invalid(detail: &str) -> ApiError {
@@ -81,7 +92,7 @@ fn invalid(detail: &str) -> ApiError {
 
 /// Parses `BackendAI signMethod=HMAC-SHA256, credential=<ACCESS_KEY>:<SIGNATURE>`
 /// (or the legacy `Sorna` type name).
-pub fn parse_authorization(value: &str) -> Result<Credential, ApiError> {
+pub fn parse_authorization(value: &str) -> Result<Credential<'_>, ApiError> {
     let (kind, params) =
         value.trim().split_once(char::is_whitespace).ok_or_else(|| invalid("malformed Authorization header"))?;
     if !(kind == "BackendAI" || kind == "Sorna") {
@@ -108,7 +119,7 @@ pub fn parse_authorization(value: &str) -> Result<Credential, ApiError> {
     if !valid_key || !valid_signature {
         return Err(invalid("credential is malformed"));
     }
-    Ok(Credential { algorithm, access_key: access_key.to_owned(), signature: signature.to_ascii_lowercase() })
+    Ok(Credential { algorithm, access_key, signature })
 }
 
 /// Parses an ISO 8601 date (no offset means UTC), or an RFC 2822 HTTP date.
@@ -162,29 +173,132 @@ pub struct SignedParts<'a> {
     pub body_hash: &'a str,
 }
 
+/// A digest of at most 64 bytes (SHA-512), on the stack.
+struct RawDigest {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl RawDigest {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The HMAC of the canonical string of `parts` under `key`, fed piece by piece.
+fn signature_with_key(algorithm: HashAlgorithm, key: &[u8], parts: &SignedParts<'_>) -> RawDigest {
+    fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &SignedParts<'_>) -> RawDigest {
+        let mut digest = RawDigest { bytes: [0; 64], len: 0 };
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
+            return digest;
+        };
+        for piece in [
+            parts.method,
+            "\n",
+            parts.path_and_query,
+            "\n",
+            parts.date_header,
+            "\nhost:",
+            parts.host,
+            "\ncontent-type:",
+            parts.content_type,
+            "\n",
+            parts.version_header,
+            ":",
+            parts.version,
+            "\n",
+            parts.body_hash,
+        ] {
+            mac.update(piece.as_bytes());
+        }
+        let out = mac.finalize().into_bytes();
+        digest.len = out.len().min(64);
+        digest.bytes[..digest.len].copy_from_slice(&out[..digest.len]);
+        digest
+    }
+    match algorithm {
+        HashAlgorithm::Sha256 => run::<Hmac<sha2::Sha256>>(key, parts),
+        HashAlgorithm::Sha512 => run::<Hmac<sha2::Sha512>>(key, parts),
+        HashAlgorithm::Sha1 => run::<Hmac<sha1::Sha1>>(key, parts),
+        HashAlgorithm::Md5 => run::<Hmac<md5::Md5>>(key, parts),
+    }
+}
+
+/// The key that signs requests of one day (in the date's own offset) to one host:
+/// `HMAC(HMAC(secret, "YYYYMMDD"), host)`.
+fn signing_key(algorithm: HashAlgorithm, secret_key: &str, day: NaiveDate, host: &str) -> Vec<u8> {
+    let day = format!("{:04}{:02}{:02}", day.year(), day.month(), day.day());
+    let k1 = algorithm.hmac(secret_key.as_bytes(), day.as_bytes());
+    algorithm.hmac(&k1, host.as_bytes())
+}
+
+/// Whether the hex `signature` (either case) is the signature of `parts` under `key`,
+/// compared in constant time.
+fn verify_with_key(algorithm: HashAlgorithm, key: &[u8], parts: &SignedParts<'_>, signature: &str) -> bool {
+    let digest = signature_with_key(algorithm, key, parts);
+    let mut sent = [0u8; 64];
+    let sent = &mut sent[..digest.len];
+    // The length is public (it follows from the algorithm); the bytes are compared in constant time.
+    if signature.len() != digest.len * 2 || hex::decode_to_slice(signature, sent).is_err() {
+        return false;
+    }
+    digest.as_slice().ct_eq(sent).into()
+}
+
 /// The signature of a request, in hex.
 pub fn sign(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>) -> String {
-    let sign_str = format!(
-        "{}\n{}\n{}\nhost:{}\ncontent-type:{}\n{}:{}\n{}",
-        parts.method,
-        parts.path_and_query,
-        parts.date_header,
-        parts.host,
-        parts.content_type,
-        parts.version_header,
-        parts.version,
-        parts.body_hash,
-    );
-    let day = parts.date.format("%Y%m%d").to_string();
-    let k1 = algorithm.hmac(secret_key.as_bytes(), day.as_bytes());
-    let k2 = algorithm.hmac(&k1, parts.host.as_bytes());
-    hex::encode(algorithm.hmac(&k2, sign_str.as_bytes()))
+    let key = signing_key(algorithm, secret_key, parts.date.date_naive(), parts.host);
+    hex::encode(signature_with_key(algorithm, &key, parts).as_slice())
 }
 
 /// Whether `signature` matches, compared in constant time.
 pub fn verify(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>, signature: &str) -> bool {
-    let expected = sign(algorithm, secret_key, parts);
-    expected.as_bytes().ct_eq(signature.as_bytes()).into()
+    let key = signing_key(algorithm, secret_key, parts.date.date_naive(), parts.host);
+    verify_with_key(algorithm, &key, parts, signature)
+}
+
+/// How many derived signing keys each thread keeps.
+const KEY_CACHE_SIZE: usize = 16;
+
+thread_local! {
+    /// Recently derived signing keys of this thread (no lock is shared between the
+    /// server's worker threads), the most recent last.
+    static SIGNING_KEYS: RefCell<Vec<CachedKey>> = const { RefCell::new(Vec::new()) };
+}
+
+struct CachedKey {
+    algorithm: HashAlgorithm,
+    /// The secret it was derived from (a key's secret may change).
+    secret_key: String,
+    day: NaiveDate,
+    host: String,
+    key: Vec<u8>,
+}
+
+/// [`verify`], with the derived key from a per-thread cache: a client signs every
+/// request of a day to a host with the same key, so two of the three HMACs of a
+/// request are done once.
+pub fn verify_cached(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>, signature: &str) -> bool {
+    let day = parts.date.date_naive();
+    SIGNING_KEYS.with_borrow_mut(|cache| {
+        let hit = cache.iter().position(|c| {
+            c.algorithm == algorithm && c.day == day && c.host == parts.host && c.secret_key == secret_key
+        });
+        let index = match hit {
+            Some(index) => index,
+            None => {
+                if cache.len() == KEY_CACHE_SIZE {
+                    cache.remove(0);
+                }
+                let key = signing_key(algorithm, secret_key, day, parts.host);
+                let (secret_key, host) = (secret_key.to_owned(), parts.host.to_owned());
+                cache.push(CachedKey { algorithm, secret_key, day, host, key });
+                cache.len() - 1
+            }
+        };
+        verify_with_key(algorithm, &cache[index].key, parts, signature)
+    })
 }
 
 #[cfg(test)]
@@ -218,6 +332,49 @@ mod tests {
     }
 
     #[test]
+    fn empty_digests_are_the_digests_of_nothing() {
+        for algorithm in [HashAlgorithm::Sha256, HashAlgorithm::Sha512, HashAlgorithm::Sha1, HashAlgorithm::Md5] {
+            assert_eq!(algorithm.empty_hex_digest(), algorithm.hex_digest(b""), "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn the_key_cache_verifies_like_the_uncached_path() {
+        let verify = verify_cached;
+        let date = "2026-11-28T05:31:58.123456+00:00";
+        let expected = "acae20f02746d6772ecd4e60b10940ad57afa4fc2650bd43d573aa84c13c4267";
+        for _ in 0..2 {
+            assert!(verify(HashAlgorithm::Sha256, SECRET, &parts(date), expected));
+            assert!(!verify(HashAlgorithm::Sha256, SECRET, &parts(date), &expected.replace('a', "b")));
+        }
+        // Another secret, day, host or algorithm is not served from the cache.
+        assert!(!verify(HashAlgorithm::Sha256, "another secret", &parts(date), expected));
+        assert!(verify(HashAlgorithm::Sha256, SECRET, &parts(date), expected));
+        let next_day = "2026-11-29T05:31:58+00:00";
+        assert!(!verify(HashAlgorithm::Sha256, SECRET, &parts(next_day), expected));
+        let signature = sign(HashAlgorithm::Sha256, SECRET, &parts(next_day));
+        assert!(verify(HashAlgorithm::Sha256, SECRET, &parts(next_day), &signature));
+        let mut other_host = parts(next_day);
+        other_host.host = "localhost:8080";
+        assert!(!verify(HashAlgorithm::Sha256, SECRET, &other_host, &signature));
+        let sha1 = sign(HashAlgorithm::Sha1, SECRET, &parts(next_day));
+        assert!(!verify(HashAlgorithm::Sha256, SECRET, &parts(next_day), &sha1));
+        assert!(verify(HashAlgorithm::Sha1, SECRET, &parts(next_day), &sha1));
+        // A truncated signature never matches; the case of the hex digits does not matter.
+        assert!(!verify(HashAlgorithm::Sha1, SECRET, &parts(next_day), &sha1[..20]));
+        assert!(verify(HashAlgorithm::Sha1, SECRET, &parts(next_day), &sha1.to_ascii_uppercase()));
+        // More secrets than the cache holds: the oldest are derived again, correctly.
+        let secrets: Vec<String> = (0..KEY_CACHE_SIZE * 2).map(|i| format!("secret-{i}")).collect();
+        for _ in 0..2 {
+            for secret in &secrets {
+                let signature = sign(HashAlgorithm::Sha256, secret, &parts(date));
+                assert!(verify(HashAlgorithm::Sha256, secret, &parts(date), &signature));
+                assert!(!verify(HashAlgorithm::Sha256, SECRET, &parts(date), &signature));
+            }
+        }
+    }
+
+    #[test]
     fn signing_day_follows_the_dates_own_offset() {
         // 23:30 at -05:00 is the next day in UTC: the key must use the local day.
         let local = parts("2026-11-27T23:30:00-05:00");
@@ -242,7 +399,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(credential.algorithm, HashAlgorithm::Sha256);
         assert_eq!(credential.access_key, "AKIAIOSFODNN7EXAMPLE");
-        assert_eq!(credential.signature, "abcdef01");
+        assert_eq!(credential.signature, "ABCDEF01");
+        let lower = parse_authorization("BackendAI signMethod=HMAC-sha512, credential=AK:00").map(|c| c.algorithm);
+        assert_eq!(lower.ok(), Some(HashAlgorithm::Sha512));
         assert!(parse_authorization("Sorna signMethod=HMAC-SHA1, credential=AK:00").is_ok());
         for bad in [
             "",

@@ -94,7 +94,7 @@ pub struct ApiError {
     /// For agent failures: `{"type": ..., "title": ...}` of the agent's error.
     pub agent_details: Option<Value>,
     /// Extra response headers (e.g. the rate-limit headers on a 429).
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
@@ -146,7 +146,7 @@ impl ResponseError for ApiError {
         // Errors can bypass the DefaultHeaders middleware, so they carry it themselves.
         response.insert_header((header::SERVER, HeaderValue::from_static(crate::startup::SERVER_HEADER)));
         for (name, value) in &self.headers {
-            response.insert_header((*name, value.as_str()));
+            response.insert_header((name.clone(), value.clone()));
         }
         response.body(self.body().to_string())
     }

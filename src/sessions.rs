@@ -7,7 +7,7 @@ use actix::Addr;
 use chrono::Utc;
 use entity::kernels;
 use sea_orm::EntityTrait;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::actors::messages::{
@@ -85,7 +85,7 @@ async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Res
 /// The actor of the live session `token` of `access_key`; 404 for anyone else's.
 async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<SessionActor>, Error> {
     // The hot path: a session with a running actor needs no database query.
-    if let Some(actor) = state.directory.session(access_key, token) {
+    if let Some((actor, _)) = state.directory.session(access_key, token) {
         return Ok(actor);
     }
     let kernel = scheduler::live_session(&state.db, access_key, token)
@@ -111,24 +111,47 @@ where
     Err(ApiError::new(Problem::KernelNotFound).into())
 }
 
+/// The contract's session info object.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    lang: String,
+    /// Milliseconds since creation.
+    age: i64,
+    /// KiB.
+    memory_limit: i64,
+    num_queries_executed: i64,
+    /// KiB.
+    memory_used: i64,
+    cpu_credit_used: i64,
+    query_timeout: i64,
+    idle_timeout: i64,
+    max_cpu_credit: i64,
+    idle: i64,
+}
+
 /// `GET /kernel/{token}`: the contract's info object, with live stats.
-pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
-    let kernel = ask(state, access_key, token, || GetKernel).await?;
-    let stats = state.stores.stats.kernel_stats(&kernel.id.to_string()).await.unwrap_or_default();
-    let stat = |key: &str, stored: i64| stats.get(key).copied().unwrap_or(stored);
-    let age_ms = (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0);
-    Ok(json!({
-        "lang": kernel.lang,
-        "age": age_ms,
-        "memoryLimit": kernel.mem_slot * 1024,
-        "numQueriesExecuted": kernel.num_queries,
-        "memoryUsed": stat("mem_cur_bytes", kernel.mem_cur_bytes) / 1024,
-        "cpuCreditUsed": stat("cpu_used", kernel.cpu_used),
-        "queryTimeout": -1,
-        "idleTimeout": -1,
-        "maxCpuCredit": -1,
-        "idle": -1,
-    }))
+pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<SessionInfo, Error> {
+    // The hot path: the session actor's published row, while it is fresh.
+    let kernel = match state.directory.session_row(access_key, token) {
+        Some(kernel) => kernel,
+        None => std::sync::Arc::new(ask(state, access_key, token, || GetKernel).await?),
+    };
+    let live = state.stores.stats.kernel_stat_fields(&kernel.id.to_string(), &["mem_cur_bytes", "cpu_used"]).await;
+    let live = live.unwrap_or_default();
+    let stat = |index: usize, stored: i64| live.get(index).copied().flatten().unwrap_or(stored);
+    Ok(SessionInfo {
+        lang: kernel.lang.clone(),
+        age: (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0),
+        memory_limit: kernel.mem_slot * 1024,
+        num_queries_executed: kernel.num_queries,
+        memory_used: stat(0, kernel.mem_cur_bytes) / 1024,
+        cpu_credit_used: stat(1, kernel.cpu_used),
+        query_timeout: -1,
+        idle_timeout: -1,
+        max_cpu_credit: -1,
+        idle: -1,
+    })
 }
 
 /// Runs or resumes code; the v2 result.

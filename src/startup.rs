@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::header;
-use actix_web::middleware::{from_fn, DefaultHeaders};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
@@ -44,6 +43,8 @@ pub struct AppState {
     pub events_addr: std::net::SocketAddr,
     /// Session lifecycle events for the event streams.
     pub event_hub: Arc<crate::streams::hub::EventHub>,
+    /// When this process last refused an authentication.
+    pub auth_failures: Arc<crate::middleware::FailureWatch>,
 }
 
 /// A built, bound, not yet running manager.
@@ -92,8 +93,17 @@ impl Application {
         let directory = Arc::new(Directory::default());
         let registry = Registry::start_supervised(core, manager_id.clone(), directory.clone());
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
-        let state =
-            web::Data::new(AppState { settings, db, stores, registry, directory, manager_id, events_addr, event_hub });
+        let state = web::Data::new(AppState {
+            settings,
+            db,
+            stores,
+            registry,
+            directory,
+            manager_id,
+            events_addr,
+            event_hub,
+            auth_failures: Arc::default(),
+        });
         let events = crate::events::server(state.clone(), events_listener)?;
         let local_agent = match state.settings.local_agent.enabled {
             true => Some(local_agent(&state).await.context("cannot start the built-in agent")?),
@@ -115,13 +125,14 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(|error, _req| {
                     ApiError::new(Problem::InvalidApiParams).with_detail(error.to_string()).into()
                 }))
-                .wrap(from_fn(middleware::problem_json))
-                .wrap(from_fn(middleware::catch_panic))
-                .wrap(from_fn(middleware::method_override))
-                .wrap(DefaultHeaders::new().add((header::SERVER, SERVER_HEADER)))
-                .wrap(from_fn(middleware::log_request))
+                .wrap(from_fn(middleware::frame))
                 .route("/healthz", web::get().to(routes::healthz))
-                .service(web::scope("/v{version}").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                // One static scope per API version (no pattern to match on every request),
+                // and a catch-all whose gateway answers 400 for any other version.
+                .service(web::scope("/v1").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                .service(web::scope("/v2").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                .service(web::scope("/v3").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                .service(web::scope("/v{version}").wrap(from_fn(middleware::gateway)))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(Problem::GenericNotFound))
                 }))

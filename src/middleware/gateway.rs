@@ -1,10 +1,12 @@
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{Method, Version};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use bytes::BytesMut;
@@ -50,7 +52,7 @@ pub async fn gateway(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let api_version = api_version(&req)?;
-    if is_public(&req, api_version) {
+    if is_public(&req) {
         return next.call(req).await;
     }
     let state =
@@ -59,49 +61,50 @@ pub async fn gateway(
     let window = state
         .stores
         .ratelimit
-        .hit(&format!("ratelimit:key:{}", keypair.keypair.access_key), state.settings.ratelimit.window * 1000)
+        .hit(keypair.rate_limit_key(), state.settings.ratelimit.window * 1000)
         .await
         .map_err(ApiError::from)?;
     let limit = u64::try_from(keypair.keypair.rate_limit).unwrap_or(0);
     let headers = rate_limit_headers(limit, window);
     if window.count > limit {
         let mut error = ApiError::new(Problem::RateLimitExceeded);
-        error.headers = headers;
+        error.headers = headers.to_vec();
         return Err(error.into());
     }
     keypair.record_query();
     req.extensions_mut().insert(Authenticated { api_version, keypair: keypair.keypair });
     let mut response = next.call(req).await?;
     for (name, value) in headers {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(HeaderName::from_static(name), value);
-        }
+        response.headers_mut().insert(name, value);
     }
     Ok(response)
 }
 
+/// The `N` of a path under `/v{N}` (1 to 3).
 fn api_version(req: &ServiceRequest) -> Result<u8, ApiError> {
-    req.match_info()
-        .get("version")
-        .and_then(|v| v.parse::<u8>().ok())
-        .filter(|v| (1..=3).contains(v))
-        .ok_or_else(|| ApiError::new(Problem::GenericBadRequest).with_detail("unsupported API version"))
+    match req.path().strip_prefix("/v").map(|rest| rest.split('/').next().unwrap_or_default()) {
+        Some("1") => Ok(1),
+        Some("2") => Ok(2),
+        Some("3") => Ok(3),
+        _ => Err(ApiError::new(Problem::GenericBadRequest).with_detail("unsupported API version")),
+    }
 }
 
 /// `GET /v{N}` (the version) needs no signature; an unsigned PTY upgrade is left
 /// to its handler (stream tickets, or the compatibility setting).
-fn is_public(req: &ServiceRequest, api_version: u8) -> bool {
+fn is_public(req: &ServiceRequest) -> bool {
     let path = req.path().trim_end_matches('/');
+    // The path is `/v{N}` or below it (see `api_version`).
+    let version_root = path.len() == "/v1".len();
     req.method() == Method::GET
-        && (path == format!("/v{api_version}")
-            || (crate::streams::pty::is_pty_upgrade(path) && !req.headers().contains_key("authorization")))
+        && (version_root || (crate::streams::pty::is_pty_upgrade(path) && !req.headers().contains_key("authorization")))
 }
 
-fn rate_limit_headers(limit: u64, window: Window) -> Vec<(&'static str, String)> {
-    vec![
-        ("x-ratelimit-limit", limit.to_string()),
-        ("x-ratelimit-remaining", limit.saturating_sub(window.count).to_string()),
-        ("x-ratelimit-reset", window.reset_ms.to_string()),
+fn rate_limit_headers(limit: u64, window: Window) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(limit)),
+        (HeaderName::from_static("x-ratelimit-remaining"), HeaderValue::from(limit.saturating_sub(window.count))),
+        (HeaderName::from_static("x-ratelimit-reset"), HeaderValue::from(window.reset_ms)),
     ]
 }
 
@@ -114,20 +117,43 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         .transpose()
 }
 
-/// Verifies the signature of `req`, throttling clients whose requests fail.
+/// When this process last refused an authentication, so that the shared counters of
+/// failing clients are only read while some client is failing.
+#[derive(Default)]
+pub struct FailureWatch {
+    /// Unix time (ms) of the latest failure; 0 for none.
+    last_ms: AtomicI64,
+}
+
+impl FailureWatch {
+    fn note(&self) {
+        self.last_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    fn within(&self, window_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        last > 0 && Utc::now().timestamp_millis().saturating_sub(last) <= i64::try_from(window_ms).unwrap_or(i64::MAX)
+    }
+}
+
+/// Verifies the signature of `req`, throttling clients whose requests fail: their
+/// failures are counted per IP in the rate-limit store, and over the budget they stop
+/// reaching the database. The count is read only while this process has seen a
+/// failure within the window (a client failing on another manager process is counted
+/// there, and here from its first failure on), so a healthy request costs no read.
 async fn authenticate(state: &AppState, req: &mut ServiceRequest) -> Result<keypair::KeypairHandle, ApiError> {
     let client = req.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let throttle_key = format!("ratelimit:ip:{client}");
+    let throttle_key = || format!("ratelimit:ip:{client}");
     let budget = state.settings.ratelimit.unauthenticated_per_ip;
-    // Clients that keep failing stop reaching the database.
-    if state.stores.ratelimit.peek(&throttle_key).await?.count >= budget {
+    let window_ms = state.settings.ratelimit.window * 1000;
+    if state.auth_failures.within(window_ms) && state.stores.ratelimit.peek(&throttle_key()).await?.count >= budget {
         return Err(ApiError::new(Problem::RateLimitExceeded).with_detail("too many failed authentications"));
     }
     match verify_request(state, req).await {
         Ok(handle) => Ok(handle),
         Err(error) => {
-            let window_ms = state.settings.ratelimit.window * 1000;
-            if let Err(store_error) = state.stores.ratelimit.hit(&throttle_key, window_ms).await {
+            state.auth_failures.note();
+            if let Err(store_error) = state.stores.ratelimit.hit(&throttle_key(), window_ms).await {
                 tracing::warn!(error = %store_error, "could not count a failed authentication");
             }
             Err(error)
@@ -135,64 +161,99 @@ async fn authenticate(state: &AppState, req: &mut ServiceRequest) -> Result<keyp
     }
 }
 
-async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<keypair::KeypairHandle, ApiError> {
-    let headers = req.headers();
-    let authorization = header_str(headers, "authorization")?
-        .ok_or_else(|| ApiError::new(Problem::AuthFailed).with_detail("no credential"))?;
-    let credential = auth::parse_authorization(authorization)?;
-    let date_header = match header_str(headers, "date")? {
-        Some(date) => date,
+fn date_header(headers: &HeaderMap) -> Result<&str, ApiError> {
+    match header_str(headers, "date")? {
+        Some(date) => Ok(date),
         None => header_str(headers, "x-backendai-date")?
             .or(header_str(headers, "x-sorna-date")?)
-            .ok_or_else(|| ApiError::new(Problem::InvalidAuthParams).with_detail("no date"))?,
+            .ok_or_else(|| ApiError::new(Problem::InvalidAuthParams).with_detail("no date")),
     }
-    .to_owned();
-    let date = auth::parse_date(&date_header)?;
-    auth::check_skew(date, Utc::now(), MAX_CLOCK_SKEW_SECS)?;
-    let (version_header, version) = match header_str(headers, "x-backendai-version")? {
-        Some(version) => ("x-backendai-version", version.to_owned()),
-        None => ("x-sorna-version", header_str(headers, "x-sorna-version")?.unwrap_or_default().to_owned()),
-    };
-    let host = match header_str(headers, "host")? {
-        Some(host) => host.to_owned(),
-        None => req.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
-    };
-    let content_type = header_str(headers, "content-type")?
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
-        .unwrap_or_default();
-    let path_and_query =
-        req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| req.path().to_owned());
-    let methods = match req.extensions().get::<OriginalMethod>() {
-        Some(OriginalMethod(sent)) => vec![sent.to_string(), req.method().to_string()],
-        None => vec![req.method().to_string()],
-    };
+}
 
-    let handle = keypair::lookup(&state.registry, &state.directory, &credential.access_key)
+async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<keypair::KeypairHandle, ApiError> {
+    // A handle on the header's bytes (not a copy): the body may be read below.
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .ok_or_else(|| ApiError::new(Problem::AuthFailed).with_detail("no credential"))?;
+    let authorization = authorization
+        .to_str()
+        .map_err(|_| ApiError::new(Problem::InvalidAuthParams).with_detail("non-ASCII header value"))?;
+    let credential = auth::parse_authorization(authorization)?;
+    let date = auth::parse_date(date_header(req.headers())?)?;
+    auth::check_skew(date, Utc::now(), MAX_CLOCK_SKEW_SECS)?;
+    let handle = keypair::lookup(&state.registry, &state.directory, credential.access_key)
         .await?
         .ok_or_else(|| ApiError::new(Problem::AuthFailed).with_detail("unknown access key"))?;
 
-    // Multipart bodies are signed as empty (the contract), and so are upgrades:
-    // their "body" is the upgraded stream, which must not be read here.
-    let upgrade = req.headers().contains_key(actix_web::http::header::UPGRADE);
-    let body_hash = if content_type.starts_with("multipart/") || upgrade {
-        credential.algorithm.hex_digest(b"")
+    let body_hash = if signed_as_empty(req) {
+        Cow::Borrowed(credential.algorithm.empty_hex_digest())
     } else {
         let body = buffer_body(req, state.settings.manager.max_body_size).await?;
-        credential.algorithm.hex_digest(&body)
+        Cow::Owned(credential.algorithm.hex_digest(&body))
     };
-    let verified = methods.iter().any(|method| {
+    verify_signature(req, &handle, &credential, date, &body_hash)?;
+    Ok(handle)
+}
+
+/// The lower-case mime type of the request, without parameters.
+fn content_type(headers: &HeaderMap) -> Result<Cow<'_, str>, ApiError> {
+    let mime = header_str(headers, "content-type")?.map(|v| v.split(';').next().unwrap_or_default().trim());
+    let mime = mime.unwrap_or_default();
+    Ok(if mime.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(mime.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(mime)
+    })
+}
+
+/// Whether the signature covers an empty body: multipart bodies are signed as empty
+/// (the contract), and so are upgrades, whose "body" is the upgraded stream and must not
+/// be read here; an HTTP/1 request without a length or chunked encoding has no body.
+fn signed_as_empty(req: &ServiceRequest) -> bool {
+    let headers = req.headers();
+    let multipart = content_type(headers).is_ok_and(|mime| mime.starts_with("multipart/"));
+    let no_body = req.version() < Version::HTTP_2
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.get(header::CONTENT_LENGTH).is_none_or(|length| length.as_bytes() == b"0");
+    multipart || headers.contains_key(header::UPGRADE) || no_body
+}
+
+/// Checks the signature over the request's parts, under the sent and the overridden method.
+fn verify_signature(
+    req: &ServiceRequest,
+    handle: &keypair::KeypairHandle,
+    credential: &auth::Credential<'_>,
+    date: chrono::DateTime<chrono::FixedOffset>,
+    body_hash: &str,
+) -> Result<(), ApiError> {
+    let headers = req.headers();
+    let content_type = content_type(headers)?;
+    let date_header = date_header(headers)?;
+    let (version_header, version) = match header_str(headers, "x-backendai-version")? {
+        Some(version) => ("x-backendai-version", version),
+        None => ("x-sorna-version", header_str(headers, "x-sorna-version")?.unwrap_or_default()),
+    };
+    let host = match header_str(headers, "host")? {
+        Some(host) => Cow::Borrowed(host),
+        None => Cow::Owned(req.uri().authority().map(|a| a.to_string()).unwrap_or_default()),
+    };
+    let path_and_query = req.uri().path_and_query().map_or_else(|| req.path(), |p| p.as_str());
+    let sent = req.extensions().get::<OriginalMethod>().map(|OriginalMethod(sent)| sent.clone());
+    let verified = sent.iter().chain(std::iter::once(req.method())).any(|method| {
         let parts = SignedParts {
-            method,
-            path_and_query: &path_and_query,
-            date_header: &date_header,
+            method: method.as_str(),
+            path_and_query,
+            date_header,
             date,
             host: &host,
             content_type: &content_type,
             version_header,
-            version: &version,
-            body_hash: &body_hash,
+            version,
+            body_hash,
         };
-        auth::verify(credential.algorithm, handle.keypair.secret_key.as_str(), &parts, &credential.signature)
+        auth::verify_cached(credential.algorithm, &handle.keypair.secret_key, &parts, credential.signature)
     });
     if !verified {
         return Err(ApiError::new(Problem::AuthFailed).with_detail("signature mismatch"));
@@ -200,7 +261,7 @@ async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<ke
     if !handle.keypair.is_active {
         return Err(ApiError::new(Problem::AuthFailed).with_detail("inactive access key"));
     }
-    Ok(handle)
+    Ok(())
 }
 
 /// Reads the whole body (at most `limit` bytes) and puts it back for the handler.

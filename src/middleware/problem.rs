@@ -13,31 +13,62 @@ use futures_util::FutureExt;
 use super::OriginalMethod;
 use crate::error::{problem_for_status, ApiError, Problem, PROBLEM_JSON};
 
-/// Logs one line per request with its status and duration.
-pub async fn log_request(
-    req: ServiceRequest,
+/// The outer layer of every request, in one middleware (each layer costs a boxed
+/// future per request): the request log line, `X-Method-Override`, panic catching,
+/// problem+json for every error response, and the Server header.
+pub async fn frame(
+    mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.path().to_owned();
-    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    let response = next.call(req).await;
-    let status = match &response {
-        Ok(response) => response.status(),
-        Err(error) => error.as_response_error().status_code(),
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let log = tracing::enabled!(tracing::Level::INFO).then(|| RequestLog::of(&req));
+    let mut result = match method_override(&mut req) {
+        Ok(()) => catch_panic(req, next).await.map(problem_json),
+        Err(error) => Err(error.into()),
     };
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, %peer, "request");
-    response
+    if let Ok(response) = &mut result {
+        let headers = response.headers_mut();
+        if !headers.contains_key(header::SERVER) {
+            headers.insert(header::SERVER, HeaderValue::from_static(crate::startup::SERVER_HEADER));
+        }
+    }
+    if let Some(log) = log {
+        log.finish(&result);
+    }
+    result
+}
+
+/// What the request log line says about a request.
+struct RequestLog {
+    started: Instant,
+    method: Method,
+    path: String,
+    peer: String,
+}
+
+impl RequestLog {
+    fn of(req: &ServiceRequest) -> Self {
+        Self {
+            started: Instant::now(),
+            method: req.method().clone(),
+            path: req.path().to_owned(),
+            peer: req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        }
+    }
+
+    fn finish<B>(self, response: &Result<ServiceResponse<B>, actix_web::Error>) {
+        let status = match response {
+            Ok(response) => response.status(),
+            Err(error) => error.as_response_error().status_code(),
+        };
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let Self { method, path, peer, .. } = self;
+        tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, %peer, "request");
+    }
 }
 
 /// Re-routes a POST carrying `X-Method-Override: DELETE` (etc.) as that method.
 /// The method as sent stays available to the signature check.
-pub async fn method_override(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+fn method_override(req: &mut ServiceRequest) -> Result<(), ApiError> {
     let requested = req.headers().get("X-Method-Override").map(|v| v.to_str().map(str::trim));
     if let Some(requested) = requested {
         if req.method() == Method::POST {
@@ -52,14 +83,15 @@ pub async fn method_override(
             req.head_mut().method = method;
         }
     }
-    next.call(req).await
+    Ok(())
 }
 
 /// Answers a panic in a handler with an opaque 500 instead of dropping the connection.
-pub async fn catch_panic(
+async fn catch_panic(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // Not a clone of the request: the router needs it unshared.
     let path = req.path().to_owned();
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(response) => response.map(ServiceResponse::map_into_boxed_body),
@@ -75,21 +107,14 @@ pub async fn catch_panic(
     }
 }
 
-/// Makes every error response problem+json, whoever produced it (a handler, an
+/// Makes an error response problem+json, whoever produced it (a handler, an
 /// extractor, the router's 404/405, a payload limit).
-pub async fn problem_json(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let response = match next.call(req).await {
-        Ok(response) => response.map_into_boxed_body(),
-        Err(error) => return Err(error),
-    };
+fn problem_json(response: ServiceResponse<BoxBody>) -> ServiceResponse<BoxBody> {
     let status = response.status();
     let is_problem =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return Ok(response);
+        return response;
     }
     let (request, old) = response.into_parts();
     let mut problem = ApiError::new(problem_for_status(status)).error_response();
@@ -101,7 +126,7 @@ pub async fn problem_json(
         }
     }
     problem.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    Ok(ServiceResponse::new(request, problem))
+    ServiceResponse::new(request, problem)
 }
 
 #[cfg(test)]
@@ -115,8 +140,7 @@ mod tests {
     async fn a_panicking_handler_gets_an_opaque_500() {
         let app = test::init_service(
             App::new()
-                .wrap(from_fn(problem_json))
-                .wrap(from_fn(catch_panic))
+                .wrap(from_fn(frame))
                 .route("/boom", web::get().to(|| async { panic!("secret internals") as HttpResponse }))
                 .route("/ok", web::get().to(HttpResponse::Ok)),
         )
@@ -138,7 +162,7 @@ mod tests {
     async fn plain_error_responses_become_problem_json() {
         let app = test::init_service(
             App::new()
-                .wrap(from_fn(problem_json))
+                .wrap(from_fn(frame))
                 .route("/teapot", web::get().to(|| async { HttpResponse::MethodNotAllowed().finish() })),
         )
         .await;

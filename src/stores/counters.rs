@@ -38,6 +38,8 @@ pub trait RateLimitStore: Send + Sync {
 pub trait StatStore: Send + Sync {
     /// The stats of a kernel (field name to value), empty when none are known.
     async fn kernel_stats(&self, kernel_id: &str) -> Result<HashMap<String, i64>, Error>;
+    /// Some stats of a kernel, in the order of `fields` (`None`: not known).
+    async fn kernel_stat_fields(&self, kernel_id: &str, fields: &[&str]) -> Result<Vec<Option<i64>>, Error>;
     /// Replaces the stats of a kernel; they expire after `ttl` without update.
     async fn set_kernel_stats(&self, kernel_id: &str, stats: &HashMap<String, i64>, ttl: Duration)
         -> Result<(), Error>;
@@ -147,6 +149,16 @@ impl StatStore for RedisStore {
         connection.hgetall(Self::stats_key(kernel_id)).await.map_err(redis_error)
     }
 
+    async fn kernel_stat_fields(&self, kernel_id: &str, fields: &[&str]) -> Result<Vec<Option<i64>>, Error> {
+        let mut connection = self.connection().await?;
+        redis::cmd("HMGET")
+            .arg(Self::stats_key(kernel_id))
+            .arg(fields)
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+
     async fn set_kernel_stats(
         &self,
         kernel_id: &str,
@@ -226,7 +238,11 @@ impl RateLimitStore for MemoryCounters {
         if windows.len() > SWEEP_THRESHOLD {
             windows.retain(|_, (_, expires)| *expires > now);
         }
-        let entry = windows.entry(key.to_owned()).or_insert((0, now));
+        // The hot path (an open window) allocates nothing.
+        let entry = match windows.get_mut(key) {
+            Some(entry) => entry,
+            None => windows.entry(key.to_owned()).or_insert((0, now)),
+        };
         if entry.1 <= now {
             *entry = (0, now + Duration::from_millis(window_ms));
         }
@@ -258,6 +274,13 @@ impl StatStore for MemoryCounters {
         let now = Instant::now();
         let stats = self.stats.lock().map_err(poisoned)?;
         Ok(stats.get(kernel_id).filter(|(_, expires)| *expires > now).map(|(s, _)| s.clone()).unwrap_or_default())
+    }
+
+    async fn kernel_stat_fields(&self, kernel_id: &str, fields: &[&str]) -> Result<Vec<Option<i64>>, Error> {
+        let now = Instant::now();
+        let stats = self.stats.lock().map_err(poisoned)?;
+        let live = stats.get(kernel_id).filter(|(_, expires)| *expires > now).map(|(s, _)| s);
+        Ok(fields.iter().map(|field| live.and_then(|s| s.get(*field).copied())).collect())
     }
 
     async fn set_kernel_stats(

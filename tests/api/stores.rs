@@ -107,8 +107,13 @@ async fn kernel_stats_are_stored_and_expire() {
         let values = HashMap::from([("cpu_used".to_owned(), 120), ("mem_cur_bytes".to_owned(), 1 << 20)]);
         stats.set_kernel_stats(&kernel, &values, Duration::from_secs(60)).await.unwrap();
         assert_eq!(stats.kernel_stats(&kernel).await.unwrap(), values);
+        assert_eq!(
+            stats.kernel_stat_fields(&kernel, &["mem_cur_bytes", "unknown", "cpu_used"]).await.unwrap(),
+            vec![values.get("mem_cur_bytes").copied(), None, values.get("cpu_used").copied()]
+        );
         stats.remove_kernel_stats(&kernel).await.unwrap();
         assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
+        assert_eq!(stats.kernel_stat_fields(&kernel, &["cpu_used"]).await.unwrap(), vec![None]);
         stats.set_kernel_stats(&kernel, &values, Duration::from_millis(100)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());

@@ -3,7 +3,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use entity::keypairs;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -52,12 +52,12 @@ impl KeypairActor {
         let access_key = self.access_key.clone();
         let shared = self.shared.clone();
         let count = shared.pending_queries.swap(0, Ordering::Relaxed);
-        let last_used_ms = shared.last_used_ms.load(Ordering::Relaxed);
+        // Requests are counted at most a flush interval before they are written.
+        let last_used = Utc::now().fixed_offset();
         async move {
             if count == 0 {
                 return Ok(());
             }
-            let last_used = Utc.timestamp_millis_opt(last_used_ms).single().map(|t| t.fixed_offset());
             let written = keypairs::Entity::update_many()
                 .col_expr(keypairs::Column::NumQueries, Expr::col(keypairs::Column::NumQueries).add(count))
                 .col_expr(keypairs::Column::LastUsed, Expr::value(last_used))

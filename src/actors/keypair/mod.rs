@@ -34,17 +34,24 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 type CachedRow = (Option<Arc<keypairs::Model>>, Instant);
 
 /// What a keypair actor shares with the gateway.
-#[derive(Default)]
 pub struct KeypairShared {
     /// The cache, written only by the actor.
     cached: RwLock<Option<CachedRow>>,
     /// Requests counted but not written yet.
     pending_queries: AtomicI64,
-    /// Unix time (ms) of the latest counted request, 0 for none.
-    last_used_ms: AtomicI64,
+    /// The key's rate-limit counter.
+    rate_limit_key: String,
 }
 
 impl KeypairShared {
+    fn new(access_key: &str) -> Self {
+        Self {
+            cached: RwLock::new(None),
+            pending_queries: AtomicI64::new(0),
+            rate_limit_key: format!("ratelimit:key:{access_key}"),
+        }
+    }
+
     /// The cached row while it is fresh.
     fn fresh(&self) -> Option<Option<Arc<keypairs::Model>>> {
         let cached = self.cached.read().unwrap_or_else(|e| e.into_inner());
@@ -57,7 +64,6 @@ impl KeypairShared {
 
     fn count_query(&self) {
         self.pending_queries.fetch_add(1, Ordering::Relaxed);
-        self.last_used_ms.fetch_max(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 }
 
@@ -78,7 +84,7 @@ pub struct KeypairActor {
 impl KeypairActor {
     /// An actor for `access_key`, not started.
     pub fn new(access_key: String, db: DatabaseConnection, registry: Addr<Registry>) -> Self {
-        let shared = Arc::new(KeypairShared::default());
+        let shared = Arc::new(KeypairShared::new(&access_key));
         Self { access_key, db, registry, shared, last_active: Instant::now() }
     }
 
@@ -100,6 +106,11 @@ impl KeypairHandle {
     pub fn record_query(&self) {
         self.shared.count_query();
     }
+
+    /// The key of the key's rate-limit counter.
+    pub fn rate_limit_key(&self) -> &str {
+        &self.shared.rate_limit_key
+    }
 }
 
 /// The key `access_key` (cached), or `None` when it does not exist.
@@ -108,7 +119,7 @@ pub async fn lookup(
     directory: &Directory,
     access_key: &str,
 ) -> Result<Option<KeypairHandle>, Error> {
-    if let Some((_, shared)) = directory.keypair(access_key) {
+    if let Some(shared) = directory.keypair_shared(access_key) {
         if let Some(row) = shared.fresh() {
             return Ok(row.map(|keypair| KeypairHandle { keypair, shared }));
         }

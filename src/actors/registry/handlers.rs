@@ -46,8 +46,10 @@ impl Handler<GetSessionActor> for Registry {
         }
         let kernel_id = msg.kernel.id;
         let token = (msg.kernel.access_key.clone(), msg.kernel.sess_id.clone());
-        let addr = SessionActor::new(msg.kernel, self.core.clone(), ctx.address()).start();
-        self.directory.write_sessions().insert(token.clone(), addr.clone());
+        let actor = SessionActor::new(msg.kernel, self.core.clone(), ctx.address());
+        let shared = actor.shared();
+        let addr = actor.start();
+        self.directory.insert_session(token.clone(), (addr.clone(), shared));
         self.sessions.insert(kernel_id, (addr.clone(), token));
         MessageResult(addr)
     }

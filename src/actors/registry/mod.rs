@@ -13,11 +13,15 @@ use uuid::Uuid;
 
 use super::agent::AgentActor;
 use super::keypair::{KeypairActor, KeypairShared};
-use super::session::SessionActor;
+use super::session::{SessionActor, SessionShared};
 use crate::Core;
 
 /// A running keypair actor and what it shares with the gateway.
 pub type KeypairEntry = (Addr<KeypairActor>, Arc<KeypairShared>);
+/// A running session actor and what it shares with the handlers.
+pub type SessionEntry = (Addr<SessionActor>, Arc<SessionShared>);
+/// Session actors by access key, then client token (looked up without allocating).
+type SessionMap = HashMap<String, HashMap<String, SessionEntry>>;
 
 /// The addresses of running children that handlers may read without a message
 /// to the registry (the hot path of every request). Only the registry writes.
@@ -25,8 +29,8 @@ pub type KeypairEntry = (Addr<KeypairActor>, Arc<KeypairShared>);
 pub struct Directory {
     /// Keypair actors and what they share, by access key.
     keypairs: RwLock<HashMap<String, KeypairEntry>>,
-    /// Session actors of live sessions, by (access key, client token).
-    sessions: RwLock<HashMap<(String, String), Addr<SessionActor>>>,
+    /// Session actors of live sessions, by access key and client token.
+    sessions: RwLock<SessionMap>,
 }
 
 impl Directory {
@@ -36,17 +40,47 @@ impl Directory {
         keypairs.get(access_key).filter(|(addr, _)| addr.connected()).cloned()
     }
 
-    /// The running actor of the live session `token` of `access_key`, if any.
-    pub fn session(&self, access_key: &str, token: &str) -> Option<Addr<SessionActor>> {
+    /// What the running actor of `access_key` shares, if any (no actor address is cloned).
+    pub fn keypair_shared(&self, access_key: &str) -> Option<Arc<KeypairShared>> {
+        let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
+        keypairs.get(access_key).filter(|(addr, _)| addr.connected()).map(|(_, shared)| shared.clone())
+    }
+
+    /// The published row of the live session `token` of `access_key`, while fresh.
+    pub fn session_row(&self, access_key: &str, token: &str) -> Option<Arc<entity::kernels::Model>> {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        sessions.get(&(access_key.to_owned(), token.to_owned())).filter(|addr| addr.connected()).cloned()
+        sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).and_then(|(_, shared)| shared.fresh())
+    }
+
+    /// The running actor of the live session `token` of `access_key`, if any.
+    pub fn session(&self, access_key: &str, token: &str) -> Option<SessionEntry> {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).cloned()
+    }
+
+    fn insert_session(&self, (access_key, token): (String, String), entry: SessionEntry) {
+        self.write_sessions().entry(access_key).or_default().insert(token, entry);
+    }
+
+    /// Removes the entry of `(access_key, token)` if it is still `addr`'s.
+    fn remove_session(&self, (access_key, token): &(String, String), addr: &Addr<SessionActor>) {
+        let mut sessions = self.write_sessions();
+        let Some(tokens) = sessions.get_mut(access_key) else {
+            return;
+        };
+        if tokens.get(token).is_some_and(|(current, _)| current == addr) {
+            tokens.remove(token);
+            if tokens.is_empty() {
+                sessions.remove(access_key);
+            }
+        }
     }
 
     fn write_keypairs(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, KeypairEntry>> {
         self.keypairs.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_sessions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), Addr<SessionActor>>> {
+    fn write_sessions(&self) -> std::sync::RwLockWriteGuard<'_, SessionMap> {
         self.sessions.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -82,10 +116,7 @@ impl Registry {
     /// Forgets a session's actor (it stopped or its session ended).
     fn forget_session(&mut self, kernel_id: &Uuid) -> Option<Addr<SessionActor>> {
         let (addr, token) = self.sessions.remove(kernel_id)?;
-        let mut sessions = self.directory.write_sessions();
-        if sessions.get(&token).is_some_and(|current| *current == addr) {
-            sessions.remove(&token);
-        }
+        self.directory.remove_session(&token, &addr);
         Some(addr)
     }
 }

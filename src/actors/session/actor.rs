@@ -13,6 +13,9 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(FLUSH_INTERVAL, |actor, ctx| {
+            if actor.shared.touched.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                actor.touch();
+            }
             if actor.pending_queries > 0 {
                 actor.flush_queries(ctx);
             } else if actor.last_active.elapsed() > IDLE_TIMEOUT {

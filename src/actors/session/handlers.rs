@@ -45,6 +45,7 @@ impl SessionActor {
         .into_actor(self)
         .map(move |(), actor, ctx| {
             actor.kernel.status = status;
+            actor.publish();
             ctx.stop();
         })
     }
@@ -75,6 +76,7 @@ impl Handler<StartKernel> for SessionActor {
                 let failure = match result {
                     Ok(Ok(_)) => {
                         actor.kernel.status = KernelStatus::Running;
+                        actor.publish();
                         return futures_util::future::Either::Left(fut::ready(Ok(())));
                     }
                     Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelCreationFailed).into(),
@@ -126,6 +128,7 @@ impl Handler<Execute> for SessionActor {
         if self.kernel.status.is_live() {
             self.pending_queries += 1;
             self.kernel.num_queries += 1;
+            self.publish();
         }
         self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
             agent.execute(&id, &msg.request).await
@@ -262,6 +265,7 @@ impl Handler<SessionEnded> for SessionActor {
 
     fn handle(&mut self, _msg: SessionEnded, ctx: &mut Self::Context) {
         self.kernel.status = KernelStatus::Error;
+        self.publish();
         ctx.stop();
     }
 }
@@ -286,6 +290,7 @@ impl Handler<GetKernel> for SessionActor {
                     let Some(row) = row else {
                         // Ended by another manager process.
                         actor.kernel.status = KernelStatus::Terminated;
+                        actor.publish();
                         ctx.stop();
                         return Err(ApiError::new(Problem::KernelNotFound).into());
                     };
@@ -293,6 +298,7 @@ impl Handler<GetKernel> for SessionActor {
                     // Queries counted here and not yet written are still ours to add.
                     actor.kernel =
                         entity::kernels::Model { num_queries: row.num_queries + actor.pending_queries, ..row };
+                    actor.publish();
                     Ok(actor.kernel.clone())
                 },
             ),

@@ -3,10 +3,16 @@
 //! time and persisted; execute, interrupt, complete and upload are relayed to the
 //! agent as they come (the agent serves the runs of a kernel in order), so that
 //! an interrupt never waits behind a running execute.
+//!
+//! Like the keypair actor, it publishes its copy of the session's row in a
+//! [`SessionShared`] that `GET /kernel/{id}` reads without a message while the
+//! copy is fresh; only the actor writes it.
 
 mod actor;
 mod handlers;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,6 +29,31 @@ pub const ROW_TTL: Duration = Duration::from_secs(2);
 /// A session actor with no message for this long stops (it is restarted from the
 /// database on the next request).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A session's row as its actor last wrote or read it, with the time it was last
+/// checked against the database.
+type Snapshot = (Arc<kernels::Model>, Instant);
+
+/// What a session actor shares with the request handlers.
+pub struct SessionShared {
+    /// The actor's copy of the row, written only by the actor.
+    snapshot: RwLock<Snapshot>,
+    /// Set by a reader that used the snapshot: the session is not idle.
+    touched: AtomicBool,
+}
+
+impl SessionShared {
+    /// The row while the session is live and the copy fresh (see [`ROW_TTL`]);
+    /// otherwise the caller asks the actor, which re-reads the database.
+    pub fn fresh(&self) -> Option<Arc<kernels::Model>> {
+        let (row, checked) = &*self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+        if !row.status.is_live() || checked.elapsed() >= ROW_TTL {
+            return None;
+        }
+        self.touched.store(true, Ordering::Relaxed);
+        Some(row.clone())
+    }
+}
 
 /// The actor of one live session.
 pub struct SessionActor {
@@ -42,6 +73,8 @@ pub struct SessionActor {
     /// manager process may end the session, so the row is re-read when older
     /// than [`ROW_TTL`].
     row_checked: Instant,
+    /// The published copy of `kernel`.
+    shared: Arc<SessionShared>,
 }
 
 impl SessionActor {
@@ -49,6 +82,21 @@ impl SessionActor {
     pub fn new(kernel: kernels::Model, core: std::sync::Arc<Core>, registry: Addr<Registry>) -> Self {
         let agent = kernel.agent_addr.as_deref().map(|addr| core.agent_client(addr));
         let now = Instant::now();
-        Self { kernel, agent, core, registry, pending_queries: 0, last_active: now, row_checked: now }
+        let shared = Arc::new(SessionShared {
+            snapshot: RwLock::new((Arc::new(kernel.clone()), now)),
+            touched: AtomicBool::new(false),
+        });
+        Self { kernel, agent, core, registry, pending_queries: 0, last_active: now, row_checked: now, shared }
+    }
+
+    /// What the request handlers may read without a message.
+    pub fn shared(&self) -> Arc<SessionShared> {
+        self.shared.clone()
+    }
+
+    /// Publishes `kernel` after a change: every change goes through here.
+    fn publish(&self) {
+        *self.shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) =
+            (Arc::new(self.kernel.clone()), self.row_checked);
     }
 }
