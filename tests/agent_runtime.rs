@@ -295,3 +295,24 @@ async fn interrupt_stops_a_shell_command_and_the_shell_survives() {
     assert_eq!(stream(&after, "stdout"), "yes\n");
     agent.stop().await;
 }
+
+/// Creations that come faster than interpreters start adopt warm interpreters that are
+/// still starting (inside bubblewrap too, which binds the scratch dir as it starts):
+/// each kernel still gets its own scratch dir and memory limit before any of its code runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_creations_each_get_their_own_interpreter() {
+    let agent = TestAgent::spawn().await;
+    let mut kernels = Vec::new();
+    // Right after the start, and with nothing in between: no warm interpreter is ready yet.
+    for mem_mib in [256, 320, 384, 448] {
+        kernels.push((agent.create("python", json!({"mem_slot": mem_mib})).await, mem_mib));
+    }
+    for (k, mem_mib) in &kernels {
+        let code = "import os, resource\nopen('mine.txt', 'w').write('x')\n\
+                    print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20, os.getcwd() == os.environ['HOME'])";
+        let results = agent.run_to_end(k, code).await;
+        assert_eq!(stream(&results, "stdout"), format!("{mem_mib} True\n"), "{results:?}");
+        assert!(agent.scratch_root.join(k).join("mine.txt").exists(), "{k}");
+    }
+    agent.stop().await;
+}

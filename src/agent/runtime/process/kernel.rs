@@ -1245,6 +1245,11 @@ impl SpawnedRunner {
         self.ready
     }
 
+    /// Whether the runner's `ready` frame was read.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
     /// Waits for the runner's `ready` frame, at most `limit`. Must run on the agent's
     /// runtime, which owns the pipes.
     pub async fn wait_ready(&mut self, limit: Duration) -> RuntimeResult<()> {

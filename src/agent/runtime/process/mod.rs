@@ -153,7 +153,7 @@ impl ProcessRuntime {
             }
         });
         for image in [("python3", RunnerKind::Python), ("bash", RunnerKind::Shell)] {
-            inner.refill((image.1, image.0.to_owned()));
+            inner.refill((image.1, image.0.to_owned()), Duration::ZERO);
         }
         Ok(Self { inner })
     }
@@ -183,6 +183,9 @@ fn clean_leftovers(root: &std::path::Path) {
     }
 }
 
+/// How long after a creation with a ready warm runner its replacement is started.
+const WARM_DELAY: Duration = Duration::from_millis(100);
+
 /// How long a kernel creation waits for a warm runner still starting.
 const WARM_START_LIMIT: Duration = Duration::from_secs(20);
 
@@ -209,6 +212,11 @@ impl Inner {
         }
         let key: WarmKey = (spec.image.runner, kernel::runner_program(&spec.image));
         let warm = self.take_warm(&key);
+        // A ready runner means creations are spaced: its replacement can wait until this
+        // kernel's first run is over, instead of competing with it for the CPU. Otherwise
+        // creations come faster than runners start, and the replacement starts at once.
+        let refill_delay =
+            if warm.as_ref().is_some_and(|w| w.spawned.is_ready()) { WARM_DELAY } else { Duration::ZERO };
         let lease = match (&warm, &self.uids) {
             (Some(_), _) | (None, None) => None,
             (None, Some(pool)) => Some(pool.acquire()?),
@@ -242,7 +250,6 @@ impl Inner {
             }
             return Err(RuntimeError::KernelExists);
         }
-        self.refill(key);
         let started = async {
             if let Some((spawned, warm_scratch)) = warm {
                 // Inside bubblewrap a runner binds its scratch dir as it starts: the dir is
@@ -268,6 +275,7 @@ impl Inner {
             prepare_scratch(&scratch, owner)?;
             kernel.start().await
         };
+        self.refill(key, refill_delay);
         if let Err(e) = started.await {
             self.kernels.lock().unwrap_or_else(|e| e.into_inner()).remove(&kernel.id);
             kernel.terminate().await;
@@ -312,6 +320,7 @@ impl Inner {
 
     /// Waits until a warm runner is ready; one that fails to start is killed.
     async fn runner_ready(&self, mut spawned: SpawnedRunner) -> RuntimeResult<SpawnedRunner> {
+        tracing::debug!(pid = spawned.pid, ready = spawned.is_ready(), "adopting a warm interpreter");
         let waited = self.rt.spawn(async move {
             match spawned.wait_ready(WARM_START_LIMIT).await {
                 Ok(()) => Ok(spawned),
@@ -325,7 +334,7 @@ impl Inner {
     }
 
     /// Starts warm runners for `key` in the background until there are enough.
-    fn refill(self: &Arc<Self>, key: WarmKey) {
+    fn refill(self: &Arc<Self>, key: WarmKey, delay: Duration) {
         let want = self.settings.warm_kernels;
         if want == 0 || self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return;
@@ -335,8 +344,15 @@ impl Inner {
             return;
         }
         let inner = self.clone();
-        // At once: a creation that comes before it is ready adopts it still starting.
+        // A creation that comes before it is ready adopts it still starting.
         self.rt.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+                // Another creation may have refilled the pool meanwhile.
+                if inner.warm.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Vec::len) >= want {
+                    return;
+                }
+            }
             match inner.spawn_warm(&key) {
                 Ok(warm) => {
                     let surplus = {
