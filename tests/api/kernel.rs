@@ -391,3 +391,39 @@ async fn a_killed_agent_ends_its_sessions_after_the_heartbeat_timeout() {
     agent.start_kill().unwrap();
     app.stop().await;
 }
+
+/// A session actor that dies while its session is live (simulated by stopping it the way
+/// an ended session stops it, with the database untouched) is started again from the
+/// database by the next request: the kernel, its namespace and the query count survive.
+#[actix_web::test]
+async fn a_dead_session_actor_is_restarted_from_the_database() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("crash");
+    assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
+    assert_eq!(execute(&app, &token, "x = 41", "r1").await.status().as_u16(), 200);
+
+    let (actor, _) = app.state.directory.session(&app.access_key, &token).expect("a running session actor");
+    actor.send(backendai_manager::actors::messages::SessionEnded).await.unwrap();
+    for _ in 0..100 {
+        if !actor.connected() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!actor.connected(), "the actor stopped");
+
+    let body: Value = execute(&app, &token, "print(x + 1)", "r2").await.json().await.unwrap();
+    assert_eq!(body["result"]["console"], json!([["stdout", "42\n"]]), "{body}");
+    let (restarted, _) = app.state.directory.session(&app.access_key, &token).expect("a new session actor");
+    assert!(restarted != actor);
+    let info: Value = app.send(app.signed("GET", &format!("/v3/kernel/{token}"), None)).await.json().await.unwrap();
+    assert_eq!(info["numQueriesExecuted"], 2, "{info}");
+    let rows = sessions_named(&app, &token).await;
+    assert_eq!((rows.len(), rows[0].status), (1, KernelStatus::Running));
+
+    let response = app.send(app.signed("DELETE", &format!("/v3/kernel/{token}"), None)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(keypair(&app, &app.access_key).await.concurrency_used, 0, "quota released once");
+    app.stop().await;
+}
