@@ -185,58 +185,76 @@ impl RawDigest {
     }
 }
 
-/// The HMAC of the canonical string of `parts` under `key`, fed piece by piece.
-fn signature_with_key(algorithm: HashAlgorithm, key: &[u8], parts: &SignedParts<'_>) -> RawDigest {
-    fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &SignedParts<'_>) -> RawDigest {
-        let mut digest = RawDigest { bytes: [0; 64], len: 0 };
-        // HMAC takes keys of any length, so this cannot fail.
-        let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
-            return digest;
-        };
-        for piece in [
-            parts.method,
-            "\n",
-            parts.path_and_query,
-            "\n",
-            parts.date_header,
-            "\nhost:",
-            parts.host,
-            "\ncontent-type:",
-            parts.content_type,
-            "\n",
-            parts.version_header,
-            ":",
-            parts.version,
-            "\n",
-            parts.body_hash,
-        ] {
-            mac.update(piece.as_bytes());
-        }
-        let out = mac.finalize().into_bytes();
-        digest.len = out.len().min(64);
-        digest.bytes[..digest.len].copy_from_slice(&out[..digest.len]);
-        digest
+/// An HMAC already keyed with a derived signing key: cloning it skips the two
+/// compressions of the key pads that keying costs.
+#[derive(Clone)]
+enum KeyedMac {
+    Sha256(Hmac<sha2::Sha256>),
+    Sha512(Hmac<sha2::Sha512>),
+    Sha1(Hmac<sha1::Sha1>),
+    Md5(Hmac<md5::Md5>),
+}
+
+impl KeyedMac {
+    fn new(algorithm: HashAlgorithm, key: &[u8]) -> Option<Self> {
+        // HMAC takes keys of any length, so these cannot fail.
+        Some(match algorithm {
+            HashAlgorithm::Sha256 => Self::Sha256(<Hmac<sha2::Sha256> as Mac>::new_from_slice(key).ok()?),
+            HashAlgorithm::Sha512 => Self::Sha512(<Hmac<sha2::Sha512> as Mac>::new_from_slice(key).ok()?),
+            HashAlgorithm::Sha1 => Self::Sha1(<Hmac<sha1::Sha1> as Mac>::new_from_slice(key).ok()?),
+            HashAlgorithm::Md5 => Self::Md5(<Hmac<md5::Md5> as Mac>::new_from_slice(key).ok()?),
+        })
     }
-    match algorithm {
-        HashAlgorithm::Sha256 => run::<Hmac<sha2::Sha256>>(key, parts),
-        HashAlgorithm::Sha512 => run::<Hmac<sha2::Sha512>>(key, parts),
-        HashAlgorithm::Sha1 => run::<Hmac<sha1::Sha1>>(key, parts),
-        HashAlgorithm::Md5 => run::<Hmac<md5::Md5>>(key, parts),
+
+    /// The HMAC of the canonical string of `parts`, fed piece by piece.
+    fn signature(&self, parts: &SignedParts<'_>) -> RawDigest {
+        fn run<M: Mac + Clone>(mac: &M, parts: &SignedParts<'_>) -> RawDigest {
+            let mut mac = mac.clone();
+            for piece in [
+                parts.method,
+                "\n",
+                parts.path_and_query,
+                "\n",
+                parts.date_header,
+                "\nhost:",
+                parts.host,
+                "\ncontent-type:",
+                parts.content_type,
+                "\n",
+                parts.version_header,
+                ":",
+                parts.version,
+                "\n",
+                parts.body_hash,
+            ] {
+                mac.update(piece.as_bytes());
+            }
+            let out = mac.finalize().into_bytes();
+            let mut digest = RawDigest { bytes: [0; 64], len: out.len().min(64) };
+            digest.bytes[..digest.len].copy_from_slice(&out[..digest.len]);
+            digest
+        }
+        match self {
+            Self::Sha256(mac) => run(mac, parts),
+            Self::Sha512(mac) => run(mac, parts),
+            Self::Sha1(mac) => run(mac, parts),
+            Self::Md5(mac) => run(mac, parts),
+        }
     }
 }
 
-/// The key that signs requests of one day (in the date's own offset) to one host:
-/// `HMAC(HMAC(secret, "YYYYMMDD"), host)`.
-fn signing_key(algorithm: HashAlgorithm, secret_key: &str, day: NaiveDate, host: &str) -> Vec<u8> {
+/// The HMAC keyed with the key that signs requests of one day (in the date's own offset)
+/// to one host: `HMAC(HMAC(secret, "YYYYMMDD"), host)`.
+fn signing_mac(algorithm: HashAlgorithm, secret_key: &str, day: NaiveDate, host: &str) -> Option<KeyedMac> {
     let day = format!("{:04}{:02}{:02}", day.year(), day.month(), day.day());
     let k1 = algorithm.hmac(secret_key.as_bytes(), day.as_bytes());
-    algorithm.hmac(&k1, host.as_bytes())
+    KeyedMac::new(algorithm, &algorithm.hmac(&k1, host.as_bytes()))
 }
 
-/// Whether the hex `signature` (either case) is the signature of `parts` under `key`,
+/// Whether the hex `signature` (either case) is the signature of `parts` under `mac`,
 /// compared in constant time.
-fn verify_with_key(algorithm: HashAlgorithm, key: &[u8], parts: &SignedParts<'_>, signature: &str) -> bool {
-    let digest = signature_with_key(algorithm, key, parts);
+fn verify_with_mac(mac: &KeyedMac, parts: &SignedParts<'_>, signature: &str) -> bool {
+    let digest = mac.signature(parts);
     let mut sent = [0u8; 64];
     let sent = &mut sent[..digest.len];
     // The length is public (it follows from the algorithm); the bytes are compared in constant time.
@@ -248,14 +266,15 @@ fn verify_with_key(algorithm: HashAlgorithm, key: &[u8], parts: &SignedParts<'_>
 
 /// The signature of a request, in hex.
 pub fn sign(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>) -> String {
-    let key = signing_key(algorithm, secret_key, parts.date.date_naive(), parts.host);
-    hex::encode(signature_with_key(algorithm, &key, parts).as_slice())
+    signing_mac(algorithm, secret_key, parts.date.date_naive(), parts.host)
+        .map(|mac| hex::encode(mac.signature(parts).as_slice()))
+        .unwrap_or_default()
 }
 
 /// Whether `signature` matches, compared in constant time.
 pub fn verify(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_>, signature: &str) -> bool {
-    let key = signing_key(algorithm, secret_key, parts.date.date_naive(), parts.host);
-    verify_with_key(algorithm, &key, parts, signature)
+    signing_mac(algorithm, secret_key, parts.date.date_naive(), parts.host)
+        .is_some_and(|mac| verify_with_mac(&mac, parts, signature))
 }
 
 /// How many derived signing keys each thread keeps.
@@ -273,7 +292,7 @@ struct CachedKey {
     secret_key: String,
     day: NaiveDate,
     host: String,
-    key: Vec<u8>,
+    mac: KeyedMac,
 }
 
 /// [`verify`], with the derived key from a per-thread cache: a client signs every
@@ -288,16 +307,18 @@ pub fn verify_cached(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedP
         let index = match hit {
             Some(index) => index,
             None => {
+                let Some(mac) = signing_mac(algorithm, secret_key, day, parts.host) else {
+                    return false;
+                };
                 if cache.len() == KEY_CACHE_SIZE {
                     cache.remove(0);
                 }
-                let key = signing_key(algorithm, secret_key, day, parts.host);
                 let (secret_key, host) = (secret_key.to_owned(), parts.host.to_owned());
-                cache.push(CachedKey { algorithm, secret_key, day, host, key });
+                cache.push(CachedKey { algorithm, secret_key, day, host, mac });
                 cache.len() - 1
             }
         };
-        verify_with_key(algorithm, &cache[index].key, parts, signature)
+        verify_with_mac(&cache[index].mac, parts, signature)
     })
 }
 
