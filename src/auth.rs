@@ -302,7 +302,10 @@ pub fn verify_cached(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedP
     let day = parts.date.date_naive();
     SIGNING_KEYS.with_borrow_mut(|cache| {
         let hit = cache.iter().position(|c| {
-            c.algorithm == algorithm && c.day == day && c.host == parts.host && c.secret_key == secret_key
+            c.algorithm == algorithm
+                && c.day == day
+                && c.host == parts.host
+                && bool::from(c.secret_key.as_bytes().ct_eq(secret_key.as_bytes()))
         });
         let index = match hit {
             Some(index) => index,

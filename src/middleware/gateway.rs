@@ -209,15 +209,18 @@ fn content_type(headers: &HeaderMap) -> Result<Cow<'_, str>, ApiError> {
 }
 
 /// Whether the signature covers an empty body: multipart bodies are signed as empty
-/// (the contract), and so are upgrades, whose "body" is the upgraded stream and must not
-/// be read here; an HTTP/1 request without a length or chunked encoding has no body.
+/// (the contract), and so are WebSocket upgrades, whose "body" is the upgraded stream and
+/// must not be read here; an HTTP/1 request without a length or chunked encoding has no body.
 fn signed_as_empty(req: &ServiceRequest) -> bool {
     let headers = req.headers();
     let multipart = content_type(headers).is_ok_and(|mime| mime.starts_with("multipart/"));
     let no_body = req.version() < Version::HTTP_2
         && !headers.contains_key(header::TRANSFER_ENCODING)
         && headers.get(header::CONTENT_LENGTH).is_none_or(|length| length.as_bytes() == b"0");
-    multipart || headers.contains_key(header::UPGRADE) || no_body
+    // Only a WebSocket upgrade turns the body into a stream; with any other `Upgrade`
+    // value a body is read as usual, and signed.
+    let websocket = headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    multipart || websocket || no_body
 }
 
 /// Checks the signature over the request's parts, under the sent and the overridden method.

@@ -276,3 +276,18 @@ async fn a_deactivated_key_is_refused_within_seconds() {
         app.stop().await;
     }
 }
+
+/// Only a WebSocket upgrade is signed without its body: a body sent with another
+/// `Upgrade` value is read, so it must be the body that was signed.
+#[actix_web::test]
+async fn a_body_sent_with_a_non_websocket_upgrade_is_signed() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let signed_empty = app.signed("POST", "/v3/authorize", None);
+    let mut request = app.client.post(format!("{}/v3/authorize", app.address));
+    for (name, value) in app.signature_headers(&signed_empty) {
+        request = request.header(name, value);
+    }
+    let response = request.header("Upgrade", "h2c").body(r#"{"echo": "tampered"}"#).send().await.unwrap();
+    assert_problem(response, 401, "auth-failed").await;
+    app.stop().await;
+}

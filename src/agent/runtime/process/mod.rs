@@ -255,8 +255,13 @@ impl Inner {
                 // Inside bubblewrap a runner binds its scratch dir as it starts: the dir is
                 // renamed only once the runner is ready.
                 let ready = self.runner_ready(spawned).await;
-                std::fs::rename(&warm_scratch, &scratch)
-                    .with_context(|| format!("renaming {}", warm_scratch.display()))?;
+                if let Err(e) = std::fs::rename(&warm_scratch, &scratch) {
+                    if let Ok(spawned) = ready {
+                        spawned.kill().await;
+                    }
+                    let _ = std::fs::remove_dir_all(&warm_scratch);
+                    return Err(anyhow::Error::from(e).context(format!("renaming {}", warm_scratch.display())).into());
+                }
                 let adopted = match ready {
                     Ok(spawned) => kernel.adopt(spawned).await,
                     Err(e) => Err(e),
@@ -437,7 +442,11 @@ fn prepare_scratch(scratch: &std::path::Path, owner: Option<(u32, u32)>) -> Runt
 
 impl Runtime for ProcessRuntime {
     fn create(&self, spec: super::KernelSpec) -> BoxFuture<'_, RuntimeResult<KernelInfo>> {
-        Box::pin(self.inner.create(spec))
+        // On the runtime, to completion: a caller that goes away (a dropped RPC) must not
+        // leave a kernel half created.
+        let inner = self.inner.clone();
+        let creation = self.inner.rt.spawn(async move { inner.create(spec).await });
+        Box::pin(async move { creation.await.map_err(|e| anyhow::anyhow!("kernel creation task failed: {e}"))? })
     }
 
     fn destroy<'a>(
