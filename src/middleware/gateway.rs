@@ -256,7 +256,7 @@ fn verify_signature(
             version,
             body_hash,
         };
-        auth::verify_cached(credential.algorithm, &handle.keypair.secret_key, &parts, credential.signature)
+        auth::verify(credential.algorithm, &handle.keypair.secret_key, &parts, credential.signature)
     });
     if !verified {
         return Err(ApiError::new(Problem::AuthFailed).with_detail("signature mismatch"));

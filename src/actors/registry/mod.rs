@@ -36,26 +36,39 @@ pub struct Directory {
 impl Directory {
     /// The running actor of `access_key`, if any.
     pub fn keypair(&self, access_key: &str) -> Option<KeypairEntry> {
-        let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
-        keypairs.get(access_key).filter(|(addr, _)| addr.connected()).cloned()
+        self.with_keypair(access_key, |entry| Some(entry.clone()))
     }
 
     /// What the running actor of `access_key` shares, if any (no actor address is cloned).
     pub fn keypair_shared(&self, access_key: &str) -> Option<Arc<KeypairShared>> {
-        let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
-        keypairs.get(access_key).filter(|(addr, _)| addr.connected()).map(|(_, shared)| shared.clone())
-    }
-
-    /// The published row of the live session `token` of `access_key`, while fresh.
-    pub fn session_row(&self, access_key: &str, token: &str) -> Option<Arc<entity::kernels::Model>> {
-        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).and_then(|(_, shared)| shared.fresh())
+        self.with_keypair(access_key, |(_, shared)| Some(shared.clone()))
     }
 
     /// The running actor of the live session `token` of `access_key`, if any.
     pub fn session(&self, access_key: &str, token: &str) -> Option<SessionEntry> {
+        self.with_session(access_key, token, |entry| Some(entry.clone()))
+    }
+
+    /// The published row of the live session `token` of `access_key`, while fresh.
+    pub fn session_row(&self, access_key: &str, token: &str) -> Option<Arc<entity::kernels::Model>> {
+        self.with_session(access_key, token, |(_, shared)| shared.fresh())
+    }
+
+    /// `read` of the entry of `access_key`'s running actor, under the read lock.
+    fn with_keypair<T>(&self, access_key: &str, read: impl FnOnce(&KeypairEntry) -> Option<T>) -> Option<T> {
+        let keypairs = self.keypairs.read().unwrap_or_else(|e| e.into_inner());
+        keypairs.get(access_key).filter(|(addr, _)| addr.connected()).and_then(read)
+    }
+
+    /// `read` of the entry of the running actor of session `token`, under the read lock.
+    fn with_session<T>(
+        &self,
+        access_key: &str,
+        token: &str,
+        read: impl FnOnce(&SessionEntry) -> Option<T>,
+    ) -> Option<T> {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-        sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).cloned()
+        sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).and_then(read)
     }
 
     fn insert_session(&self, (access_key, token): (String, String), entry: SessionEntry) {

@@ -44,8 +44,7 @@ impl SessionActor {
         }
         .into_actor(self)
         .map(move |(), actor, ctx| {
-            actor.kernel.status = status;
-            actor.publish();
+            actor.edit(|kernel| kernel.status = status);
             ctx.stop();
         })
     }
@@ -75,8 +74,7 @@ impl Handler<StartKernel> for SessionActor {
             .then(|result, actor, _ctx| {
                 let failure = match result {
                     Ok(Ok(_)) => {
-                        actor.kernel.status = KernelStatus::Running;
-                        actor.publish();
+                        actor.edit(|kernel| kernel.status = KernelStatus::Running);
                         return futures_util::future::Either::Left(fut::ready(Ok(())));
                     }
                     Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelCreationFailed).into(),
@@ -127,8 +125,7 @@ impl Handler<Execute> for SessionActor {
     fn handle(&mut self, msg: Execute, _ctx: &mut Self::Context) -> Self::Result {
         if self.kernel.status.is_live() {
             self.pending_queries += 1;
-            self.kernel.num_queries += 1;
-            self.publish();
+            self.edit(|kernel| kernel.num_queries += 1);
         }
         self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
             agent.execute(&id, &msg.request).await
@@ -264,8 +261,7 @@ impl Handler<SessionEnded> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, _msg: SessionEnded, ctx: &mut Self::Context) {
-        self.kernel.status = KernelStatus::Error;
-        self.publish();
+        self.edit(|kernel| kernel.status = KernelStatus::Error);
         ctx.stop();
     }
 }
@@ -289,16 +285,14 @@ impl Handler<GetKernel> for SessionActor {
                     let row = row?.filter(|row| row.status.is_live());
                     let Some(row) = row else {
                         // Ended by another manager process.
-                        actor.kernel.status = KernelStatus::Terminated;
-                        actor.publish();
+                        actor.edit(|kernel| kernel.status = KernelStatus::Terminated);
                         ctx.stop();
                         return Err(ApiError::new(Problem::KernelNotFound).into());
                     };
                     actor.row_checked = std::time::Instant::now();
                     // Queries counted here and not yet written are still ours to add.
-                    actor.kernel =
-                        entity::kernels::Model { num_queries: row.num_queries + actor.pending_queries, ..row };
-                    actor.publish();
+                    let num_queries = row.num_queries + actor.pending_queries;
+                    actor.edit(|kernel| *kernel = entity::kernels::Model { num_queries, ..row });
                     Ok(actor.kernel.clone())
                 },
             ),

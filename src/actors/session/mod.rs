@@ -50,7 +50,10 @@ impl SessionShared {
         if !row.status.is_live() || checked.elapsed() >= ROW_TTL {
             return None;
         }
-        self.touched.store(true, Ordering::Relaxed);
+        // A plain load first: a store on every read would bounce the line between cores.
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
         Some(row.clone())
     }
 }
@@ -94,8 +97,9 @@ impl SessionActor {
         self.shared.clone()
     }
 
-    /// Publishes `kernel` after a change: every change goes through here.
-    fn publish(&self) {
+    /// Changes `kernel` and publishes it: every change goes through here.
+    fn edit(&mut self, change: impl FnOnce(&mut kernels::Model)) {
+        change(&mut self.kernel);
         *self.shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) =
             (Arc::new(self.kernel.clone()), self.row_checked);
     }

@@ -1230,19 +1230,14 @@ impl SpawnedRunner {
     /// Whether the runner has reported `ready` (reads it without waiting). Until then a
     /// runner inside bubblewrap may not have bound its scratch dir yet.
     pub fn poll_ready(&mut self) -> bool {
-        const READY: &[u8] = b"ready 0\n";
-        if !self.ready {
-            let mut buf = [0u8; READY.len()];
-            // The frame is 8 bytes written at once: a pipe delivers it whole or not at all.
-            if let Ok(n) = nix::unistd::read(self.evt.as_fd(), &mut buf) {
-                if n == READY.len() && buf == READY {
-                    self.ready = true;
-                } else if n > 0 {
-                    tracing::warn!(pid = self.pid, "unexpected first frame from a warm runner");
-                }
+        match self.read_ready() {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Left in the pool: adopting it reports the failure and starts a fresh one.
+                tracing::warn!(pid = self.pid, error = %e, "a warm runner failed to start");
+                false
             }
         }
-        self.ready
     }
 
     /// Whether the runner's `ready` frame was read.
@@ -1253,23 +1248,32 @@ impl SpawnedRunner {
     /// Waits for the runner's `ready` frame, at most `limit`. Must run on the agent's
     /// runtime, which owns the pipes.
     pub async fn wait_ready(&mut self, limit: Duration) -> RuntimeResult<()> {
-        const READY: &[u8] = b"ready 0\n";
         let deadline = tokio::time::Instant::now() + limit;
-        while !self.ready {
+        while !self.read_ready()? {
             tokio::time::timeout_at(deadline, self.evt.readable())
                 .await
                 .map_err(|_| anyhow::anyhow!("a warm runner did not start in time"))?
                 .context("event pipe")?;
-            let mut buf = [0u8; READY.len()];
-            match self.evt.try_read(&mut buf) {
-                Ok(n) if n == READY.len() && buf == READY => self.ready = true,
-                Ok(0) => return Err(anyhow::anyhow!("a warm runner exited at start").into()),
-                Ok(_) => return Err(anyhow::anyhow!("unexpected first frame from a warm runner").into()),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(anyhow::Error::from(e).context("event pipe").into()),
-            }
         }
         Ok(())
+    }
+
+    /// Reads the `ready` frame if it has come (`false`: not yet). The frame is 8 bytes
+    /// written at once: a pipe delivers it whole or not at all.
+    fn read_ready(&mut self) -> RuntimeResult<bool> {
+        const READY: &[u8] = b"ready 0\n";
+        if self.ready {
+            return Ok(true);
+        }
+        let mut buf = [0u8; READY.len()];
+        match self.evt.try_read(&mut buf) {
+            Ok(n) if n == READY.len() && buf == READY => self.ready = true,
+            Ok(0) => return Err(anyhow::anyhow!("a warm runner exited at start").into()),
+            Ok(_) => return Err(anyhow::anyhow!("unexpected first frame from a warm runner").into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(anyhow::Error::from(e).context("event pipe").into()),
+        }
+        Ok(self.ready)
     }
 
     /// Kills the runner's process group and reaps it.
