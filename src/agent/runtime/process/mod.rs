@@ -83,6 +83,8 @@ struct Inner {
     warm: Mutex<HashMap<WarmKey, Vec<Warm>>>,
     /// Set at shutdown: no more warm interpreters.
     closing: std::sync::atomic::AtomicBool,
+    /// When the latest kernel was created, to tell bursts from spaced creations.
+    last_creation: Mutex<Option<std::time::Instant>>,
 }
 
 /// Which interpreter a warm runner is.
@@ -142,6 +144,7 @@ impl ProcessRuntime {
             terminated,
             warm: Mutex::new(HashMap::new()),
             closing: std::sync::atomic::AtomicBool::new(false),
+            last_creation: Mutex::new(None),
         });
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -183,8 +186,11 @@ fn clean_leftovers(root: &std::path::Path) {
     }
 }
 
-/// How long after a creation with a ready warm runner its replacement is started.
+/// How long after a creation outside a burst its warm replacement is started.
 const WARM_DELAY: Duration = Duration::from_millis(100);
+
+/// Creations closer together than this are a burst.
+const BURST_GAP: Duration = Duration::from_millis(150);
 
 /// How long a kernel creation waits for a warm runner still starting.
 const WARM_START_LIMIT: Duration = Duration::from_secs(20);
@@ -212,11 +218,13 @@ impl Inner {
         }
         let key: WarmKey = (spec.image.runner, kernel::runner_program(&spec.image));
         let warm = self.take_warm(&key);
-        // A ready runner means creations are spaced: its replacement can wait until this
-        // kernel's first run is over, instead of competing with it for the CPU. Otherwise
-        // creations come faster than runners start, and the replacement starts at once.
-        let refill_delay =
-            if warm.as_ref().is_some_and(|w| w.spawned.is_ready()) { WARM_DELAY } else { Duration::ZERO };
+        // In a burst of creations the replacement starts at once, to be ready for the next
+        // one; when creations are spaced it waits until this kernel's first run is over,
+        // instead of competing with it for the CPU.
+        let now = std::time::Instant::now();
+        let previous = self.last_creation.lock().unwrap_or_else(|e| e.into_inner()).replace(now);
+        let burst = previous.is_some_and(|previous| now.duration_since(previous) < BURST_GAP);
+        let refill_delay = if burst { Duration::ZERO } else { WARM_DELAY };
         let lease = match (&warm, &self.uids) {
             (Some(_), _) | (None, None) => None,
             (None, Some(pool)) => Some(pool.acquire()?),
@@ -323,19 +331,22 @@ impl Inner {
         Some(slot.remove(index))
     }
 
-    /// Waits until a warm runner is ready; one that fails to start is killed.
+    /// Waits until a warm runner is ready (creations run on the agent's runtime, which
+    /// owns its pipes); one that fails to start is killed.
     async fn runner_ready(&self, mut spawned: SpawnedRunner) -> RuntimeResult<SpawnedRunner> {
         tracing::debug!(pid = spawned.pid, ready = spawned.is_ready(), "adopting a warm interpreter");
-        let waited = self.rt.spawn(async move {
-            match spawned.wait_ready(WARM_START_LIMIT).await {
-                Ok(()) => Ok(spawned),
-                Err(e) => {
-                    spawned.kill().await;
-                    Err(e)
-                }
+        match spawned.wait_ready(WARM_START_LIMIT).await {
+            Ok(()) => Ok(spawned),
+            Err(e) => {
+                spawned.kill().await;
+                Err(e)
             }
-        });
-        waited.await.map_err(|e| anyhow::anyhow!("waiting for a warm runner failed: {e}"))?
+        }
+    }
+
+    /// How many warm runners `key` has (ready or starting).
+    fn warm_count(&self, key: &WarmKey) -> usize {
+        self.warm.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, Vec::len)
     }
 
     /// Starts warm runners for `key` in the background until there are enough.
@@ -344,8 +355,7 @@ impl Inner {
         if want == 0 || self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let have = self.warm.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Vec::len);
-        if have >= want {
+        if self.warm_count(&key) >= want {
             return;
         }
         let inner = self.clone();
@@ -354,7 +364,7 @@ impl Inner {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
                 // Another creation may have refilled the pool meanwhile.
-                if inner.warm.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Vec::len) >= want {
+                if inner.warm_count(&key) >= want {
                     return;
                 }
             }
