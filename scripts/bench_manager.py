@@ -39,11 +39,11 @@ ROUNDS = int(os.environ.get('BENCH_ROUNDS', 5))
 http = requests.Session()
 
 
-def signed_headers(method, path, content, content_type='application/json', date=None):
+def signed_headers(method, path, content, content_type='application/json', date=None, version=VERSION):
     date = date or datetime.now(tzutc())
-    headers, _ = generate_signature(method, VERSION, args.endpoint, date, path, content_type, content,
+    headers, _ = generate_signature(method, version, args.endpoint, date, path, content_type, content,
                                     ACCESS_KEY, SECRET_KEY, 'sha256')
-    headers.update({'Date': date.isoformat(), 'X-BackendAI-Version': VERSION})
+    headers.update({'Date': date.isoformat(), 'X-BackendAI-Version': version})
     if content_type:
         headers['Content-Type'] = content_type
     return headers
@@ -118,7 +118,7 @@ if 'execute' in PARTS:
     execute_bench()
 
 
-# 2. Signed GET /v2/kernel/{id} under wrk -c64, next to a bare actix-web endpoint.
+# 2. Signed GET /v3/kernel/{id} under wrk -c64, next to a bare actix-web endpoint.
 def cpu_seconds(pid):
     with open(f'/proc/{pid}/stat') as f:
         fields = f.read().rsplit(')', 1)[1].split()
@@ -144,7 +144,7 @@ def wrk(url, headers, pid=None):
 
 def throughput_bench():
     # One signature serves the whole run: the request is identical and its date valid for 15 minutes.
-    headers = signed_headers('GET', f'kernel/{token}', b'', content_type='')
+    headers = signed_headers('GET', f'kernel/{token}', b'', content_type='', version='v3.20170615')
     perf = None
     if PERF_OUT:
         perf = subprocess.Popen(['perf', 'record', '-g', '-o', PERF_OUT, '-p', str(args.manager_pid),
@@ -154,10 +154,10 @@ def throughput_bench():
     gateway_runs, bare_runs = [], []
     for i in range(ROUNDS):
         if perf and i == 0:
-            gateway_runs.append(wrk(f'{args.endpoint}/v2/kernel/{token}', headers, pid))
+            gateway_runs.append(wrk(f'{args.endpoint}/v3/kernel/{token}', headers, pid))
             perf.wait()
             continue
-        gateway_runs.append(wrk(f'{args.endpoint}/v2/kernel/{token}', headers, pid))
+        gateway_runs.append(wrk(f'{args.endpoint}/v3/kernel/{token}', headers, pid))
         bare_runs.append(wrk(args.bare, {}, args.bare_pid))
     if not bare_runs:
         bare_runs.append(wrk(args.bare, {}, args.bare_pid))

@@ -220,3 +220,12 @@ pub fn problem_for_status(status: StatusCode) -> Problem {
         _ => Problem::InternalServerError,
     }
 }
+
+/// The message of a caught panic (its `&str` or `String` payload), for the log.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

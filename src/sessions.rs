@@ -79,7 +79,7 @@ async fn wait_until_started(registry: &Addr<Registry>, kernel: kernels::Model) -
 }
 
 async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<Addr<SessionActor>, Error> {
-    Ok(registry.send(GetSessionActor { kernel }).await?)
+    registry.send(GetSessionActor { kernel }).await?
 }
 
 /// The actor of the live session `token` of `access_key`; 404 for anyone else's.

@@ -16,7 +16,7 @@ use crate::error::Error;
 
 /// Registry: the actor of an access key (and what it shares), started if it is not running.
 #[derive(Message)]
-#[rtype(result = "KeypairEntry")]
+#[rtype(result = "Result<KeypairEntry, Error>")]
 pub struct GetKeypairActor {
     /// The access key.
     pub access_key: String,
@@ -48,7 +48,7 @@ pub struct FlushUsage;
 
 /// Registry: the actor of a live session, started from its row if not running.
 #[derive(Message)]
-#[rtype(result = "Addr<SessionActor>")]
+#[rtype(result = "Result<Addr<SessionActor>, Error>")]
 pub struct GetSessionActor {
     /// The session's row, as just read from the database.
     pub kernel: kernels::Model,
@@ -175,7 +175,7 @@ pub struct ReportedSlots {
 
 /// Registry: the actor of an agent, started if not running.
 #[derive(Message)]
-#[rtype(result = "Addr<AgentActor>")]
+#[rtype(result = "Result<Addr<AgentActor>, Error>")]
 pub struct GetAgentActor {
     /// The agent's id.
     pub agent_id: String,

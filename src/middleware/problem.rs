@@ -96,11 +96,7 @@ async fn catch_panic(
     match AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(response) => response.map(ServiceResponse::map_into_boxed_body),
         Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let message = crate::error::panic_message(panic.as_ref());
             tracing::error!(%path, %message, "handler panicked");
             Err(ApiError::new(Problem::InternalServerError).into())
         }

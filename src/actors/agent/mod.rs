@@ -38,12 +38,12 @@ pub async fn report(
     report: AgentReport,
     started: bool,
 ) -> Result<(), Error> {
-    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await?;
+    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await??;
     agent.send(AgentHeartbeat { report, started }).await?
 }
 
 /// Applies an `instance_terminated` report.
 pub async fn terminated(registry: &Addr<Registry>, agent_id: &str) -> Result<(), Error> {
-    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await?;
+    let agent = registry.send(GetAgentActor { agent_id: agent_id.to_owned() }).await??;
     agent.send(AgentTerminated).await?
 }

@@ -128,7 +128,7 @@ pub async fn lookup(
     for _ in 0..2 {
         let (actor, shared) = match directory.keypair(access_key) {
             Some(found) => found,
-            None => registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await?,
+            None => registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await??,
         };
         match actor.send(LookupKeypair).await {
             Ok(found) => return Ok(found?.map(|keypair| KeypairHandle { keypair, shared })),

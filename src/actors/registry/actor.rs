@@ -19,11 +19,8 @@ impl Actor for Registry {
 
 impl Supervised for Registry {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        // Children recover their state from the database when asked again.
+        // The same actor, at the same address: its running children carry on.
         tracing::warn!("registry restarting");
-        self.directory.write_keypairs().clear();
-        self.directory.write_sessions().clear();
-        self.agents.clear();
-        self.sessions.clear();
+        self.reconcile();
     }
 }

@@ -1,4 +1,7 @@
+use std::panic::{self, AssertUnwindSafe};
+
 use actix::prelude::*;
+use futures_util::FutureExt;
 
 use super::Registry;
 use crate::actors::agent::AgentActor;
@@ -14,26 +17,31 @@ impl Handler<GetKeypairActor> for Registry {
     type Result = MessageResult<GetKeypairActor>;
 
     fn handle(&mut self, msg: GetKeypairActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(found) = self.directory.keypair(&msg.access_key) {
-            return MessageResult(found);
-        }
-        let actor = KeypairActor::new(msg.access_key.clone(), self.core.db.clone(), ctx.address());
-        let shared = actor.shared();
-        let addr = actor.start();
-        self.directory.write_keypairs().insert(msg.access_key, (addr.clone(), shared.clone()));
-        MessageResult((addr, shared))
+        MessageResult(self.guarded(ctx, "GetKeypairActor", |registry, ctx| {
+            if let Some(found) = registry.directory.keypair(&msg.access_key) {
+                return found;
+            }
+            let actor = KeypairActor::new(msg.access_key.clone(), registry.core.db.clone(), ctx.address());
+            let shared = actor.shared();
+            let addr = actor.start();
+            registry.directory.write_keypairs().insert(msg.access_key, (addr.clone(), shared.clone()));
+            (addr, shared)
+        }))
     }
 }
 
 impl Handler<KeypairActorStopped> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: KeypairActorStopped, _ctx: &mut Self::Context) {
-        // A newer actor may already serve the key: only forget a stopped one.
-        let mut keypairs = self.directory.write_keypairs();
-        if keypairs.get(&msg.access_key).is_some_and(|(addr, _)| !addr.connected()) {
-            keypairs.remove(&msg.access_key);
-        }
+    fn handle(&mut self, msg: KeypairActorStopped, ctx: &mut Self::Context) {
+        self.guarded(ctx, "KeypairActorStopped", |registry, _| {
+            // A newer actor may already serve the key: only forget a stopped one.
+            let mut keypairs = registry.directory.write_keypairs();
+            if keypairs.get(&msg.access_key).is_some_and(|(addr, _)| !addr.connected()) {
+                keypairs.remove(&msg.access_key);
+            }
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -41,39 +49,48 @@ impl Handler<GetSessionActor> for Registry {
     type Result = MessageResult<GetSessionActor>;
 
     fn handle(&mut self, msg: GetSessionActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some((addr, _)) = self.sessions.get(&msg.kernel.id).filter(|(addr, _)| addr.connected()) {
-            return MessageResult(addr.clone());
-        }
-        let kernel_id = msg.kernel.id;
-        let token = (msg.kernel.access_key.clone(), msg.kernel.sess_id.clone());
-        let actor = SessionActor::new(msg.kernel, self.core.clone(), ctx.address());
-        let shared = actor.shared();
-        let addr = actor.start();
-        self.directory.insert_session(token.clone(), (addr.clone(), shared));
-        self.sessions.insert(kernel_id, (addr.clone(), token));
-        MessageResult(addr)
+        MessageResult(self.guarded(ctx, "GetSessionActor", |registry, ctx| {
+            let running = registry.sessions.get(&msg.kernel.id).filter(|(addr, _)| addr.connected());
+            if let Some((addr, _)) = running {
+                return addr.clone();
+            }
+            let kernel_id = msg.kernel.id;
+            let token = (msg.kernel.access_key.clone(), msg.kernel.sess_id.clone());
+            let actor = SessionActor::new(msg.kernel, registry.core.clone(), ctx.address());
+            let shared = actor.shared();
+            let addr = actor.start();
+            registry.directory.insert_session(token.clone(), (addr.clone(), shared));
+            registry.sessions.insert(kernel_id, (addr.clone(), token));
+            addr
+        }))
     }
 }
 
 impl Handler<SessionActorStopped> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionActorStopped, _ctx: &mut Self::Context) {
-        if self.sessions.get(&msg.kernel_id).is_some_and(|(addr, _)| !addr.connected()) {
-            self.forget_session(&msg.kernel_id);
-        }
+    fn handle(&mut self, msg: SessionActorStopped, ctx: &mut Self::Context) {
+        self.guarded(ctx, "SessionActorStopped", |registry, _| {
+            if registry.sessions.get(&msg.kernel_id).is_some_and(|(addr, _)| !addr.connected()) {
+                registry.forget_session(&msg.kernel_id);
+            }
+        })
+        .unwrap_or_default()
     }
 }
 
 impl Handler<SessionsEnded> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionsEnded, _ctx: &mut Self::Context) {
-        for kernel_id in msg.kernel_ids {
-            if let Some(addr) = self.forget_session(&kernel_id) {
-                addr.do_send(SessionEnded);
+    fn handle(&mut self, msg: SessionsEnded, ctx: &mut Self::Context) {
+        self.guarded(ctx, "SessionsEnded", |registry, _| {
+            for kernel_id in msg.kernel_ids {
+                if let Some(addr) = registry.forget_session(&kernel_id) {
+                    addr.do_send(SessionEnded);
+                }
             }
-        }
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -81,22 +98,27 @@ impl Handler<GetAgentActor> for Registry {
     type Result = MessageResult<GetAgentActor>;
 
     fn handle(&mut self, msg: GetAgentActor, ctx: &mut Self::Context) -> Self::Result {
-        if let Some(addr) = self.agents.get(&msg.agent_id).filter(|addr| addr.connected()) {
-            return MessageResult(addr.clone());
-        }
-        let addr = AgentActor::new(msg.agent_id.clone(), self.core.clone(), ctx.address()).start();
-        self.agents.insert(msg.agent_id, addr.clone());
-        MessageResult(addr)
+        MessageResult(self.guarded(ctx, "GetAgentActor", |registry, ctx| {
+            if let Some(addr) = registry.agents.get(&msg.agent_id).filter(|addr| addr.connected()) {
+                return addr.clone();
+            }
+            let addr = AgentActor::new(msg.agent_id.clone(), registry.core.clone(), ctx.address()).start();
+            registry.agents.insert(msg.agent_id, addr.clone());
+            addr
+        }))
     }
 }
 
 impl Handler<AgentActorStopped> for Registry {
     type Result = ();
 
-    fn handle(&mut self, msg: AgentActorStopped, _ctx: &mut Self::Context) {
-        if self.agents.get(&msg.agent_id).is_some_and(|addr| !addr.connected()) {
-            self.agents.remove(&msg.agent_id);
-        }
+    fn handle(&mut self, msg: AgentActorStopped, ctx: &mut Self::Context) {
+        self.guarded(ctx, "AgentActorStopped", |registry, _| {
+            if registry.agents.get(&msg.agent_id).is_some_and(|addr| !addr.connected()) {
+                registry.agents.remove(&msg.agent_id);
+            }
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -107,7 +129,7 @@ impl Handler<CheckLiveness> for Registry {
         let core = self.core.clone();
         let manager_id = self.manager_id.clone();
         AtomicResponse::new(Box::pin(
-            async move {
+            AssertUnwindSafe(async move {
                 // One checker per cluster: the manager registered in the config store.
                 match core.stores.config.get("nodes/manager").await {
                     Ok(Some(leader)) if leader == manager_id => {}
@@ -125,19 +147,26 @@ impl Handler<CheckLiveness> for Registry {
                         Vec::new()
                     }
                 }
-            }
+            })
+            .catch_unwind()
             .into_actor(self)
-            .map(|lost, registry, _ctx| {
-                for (agent_id, kernel_ids) in lost {
-                    if let Some(addr) = registry.agents.remove(&agent_id) {
-                        addr.do_send(AgentLost);
-                    }
-                    for kernel_id in kernel_ids {
-                        if let Some(addr) = registry.forget_session(&kernel_id) {
-                            addr.do_send(SessionEnded);
+            .map(|checked, registry, ctx| {
+                registry
+                    .guarded(ctx, "CheckLiveness", |registry, _| {
+                        // A panic in the check itself counts as one in the handler.
+                        let lost = checked.unwrap_or_else(|payload| panic::resume_unwind(payload));
+                        for (agent_id, kernel_ids) in lost {
+                            if let Some(addr) = registry.agents.remove(&agent_id) {
+                                addr.do_send(AgentLost);
+                            }
+                            for kernel_id in kernel_ids {
+                                if let Some(addr) = registry.forget_session(&kernel_id) {
+                                    addr.do_send(SessionEnded);
+                                }
+                            }
                         }
-                    }
-                }
+                    })
+                    .unwrap_or_default()
             }),
         ))
     }
@@ -146,13 +175,17 @@ impl Handler<CheckLiveness> for Registry {
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
-        let children: Vec<_> = self.directory.write_keypairs().drain().map(|(_, (addr, _))| addr).collect();
-        self.directory.write_sessions().clear();
-        for (_, (session, _)) in self.sessions.drain() {
-            // Stopping writes the session's pending counts.
-            session.do_send(SessionEnded);
-        }
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let children = self.guarded(ctx, "Shutdown", |registry, _| {
+            let children: Vec<_> = registry.directory.write_keypairs().drain().map(|(_, (addr, _))| addr).collect();
+            registry.directory.write_sessions().clear();
+            for (_, (session, _)) in registry.sessions.drain() {
+                // Stopping writes the session's pending counts.
+                session.do_send(SessionEnded);
+            }
+            children
+        });
+        let children = children.unwrap_or_default();
         Box::pin(async move {
             for addr in children {
                 match addr.send(FlushUsage).await {

@@ -1,11 +1,17 @@
 //! The registry: one per manager process, supervised; it owns the child actors
 //! (per access key, per agent, per live session), starts them lazily, and runs
 //! the cluster's agent liveness check.
+//!
+//! A panic in one of its handlers is caught: the message is answered with an
+//! internal error and the registry stops, so that its supervisor starts it again
+//! at the same address. Its running children carry on (their addresses stay
+//! valid); the restarted registry only drops what it cannot vouch for.
 
 mod actor;
 mod handlers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, RwLock};
 
 use actix::prelude::*;
@@ -13,7 +19,9 @@ use uuid::Uuid;
 
 use super::agent::AgentActor;
 use super::keypair::{KeypairActor, KeypairShared};
+use super::messages::SessionEnded;
 use super::session::{SessionActor, SessionShared};
+use crate::error::{ApiError, Error, Problem};
 use crate::Core;
 
 /// A running keypair actor and what it shares with the gateway.
@@ -126,10 +134,141 @@ impl Registry {
         Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, manager_id, directory))
     }
 
+    /// Runs `body`, the work of the handler of `message`. A panic in it is caught:
+    /// the message gets an internal error and the registry stops, to be started
+    /// again by its supervisor (see `Supervised::restarting`).
+    fn guarded<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        message: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> T,
+    ) -> Result<T, Error> {
+        panic::catch_unwind(AssertUnwindSafe(|| body(self, ctx))).map_err(|payload| {
+            let panic = crate::error::panic_message(payload.as_ref());
+            tracing::error!(message, panic, "the registry panicked; restarting it");
+            ctx.stop();
+            Error::Api(ApiError::new(Problem::InternalServerError).with_detail("the registry failed; try again"))
+        })
+    }
+
+    /// Makes the maps agree after a restart: entries of stopped actors go, and a
+    /// session actor that only one of the two session maps knows (a panic between
+    /// the two writes) is stopped; the next request starts a new one from the database.
+    fn reconcile(&mut self) {
+        self.agents.retain(|_, addr| addr.connected());
+        self.directory.write_keypairs().retain(|_, (addr, _)| addr.connected());
+        self.sessions.retain(|_, (addr, _)| addr.connected());
+        let mut listed = HashSet::new();
+        let mut directory = self.directory.write_sessions();
+        for tokens in directory.values_mut() {
+            tokens.retain(|_, (addr, shared)| {
+                let kernel_id = shared.kernel_id();
+                if self.sessions.get(&kernel_id).is_some_and(|(known, _)| known == addr) {
+                    listed.insert(kernel_id);
+                    return true;
+                }
+                addr.do_send(SessionEnded);
+                false
+            });
+        }
+        directory.retain(|_, tokens| !tokens.is_empty());
+        self.sessions.retain(|kernel_id, (addr, _)| {
+            if listed.contains(kernel_id) {
+                return true;
+            }
+            addr.do_send(SessionEnded);
+            false
+        });
+    }
+
     /// Forgets a session's actor (it stopped or its session ended).
     fn forget_session(&mut self, kernel_id: &Uuid) -> Option<Addr<SessionActor>> {
         let (addr, token) = self.sessions.remove(kernel_id)?;
         self.directory.remove_session(&token, &addr);
         Some(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::actors::keypair::KeypairActor;
+    use crate::actors::messages::GetKeypairActor;
+    use crate::config::Settings;
+    use crate::stores::Stores;
+
+    /// A bug in a handler of the registry.
+    #[derive(Message)]
+    #[rtype(result = "Result<(), Error>")]
+    struct Bug;
+
+    impl Handler<Bug> for Registry {
+        type Result = Result<(), Error>;
+
+        fn handle(&mut self, _msg: Bug, ctx: &mut Self::Context) -> Self::Result {
+            self.guarded(ctx, "Bug", |_, _| panic!("a bug in the registry"))
+        }
+    }
+
+    /// A bug in a handler of a keypair actor (not caught: the actor dies).
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct ChildBug;
+
+    impl Handler<ChildBug> for KeypairActor {
+        type Result = ();
+
+        fn handle(&mut self, _msg: ChildBug, _ctx: &mut Self::Context) {
+            panic!("a bug in a keypair actor");
+        }
+    }
+
+    async fn registry(dir: &std::path::Path) -> Addr<Registry> {
+        let mut settings = Settings::default();
+        settings.db.data_dir = dir.to_path_buf();
+        let db = crate::db::connect(&settings.db).await.unwrap();
+        crate::db::upgrade(&db).await.unwrap();
+        let stores = Stores::connect(&settings).await.unwrap();
+        let core = Core { settings: Arc::new(settings), db, stores, http: reqwest::Client::new() };
+        Registry::start_supervised(Arc::new(core), "manager-test".to_owned(), Arc::default())
+    }
+
+    #[actix_web::test]
+    async fn a_panic_in_the_registry_is_answered_and_the_registry_restarts_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let get = || registry.send(GetKeypairActor { access_key: "AKIAPANICTEST0000000".to_owned() });
+        let (child, _) = get().await.unwrap().unwrap();
+
+        let answer = registry.send(Bug).await.unwrap();
+        let Err(Error::Api(error)) = answer else { panic!("expected an internal error, got {answer:?}") };
+        assert_eq!(error.problem, Problem::InternalServerError);
+
+        // Same address, restarted, and the running child carries on.
+        let (again, _) = get().await.unwrap().unwrap();
+        assert!(registry.connected());
+        assert_eq!(again, child);
+        assert!(child.connected());
+    }
+
+    #[actix_web::test]
+    async fn a_child_that_panics_is_replaced_on_the_next_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let get = || registry.send(GetKeypairActor { access_key: "AKIAPANICTEST0000001".to_owned() });
+        let (child, _) = get().await.unwrap().unwrap();
+
+        assert!(child.send(ChildBug).await.is_err(), "the actor died with the panic");
+        for _ in 0..100 {
+            if !child.connected() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (replacement, _) = get().await.unwrap().unwrap();
+        assert_ne!(replacement, child);
+        assert!(replacement.connected());
     }
 }

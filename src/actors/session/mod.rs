@@ -36,6 +36,8 @@ type Snapshot = (Arc<kernels::Model>, Instant);
 
 /// What a session actor shares with the request handlers.
 pub struct SessionShared {
+    /// The session's kernel.
+    kernel_id: uuid::Uuid,
     /// The actor's copy of the row, written only by the actor.
     snapshot: RwLock<Snapshot>,
     /// Set by a reader that used the snapshot: the session is not idle.
@@ -55,6 +57,11 @@ impl SessionShared {
             self.touched.store(true, Ordering::Relaxed);
         }
         Some(row.clone())
+    }
+
+    /// The session's kernel.
+    pub fn kernel_id(&self) -> uuid::Uuid {
+        self.kernel_id
     }
 }
 
@@ -86,6 +93,7 @@ impl SessionActor {
         let agent = kernel.agent_addr.as_deref().map(|addr| core.agent_client(addr));
         let now = Instant::now();
         let shared = Arc::new(SessionShared {
+            kernel_id: kernel.id,
             snapshot: RwLock::new((Arc::new(kernel.clone()), now)),
             touched: AtomicBool::new(false),
         });
