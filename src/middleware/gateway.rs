@@ -108,7 +108,13 @@ fn rate_limit_headers(limit: u64, window: Window) -> [(HeaderName, HeaderValue);
     ]
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+// Header names read on every request: a `&str` name would be parsed at each lookup.
+static X_BACKENDAI_DATE: HeaderName = HeaderName::from_static("x-backendai-date");
+static X_SORNA_DATE: HeaderName = HeaderName::from_static("x-sorna-date");
+static X_BACKENDAI_VERSION: HeaderName = HeaderName::from_static("x-backendai-version");
+static X_SORNA_VERSION: HeaderName = HeaderName::from_static("x-sorna-version");
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, ApiError> {
     headers
         .get(name)
         .map(|v| {
@@ -162,10 +168,10 @@ async fn authenticate(state: &AppState, req: &mut ServiceRequest) -> Result<keyp
 }
 
 fn date_header(headers: &HeaderMap) -> Result<&str, ApiError> {
-    match header_str(headers, "date")? {
+    match header_str(headers, &header::DATE)? {
         Some(date) => Ok(date),
-        None => header_str(headers, "x-backendai-date")?
-            .or(header_str(headers, "x-sorna-date")?)
+        None => header_str(headers, &X_BACKENDAI_DATE)?
+            .or(header_str(headers, &X_SORNA_DATE)?)
             .ok_or_else(|| ApiError::new(Problem::InvalidAuthParams).with_detail("no date")),
     }
 }
@@ -199,7 +205,7 @@ async fn verify_request(state: &AppState, req: &mut ServiceRequest) -> Result<ke
 
 /// The lower-case mime type of the request, without parameters.
 fn content_type(headers: &HeaderMap) -> Result<Cow<'_, str>, ApiError> {
-    let mime = header_str(headers, "content-type")?.map(|v| v.split(';').next().unwrap_or_default().trim());
+    let mime = header_str(headers, &header::CONTENT_TYPE)?.map(|v| v.split(';').next().unwrap_or_default().trim());
     let mime = mime.unwrap_or_default();
     Ok(if mime.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(mime.to_ascii_lowercase())
@@ -234,11 +240,11 @@ fn verify_signature(
     let headers = req.headers();
     let content_type = content_type(headers)?;
     let date_header = date_header(headers)?;
-    let (version_header, version) = match header_str(headers, "x-backendai-version")? {
+    let (version_header, version) = match header_str(headers, &X_BACKENDAI_VERSION)? {
         Some(version) => ("x-backendai-version", version),
-        None => ("x-sorna-version", header_str(headers, "x-sorna-version")?.unwrap_or_default()),
+        None => ("x-sorna-version", header_str(headers, &X_SORNA_VERSION)?.unwrap_or_default()),
     };
-    let host = match header_str(headers, "host")? {
+    let host = match header_str(headers, &header::HOST)? {
         Some(host) => Cow::Borrowed(host),
         None => Cow::Owned(req.uri().authority().map(|a| a.to_string()).unwrap_or_default()),
     };

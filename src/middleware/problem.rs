@@ -69,7 +69,8 @@ impl RequestLog {
 /// Re-routes a POST carrying `X-Method-Override: DELETE` (etc.) as that method.
 /// The method as sent stays available to the signature check.
 fn method_override(req: &mut ServiceRequest) -> Result<(), ApiError> {
-    let requested = req.headers().get("X-Method-Override").map(|v| v.to_str().map(str::trim));
+    static X_METHOD_OVERRIDE: header::HeaderName = header::HeaderName::from_static("x-method-override");
+    let requested = req.headers().get(&X_METHOD_OVERRIDE).map(|v| v.to_str().map(str::trim));
     if let Some(requested) = requested {
         if req.method() == Method::POST {
             let method = requested

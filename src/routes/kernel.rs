@@ -1,7 +1,11 @@
 //! `/kernel/...`: the compute session API of the contract.
 
+use std::borrow::Cow;
+
 use actix_multipart::Multipart;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::dev::Payload;
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -19,24 +23,88 @@ pub const MAX_UPLOAD_FILE_SIZE: usize = 1 << 20;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/kernel/create", web::post().to(create))
-        .route("/kernel/", web::post().to(create))
-        .service(
-            web::resource("/kernel/{token}")
-                .route(web::get().to(info))
-                .route(web::patch().to(restart))
-                .route(web::delete().to(destroy))
-                .route(web::post().to(execute)),
-        )
-        .route("/kernel/{token}/interrupt", web::post().to(interrupt))
-        .route("/kernel/{token}/complete", web::post().to(complete))
-        .route("/kernel/{token}/upload", web::post().to(upload));
+    // `/kernel/{token}[/action]` is split by `dispatch`, not by the router: a path
+    // pattern costs a regular expression match (and its captures) on every request.
+    cfg.service(
+        web::scope("/kernel")
+            .route("/create", web::post().to(create))
+            .route("/", web::post().to(create))
+            .default_service(web::to(dispatch)),
+    );
 }
 
-/// `/v{version}/kernel/{token}`: the session is named by the client's token.
-#[derive(Deserialize)]
-struct KernelPath {
-    token: String,
+/// What a request under `/kernel/{token}` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// `/kernel/{token}`: info, restart, destroy or execute, by method.
+    Session,
+    /// `/kernel/{token}/interrupt`.
+    Interrupt,
+    /// `/kernel/{token}/complete`.
+    Complete,
+    /// `/kernel/{token}/upload`.
+    Upload,
+}
+
+/// Splits what follows `/kernel` into the (percent-decoded) token and the action;
+/// `None` for any other path.
+fn kernel_path(rest: &str) -> Option<(Cow<'_, str>, Action)> {
+    let rest = rest.strip_prefix('/')?;
+    let (token, action) = match rest.split_once('/') {
+        None => (rest, Action::Session),
+        Some((token, "interrupt")) => (token, Action::Interrupt),
+        Some((token, "complete")) => (token, Action::Complete),
+        Some((token, "upload")) => (token, Action::Upload),
+        Some(_) => return None,
+    };
+    if token.is_empty() {
+        return None;
+    }
+    Some((percent_encoding::percent_decode_str(token).decode_utf8_lossy(), action))
+}
+
+async fn dispatch(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let rest = req.match_info().unprocessed();
+    // `POST /kernel/create` and `POST /kernel/` are routes of their own: other methods end here.
+    if matches!(rest, "/create" | "/") {
+        return Err(ApiError::new(Problem::MethodNotAllowed).into());
+    }
+    let (token, action) = kernel_path(rest).ok_or_else(|| ApiError::new(Problem::GenericNotFound))?;
+    let auth = Authenticated::from_request(&req, &mut Payload::None).await?;
+    if action == Action::Session && req.method() == Method::GET {
+        return Ok(info(&auth, &state, &token).await?);
+    }
+    // The other calls in a box of their own, so that the future of every request stays small.
+    Box::pin(call(&req, &auth, &state, &token, action, payload.into_inner())).await
+}
+
+/// Every call under `/kernel/{token}` but `GET` info.
+async fn call(
+    req: &HttpRequest,
+    auth: &Authenticated,
+    state: &AppState,
+    token: &str,
+    action: Action,
+    mut payload: Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    // The body as its extractor reads it (limits, errors): the gateway has buffered it.
+    let mut body = || web::Bytes::from_request(req, &mut payload);
+    let method = req.method();
+    Ok(match action {
+        Action::Session if method == Method::PATCH => restart(req, auth, state, token).await?,
+        Action::Session if method == Method::DELETE => destroy(auth, state, token).await?,
+        Action::Session if method == Method::POST => execute(auth, state, token, &body().await?).await?,
+        Action::Interrupt if method == Method::POST => interrupt(req, auth, state, token).await?,
+        Action::Complete if method == Method::POST => complete(auth, state, token, &body().await?).await?,
+        Action::Upload if method == Method::POST => {
+            upload(req, auth, state, token, Multipart::new(req.headers(), payload)).await?
+        }
+        _ => return Err(ApiError::new(Problem::MethodNotAllowed).into()),
+    })
 }
 
 fn bad_params(detail: impl Into<String>) -> ApiError {
@@ -81,41 +149,33 @@ async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Byte
     Ok(HttpResponse::Created().json(json!({"kernelId": body.client_session_token})))
 }
 
-async fn info(
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(sessions::info(&state, &auth.keypair.access_key, &path.token).await?))
+async fn info(auth: &Authenticated, state: &AppState, token: &str) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(sessions::info(state, &auth.keypair.access_key, token).await?))
 }
 
 async fn restart(
-    req: HttpRequest,
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
+    req: &HttpRequest,
+    auth: &Authenticated,
+    state: &AppState,
+    token: &str,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::restart(&state, &auth.keypair.access_key, &path.token).await?;
-    Ok(super::no_content(&req))
+    sessions::restart(state, &auth.keypair.access_key, token).await?;
+    Ok(super::no_content(req))
 }
 
-async fn destroy(
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
-) -> Result<HttpResponse, ApiError> {
-    let stats = sessions::destroy(&state, &auth.keypair.access_key, &path.token).await?;
+async fn destroy(auth: &Authenticated, state: &AppState, token: &str) -> Result<HttpResponse, ApiError> {
+    let stats = sessions::destroy(state, &auth.keypair.access_key, token).await?;
     Ok(HttpResponse::Ok().json(json!({"stats": stats})))
 }
 
 async fn interrupt(
-    req: HttpRequest,
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
+    req: &HttpRequest,
+    auth: &Authenticated,
+    state: &AppState,
+    token: &str,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::interrupt(&state, &auth.keypair.access_key, &path.token).await?;
-    Ok(super::no_content(&req))
+    sessions::interrupt(state, &auth.keypair.access_key, token).await?;
+    Ok(super::no_content(req))
 }
 
 #[derive(Deserialize)]
@@ -138,14 +198,9 @@ async fn complete_result(
     Ok(json!({"status": "finished", "completions": completions, "console": [], "options": null, "files": []}))
 }
 
-async fn complete(
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let body: CompleteBody = parse_json(&body)?;
-    Ok(HttpResponse::Ok().json(json!({"result": complete_result(&auth, &state, &path.token, body).await?})))
+async fn complete(auth: &Authenticated, state: &AppState, token: &str, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let body: CompleteBody = parse_json(body)?;
+    Ok(HttpResponse::Ok().json(json!({"result": complete_result(auth, state, token, body).await?})))
 }
 
 /// Checks an execute body and turns it into the agent's request.
@@ -203,22 +258,17 @@ fn v1_result(result: &Value) -> Value {
     })
 }
 
-async fn execute(
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let body: Value = parse_json(&body)?;
+async fn execute(auth: &Authenticated, state: &AppState, token: &str, body: &[u8]) -> Result<HttpResponse, ApiError> {
+    let body: Value = parse_json(body)?;
     let (mode, request) = execute_request(auth.api_version, &body)?;
     let result = if mode == "complete" {
         let body = CompleteBody {
             code: request["code"].as_str().unwrap_or_default().to_owned(),
             options: Some(request["options"].clone()),
         };
-        complete_result(&auth, &state, &path.token, body).await?
+        complete_result(auth, state, token, body).await?
     } else {
-        sessions::execute(&state, &auth.keypair.access_key, &path.token, request).await?
+        sessions::execute(state, &auth.keypair.access_key, token, request).await?
     };
     let result = if auth.api_version == 1 { v1_result(&result) } else { result };
     Ok(HttpResponse::Ok().json(json!({"result": result})))
@@ -236,10 +286,10 @@ pub fn validate_upload_name(name: &str) -> Result<(), ApiError> {
 }
 
 async fn upload(
-    req: HttpRequest,
-    auth: Authenticated,
-    state: web::Data<AppState>,
-    path: web::Path<KernelPath>,
+    req: &HttpRequest,
+    auth: &Authenticated,
+    state: &AppState,
+    token: &str,
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     let mut count = 0;
@@ -268,9 +318,9 @@ async fn upload(
             }
             data.extend_from_slice(&chunk);
         }
-        sessions::upload(&state, &auth.keypair.access_key, &path.token, name, data.freeze()).await?;
+        sessions::upload(state, &auth.keypair.access_key, token, name, data.freeze()).await?;
     }
-    Ok(super::no_content(&req))
+    Ok(super::no_content(req))
 }
 
 #[cfg(test)]
@@ -305,6 +355,18 @@ mod tests {
         assert_eq!(v1["stdout"], "ac");
         assert_eq!(v1["stderr"], "b");
         assert_eq!(v1["media"], json!([["image/png", "xx"]]));
+    }
+
+    #[test]
+    fn kernel_paths_are_split_without_a_pattern() {
+        assert_eq!(kernel_path("/abc"), Some(("abc".into(), Action::Session)));
+        assert_eq!(kernel_path("/abc/interrupt"), Some(("abc".into(), Action::Interrupt)));
+        assert_eq!(kernel_path("/abc/complete"), Some(("abc".into(), Action::Complete)));
+        assert_eq!(kernel_path("/abc/upload"), Some(("abc".into(), Action::Upload)));
+        assert_eq!(kernel_path("/a%20b%2Fc"), Some(("a b/c".into(), Action::Session)));
+        for other in ["", "/", "//interrupt", "/abc/", "/abc/nope", "/abc/interrupt/x", "abc"] {
+            assert_eq!(kernel_path(other), None, "{other:?}");
+        }
     }
 
     #[test]

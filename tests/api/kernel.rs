@@ -160,6 +160,35 @@ async fn sessions_of_other_keys_are_invisible() {
 }
 
 #[actix_web::test]
+async fn kernel_paths_are_routed_as_the_contract_names_them() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let token = unique("route");
+        assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
+        // A percent-encoded token names the same session ('-' is %2D).
+        let encoded = token.replace('-', "%2D");
+        let response = app.send(app.signed("GET", &format!("/v3/kernel/{encoded}"), None)).await;
+        assert_eq!(response.status().as_u16(), 200, "{backend:?}");
+        for (method, path, status, problem) in [
+            ("PUT", format!("/v3/kernel/{token}"), 405, "method-not-allowed"),
+            ("GET", format!("/v3/kernel/{token}/interrupt"), 405, "method-not-allowed"),
+            ("DELETE", format!("/v3/kernel/{token}/upload"), 405, "method-not-allowed"),
+            ("POST", format!("/v3/kernel/{token}/nope"), 404, "generic-not-found"),
+            ("GET", format!("/v3/kernel/{token}/"), 404, "generic-not-found"),
+            ("GET", format!("/v3/kernel/{token}/interrupt/x"), 404, "generic-not-found"),
+            ("GET", "/v3/kernel//interrupt".to_owned(), 404, "generic-not-found"),
+            ("GET", "/v3/kernel/create".to_owned(), 405, "method-not-allowed"),
+            ("DELETE", "/v3/kernel/".to_owned(), 405, "method-not-allowed"),
+        ] {
+            let response = app.send(app.signed(method, &path, None)).await;
+            assert_problem(response, status, problem).await;
+        }
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
 async fn racing_creates_with_one_token_make_one_session() {
     for backend in BACKENDS {
         let Some(app) = spawn_app(backend).await else { continue };
