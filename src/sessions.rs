@@ -10,6 +10,7 @@ use sea_orm::EntityTrait;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::actors::keypair;
 use crate::actors::messages::{
     Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelTerminated, Restart, StartKernel,
     UploadFile,
@@ -18,7 +19,7 @@ use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
 use crate::agent_client::KernelLimits;
 use crate::error::{ApiError, Error, Problem};
-use crate::scheduler::{self, SessionRequest};
+use crate::scheduler;
 use crate::startup::AppState;
 
 /// What a client asks for when creating a session.
@@ -51,8 +52,8 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
         return Ok(false);
     }
     let image = scheduler::resolve_image(state.stores.config.as_ref(), &request.lang).await?;
-    let reservation = SessionRequest { access_key, token: &request.token, image: &image };
-    let (kernel, created) = scheduler::reserve(&state.db, &reservation).await?;
+    let (kernel, created) =
+        keypair::reserve(&state.registry, &state.directory, access_key, &request.token, &image).await?;
     if !created {
         wait_until_started(&state.registry, kernel).await?;
         return Ok(false);

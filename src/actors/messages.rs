@@ -13,6 +13,7 @@ use super::registry::KeypairEntry;
 use super::session::SessionActor;
 use crate::agent_client::{ImageSpec, KernelLimits};
 use crate::error::Error;
+use crate::scheduler::ResolvedImage;
 
 /// Registry: the actor of an access key (and what it shares), started if it is not running.
 #[derive(Message)]
@@ -40,6 +41,18 @@ pub struct Shutdown;
 #[derive(Message)]
 #[rtype(result = "Result<Option<Arc<keypairs::Model>>, Error>")]
 pub struct LookupKeypair;
+
+/// Keypair actor: charge the key's concurrency quota and reserve an agent's slots for
+/// a new session (one transaction), or find the key's live session of that token
+/// (`false`: not created).
+#[derive(Message)]
+#[rtype(result = "Result<(kernels::Model, bool), Error>")]
+pub struct ReserveSession {
+    /// The client's session token.
+    pub token: String,
+    /// The image and its slots.
+    pub image: ResolvedImage,
+}
 
 /// Keypair actor: write the counted requests now.
 #[derive(Message)]

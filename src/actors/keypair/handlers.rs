@@ -9,8 +9,9 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::KeypairActor;
-use crate::actors::messages::{FlushUsage, LookupKeypair};
+use crate::actors::messages::{FlushUsage, LookupKeypair, ReserveSession};
 use crate::error::Error;
+use crate::scheduler::{self, SessionRequest};
 
 impl Handler<LookupKeypair> for KeypairActor {
     type Result = AtomicResponse<Self, Result<Option<Arc<keypairs::Model>>, Error>>;
@@ -32,6 +33,23 @@ impl Handler<LookupKeypair> for KeypairActor {
                 },
             ),
         ))
+    }
+}
+
+impl Handler<ReserveSession> for KeypairActor {
+    type Result = ResponseFuture<Result<(entity::kernels::Model, bool), Error>>;
+
+    fn handle(&mut self, msg: ReserveSession, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        // Not atomic: the charge is one transaction, which serializes racing charges of
+        // the key across every manager process (a row lock on PostgreSQL); lookups of
+        // the key need not wait behind it.
+        let db = self.db.clone();
+        let access_key = self.access_key.clone();
+        Box::pin(async move {
+            let request = SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image };
+            scheduler::reserve(&db, &request).await
+        })
     }
 }
 

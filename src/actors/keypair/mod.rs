@@ -1,6 +1,7 @@
 //! The per-access-key actor: caches the key for the gateway, so that a request
 //! costs no database write (and at most one read every [`CACHE_TTL`]), and writes
-//! `last_used`/`num_queries` in batches.
+//! `last_used`/`num_queries` in batches. New sessions of the key are charged to
+//! its concurrency quota through it ([`reserve`]).
 //!
 //! The actor publishes what it caches in a [`KeypairShared`] that the gateway
 //! reads without a message while it is fresh, and counts requests in atomics
@@ -15,12 +16,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use entity::keypairs;
+use entity::{kernels, keypairs};
 use sea_orm::DatabaseConnection;
 
-use super::messages::{GetKeypairActor, LookupKeypair, Shutdown};
+use super::messages::{GetKeypairActor, LookupKeypair, ReserveSession, Shutdown};
 use super::registry::{Directory, Registry};
 use crate::error::Error;
+use crate::scheduler::ResolvedImage;
 
 /// How long a cached key is trusted: changes made by any manager process (a
 /// deactivation, a deletion) take effect within this time everywhere.
@@ -124,14 +126,44 @@ pub async fn lookup(
             return Ok(row.map(|keypair| KeypairHandle { keypair, shared }));
         }
     }
+    let (found, shared) = ask(registry, directory, access_key, || LookupKeypair).await?;
+    Ok(found?.map(|keypair| KeypairHandle { keypair, shared }))
+}
+
+/// Charges `access_key`'s concurrency quota and reserves slots for the new session
+/// `token`, through the key's actor; or finds its live session of that token
+/// (`false`: not created).
+pub async fn reserve(
+    registry: &Addr<Registry>,
+    directory: &Directory,
+    access_key: &str,
+    token: &str,
+    image: &ResolvedImage,
+) -> Result<(kernels::Model, bool), Error> {
+    let message = || ReserveSession { token: token.to_owned(), image: image.clone() };
+    ask(registry, directory, access_key, message).await?.0
+}
+
+/// Sends `message()` to the actor of `access_key` (started if not running), with what it shares.
+async fn ask<M>(
+    registry: &Addr<Registry>,
+    directory: &Directory,
+    access_key: &str,
+    message: impl Fn() -> M,
+) -> Result<(M::Result, Arc<KeypairShared>), Error>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    KeypairActor: Handler<M>,
+{
     // An idle actor may stop between the lookup and our message: ask once more.
     for _ in 0..2 {
         let (actor, shared) = match directory.keypair(access_key) {
             Some(found) => found,
             None => registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await??,
         };
-        match actor.send(LookupKeypair).await {
-            Ok(found) => return Ok(found?.map(|keypair| KeypairHandle { keypair, shared })),
+        match actor.send(message()).await {
+            Ok(answer) => return Ok((answer, shared)),
             Err(MailboxError::Closed) => continue,
             Err(error) => return Err(error.into()),
         }
