@@ -86,18 +86,24 @@ pub struct AgentClient {
     base: String,
     secret: Secret,
     http: reqwest::Client,
+    timeouts: AgentTimeouts,
 }
 
-/// Timeouts of the calls: creation starts a process, execution returns within
-/// about 2 seconds by the continuation rule.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take: creation starts a process; an execute returns
+/// within about 2 seconds by the continuation rule.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentTimeouts {
+    /// Starting or restarting a kernel.
+    pub create: Duration,
+    /// Any other call.
+    pub call: Duration,
+}
 
 impl AgentClient {
     /// A client of the agent whose RPC server is at `addr` (`host:port`).
-    pub fn new(http: reqwest::Client, addr: &str, secret: Secret) -> Self {
+    pub fn new(http: reqwest::Client, addr: &str, secret: Secret, timeouts: AgentTimeouts) -> Self {
         let base = if addr.contains("://") { addr.trim_end_matches('/').to_owned() } else { format!("http://{addr}") };
-        Self { base, secret, http }
+        Self { base, secret, http, timeouts }
     }
 
     async fn call(
@@ -152,30 +158,31 @@ impl AgentClient {
         mounts: &[String],
     ) -> Result<Value, AgentError> {
         let body = json!({"kernel_id": kernel_id, "image": image, "limits": limits, "mounts": mounts});
-        self.call(reqwest::Method::POST, "/kernels", Some(Body::Json(body)), CREATE_TIMEOUT).await
+        self.call(reqwest::Method::POST, "/kernels", Some(Body::Json(body)), self.timeouts.create).await
     }
 
     /// Destroys a kernel; returns its last stats.
     pub async fn destroy_kernel(&self, kernel_id: &str) -> Result<Value, AgentError> {
-        let value = self.call(reqwest::Method::DELETE, &format!("/kernels/{kernel_id}"), None, CALL_TIMEOUT).await?;
+        let value =
+            self.call(reqwest::Method::DELETE, &format!("/kernels/{kernel_id}"), None, self.timeouts.call).await?;
         Ok(value.get("stats").cloned().unwrap_or(Value::Null))
     }
 
     /// Gives a kernel a fresh interpreter with the same resources.
     pub async fn restart_kernel(&self, kernel_id: &str) -> Result<(), AgentError> {
-        self.call(reqwest::Method::POST, &format!("/kernels/{kernel_id}/restart"), None, CREATE_TIMEOUT).await?;
+        self.call(reqwest::Method::POST, &format!("/kernels/{kernel_id}/restart"), None, self.timeouts.create).await?;
         Ok(())
     }
 
     /// Runs (or resumes) code; returns the contract's v2 result.
     pub async fn execute(&self, kernel_id: &str, request: &Value) -> Result<Value, AgentError> {
         let path = format!("/kernels/{kernel_id}/execute");
-        self.call(reqwest::Method::POST, &path, Some(Body::Json(request.clone())), CALL_TIMEOUT).await
+        self.call(reqwest::Method::POST, &path, Some(Body::Json(request.clone())), self.timeouts.call).await
     }
 
     /// Interrupts the running code.
     pub async fn interrupt(&self, kernel_id: &str) -> Result<(), AgentError> {
-        self.call(reqwest::Method::POST, &format!("/kernels/{kernel_id}/interrupt"), None, CALL_TIMEOUT).await?;
+        self.call(reqwest::Method::POST, &format!("/kernels/{kernel_id}/interrupt"), None, self.timeouts.call).await?;
         Ok(())
     }
 
@@ -186,7 +193,7 @@ impl AgentClient {
             reqwest::Method::POST,
             &format!("/kernels/{kernel_id}/complete"),
             Some(Body::Json(body)),
-            CALL_TIMEOUT,
+            self.timeouts.call,
         )
         .await
     }
@@ -194,7 +201,7 @@ impl AgentClient {
     /// Writes one file into the kernel's working directory.
     pub async fn upload_file(&self, kernel_id: &str, path: &str, data: bytes::Bytes) -> Result<(), AgentError> {
         let url_path = format!("/kernels/{kernel_id}/files?path={}", percent_encode(path));
-        self.call(reqwest::Method::PUT, &url_path, Some(Body::Raw(data)), CALL_TIMEOUT).await?;
+        self.call(reqwest::Method::PUT, &url_path, Some(Body::Raw(data)), self.timeouts.call).await?;
         Ok(())
     }
 }

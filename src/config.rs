@@ -83,6 +83,11 @@ pub struct ManagerSettings {
     pub ssl_key: Option<PathBuf>,
     /// Seconds without a heartbeat after which an agent is declared lost.
     pub heartbeat_timeout: f64,
+    /// Seconds an agent may take to start or restart a kernel.
+    pub agent_create_timeout: f64,
+    /// Seconds an agent may take to answer any other call (an execute answers within
+    /// about 2 seconds by the continuation rule).
+    pub agent_call_timeout: f64,
     /// The Docker registry kernel images come from (for Docker runtimes).
     pub docker_registry: String,
     /// The secret shared by the manager and its agents.
@@ -107,6 +112,8 @@ impl Default for ManagerSettings {
             ssl_cert: None,
             ssl_key: None,
             heartbeat_timeout: 5.0,
+            agent_create_timeout: 60.0,
+            agent_call_timeout: 30.0,
             docker_registry: "lablup".to_owned(),
             cluster_secret: Secret::default(),
             max_body_size: 1 << 20,
@@ -280,6 +287,14 @@ impl Settings {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid value for key \"{key}\": {why}")));
         if !(self.manager.heartbeat_timeout.is_finite() && self.manager.heartbeat_timeout > 0.0) {
             return bad("manager.heartbeat_timeout", "must be a positive number of seconds");
+        }
+        for (key, seconds) in [
+            ("manager.agent_create_timeout", self.manager.agent_create_timeout),
+            ("manager.agent_call_timeout", self.manager.agent_call_timeout),
+        ] {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                return bad(key, "must be a positive number of seconds (at most a day)");
+            }
         }
         if self.manager.ssl_cert.is_some() != self.manager.ssl_key.is_some() {
             return bad("manager.ssl_cert", "ssl_cert and ssl_key go together");

@@ -2,10 +2,11 @@
 //! and an HTTP client for agent calls.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, AgentTimeouts};
 use crate::config::Settings;
 use crate::stores::Stores;
 
@@ -24,6 +25,11 @@ pub struct Core {
 impl Core {
     /// A client of the agent at `addr`.
     pub fn agent_client(&self, addr: &str) -> AgentClient {
-        AgentClient::new(self.http.clone(), addr, self.settings.manager.cluster_secret.clone())
+        let manager = &self.settings.manager;
+        let timeouts = AgentTimeouts {
+            create: Duration::from_secs_f64(manager.agent_create_timeout),
+            call: Duration::from_secs_f64(manager.agent_call_timeout),
+        };
+        AgentClient::new(self.http.clone(), addr, manager.cluster_secret.clone(), timeouts)
     }
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod faults;
 mod gateway;
 mod helpers;
 mod kernel;

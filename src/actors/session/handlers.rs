@@ -111,10 +111,18 @@ impl SessionActor {
         }))
     }
 
-    /// Ends the session with ERROR `<what>: <failure>` and answers the failure.
+    /// Ends the session with ERROR `<what>: <cause>` (the agent's error, when it
+    /// failed) and answers the failure.
     fn fail<T: 'static>(&mut self, what: &str, failure: Error) -> impl ActorFuture<Self, Output = Result<T, Error>> {
         tracing::warn!(error = %failure, kernel_id = %self.kernel.id, "{what}");
-        let info = format!("{what}: {failure}");
+        let agent_error = match &failure {
+            Error::Api(error) => error.agent_details.as_ref().and_then(|d| d["title"].as_str()),
+            _ => None,
+        };
+        let info = match agent_error {
+            Some(cause) => format!("{what}: {cause}"),
+            None => format!("{what}: {failure}"),
+        };
         self.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure))
     }
 }
