@@ -292,14 +292,15 @@ async fn upload(
     token: &str,
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
-    let mut count = 0;
+    // Every file is checked before any is sent to the kernel, so that a refused upload
+    // changes nothing: at most MAX_UPLOAD_FILES of MAX_UPLOAD_FILE_SIZE are held.
+    let mut files = Vec::new();
     while let Some(field) = payload.next().await {
         let mut field = field.map_err(|e| bad_params(format!("malformed multipart body: {e}")))?;
         if field.name() != Some("src") {
             return Err(bad_params("upload files in fields named 'src'"));
         }
-        count += 1;
-        if count > MAX_UPLOAD_FILES {
+        if files.len() == MAX_UPLOAD_FILES {
             return Err(bad_params(format!("at most {MAX_UPLOAD_FILES} files per upload")));
         }
         let name = field
@@ -318,7 +319,10 @@ async fn upload(
             }
             data.extend_from_slice(&chunk);
         }
-        sessions::upload(state, &auth.keypair.access_key, token, name, data.freeze()).await?;
+        files.push((name, data.freeze()));
+    }
+    for (name, data) in files {
+        sessions::upload(state, &auth.keypair.access_key, token, name, data).await?;
     }
     Ok(super::no_content(req))
 }

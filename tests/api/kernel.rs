@@ -9,6 +9,7 @@ use entity::keypairs;
 use futures_util::future::join_all;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{add_keypair, assert_problem, spawn_app, spawn_app_with, unique, Backend, TestApp, BACKENDS};
 
@@ -338,8 +339,39 @@ async fn uploads_are_checked() {
         assert_problem(upload(vec![(name, b"x".to_vec())]).await, 400, "invalid-api-params").await;
     }
     assert_problem(upload(vec![("big.bin", vec![0u8; (1 << 20) + 1])]).await, 400, "invalid-api-params").await;
-    let many: Vec<(&str, Vec<u8>)> = (0..21).map(|_| ("f.txt", b"x".to_vec())).collect();
+    let names: Vec<String> = (0..21).map(|i| format!("f{i}.txt")).collect();
+    let many: Vec<(&str, Vec<u8>)> = names.iter().map(|name| (name.as_str(), b"x".to_vec())).collect();
     assert_problem(upload(many).await, 400, "invalid-api-params").await;
+    let mixed = vec![("good.txt", b"x".to_vec()), ("../bad.txt", b"x".to_vec())];
+    assert_problem(upload(mixed).await, 400, "invalid-api-params").await;
+    // A refused upload writes nothing, not even the files before the fault.
+    let code = "import os\nprint(os.path.exists('f0.txt'), os.path.exists('good.txt'))";
+    let read: Value = execute(&app, &token, code, "r2").await.json().await.unwrap();
+    assert_eq!(read["result"]["console"], json!([["stdout", "False False\n"]]));
+
+    // Checked as the body streams in: a file past the limit is refused while the rest of
+    // the body (declared, never sent) is still to come.
+    let path = format!("/v3/kernel/{token}/upload");
+    let mut request = app.signed("POST", &path, None);
+    request.content_type = "multipart/form-data";
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", app.host);
+    for (name, value) in app.signature_headers(&request) {
+        if name != "Content-Type" {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("Content-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: 8388608\r\n\r\n");
+    head.push_str("--B0undary\r\nContent-Disposition: form-data; name=\"src\"; filename=\"big.bin\"\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(&app.host).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; (1 << 20) + 4096]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    // Generous: a server that waited for the whole body would never answer.
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut answer)).await;
+    let read = read.expect("an answer before the body ends").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid-api-params"), "{answer}");
     app.stop().await;
 }
 
