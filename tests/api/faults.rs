@@ -16,7 +16,7 @@ use crate::helpers::{assert_problem, spawn_app_with, unique, Backend, TestApp, B
 
 /// How the fake agent answers a call.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Answer {
+pub enum Answer {
     Ok,
     Fail,
     Stall,
@@ -24,11 +24,11 @@ enum Answer {
 
 /// The fake agent's answers, by call.
 #[derive(Clone, Copy, Debug)]
-struct Script {
-    create: Answer,
-    restart: Answer,
-    destroy: Answer,
-    execute: Answer,
+pub struct Script {
+    pub create: Answer,
+    pub restart: Answer,
+    pub destroy: Answer,
+    pub execute: Answer,
 }
 
 impl Default for Script {
@@ -57,7 +57,7 @@ async fn answer(how: Answer, ok: Value) -> HttpResponse {
 }
 
 /// Starts a fake agent and registers it as `agent_id` with `slots`; returns its script.
-async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mutex<Script>> {
+pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mutex<Script>> {
     let script = Shared::new(Mutex::new(Script::default()));
     let shared = script.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -98,7 +98,7 @@ async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mutex<Sc
     script.into_inner()
 }
 
-async fn send_event(app: &TestApp, event: &str, agent_id: &str, data: Value) {
+pub async fn send_event(app: &TestApp, event: &str, agent_id: &str, data: Value) {
     let response = reqwest::Client::new()
         .post(format!("http://{}/events", app.state.events_addr))
         .bearer_auth("test-cluster-secret")
@@ -120,7 +120,7 @@ async fn app_without_agent(backend: Backend) -> Option<TestApp> {
     .await
 }
 
-async fn create(app: &TestApp, token: &str) -> reqwest::Response {
+pub async fn create(app: &TestApp, token: &str) -> reqwest::Response {
     app.send(app.signed("POST", "/v3/kernel/create", Some(json!({"lang": "python3", "clientSessionToken": token}))))
         .await
 }
@@ -131,7 +131,7 @@ async fn session(app: &TestApp, token: &str) -> kernels::Model {
     rows.into_iter().next().unwrap()
 }
 
-async fn agent(app: &TestApp, agent_id: &str) -> agents::Model {
+pub async fn agent(app: &TestApp, agent_id: &str) -> agents::Model {
     agents::Entity::find_by_id(agent_id.to_owned()).one(&app.state.db).await.unwrap().unwrap()
 }
 

@@ -90,6 +90,9 @@ pub struct TestApp {
     pub access_key: String,
     pub secret_key: String,
     handle: ServerHandle,
+    /// The application's task, when this helper started it: stopping waits for it to
+    /// finish its shutdown (so that its database connections are closed).
+    task: Option<actix_web::rt::task::JoinHandle<anyhow::Result<()>>>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -112,6 +115,8 @@ pub async fn test_settings(backend: Backend) -> Option<(Settings, tempfile::Temp
     settings.manager.service_port = 0;
     settings.manager.events_port = 0;
     settings.manager.workers = 2;
+    // Many tests run at once against one PostgreSQL server.
+    settings.db.max_connections = 6;
     settings.manager.cluster_secret = Secret::new("test-cluster-secret");
     settings.manager.namespace = unique("test");
     settings.db.data_dir = data_dir.path().to_owned();
@@ -134,17 +139,25 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let (mut settings, data_dir) = test_settings(backend).await?;
     customize(&mut settings);
+    let mut app = start_app(settings).await;
+    app._data_dir = Some(data_dir);
+    Some(app)
+}
+
+/// Starts a manager with `settings` (several may share one database and config store),
+/// with a keypair of its own.
+pub async fn start_app(settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("the application builds");
     let port = app.port();
     let state = app.state();
     let handle = app.handle();
     // As an operator would with `etcd update-images` (the embedded store seeds itself).
     backendai_manager::images::seed_builtin(state.stores.config.as_ref()).await.expect("load the images");
-    actix_web::rt::spawn(app.run_until_stopped());
+    let task = Some(actix_web::rt::spawn(app.run_until_stopped()));
     let access_key = unique("AK").chars().take(20).collect::<String>().to_uppercase();
     let secret_key = unique("secret");
     add_keypair(&state, &access_key, &secret_key, 1000, true).await;
-    Some(TestApp {
+    TestApp {
         address: format!("http://127.0.0.1:{port}"),
         host: format!("127.0.0.1:{port}"),
         client: reqwest::Client::new(),
@@ -152,8 +165,9 @@ pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settin
         access_key,
         secret_key,
         handle,
-        _data_dir: Some(data_dir),
-    })
+        task,
+        _data_dir: None,
+    }
 }
 
 /// Inserts a keypair.
@@ -189,6 +203,7 @@ impl TestApp {
             access_key: "AKIAIOSFODNN7EXAMPLE".to_owned(),
             secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned(),
             handle,
+            task: None,
             _data_dir: None,
         }
     }
@@ -256,6 +271,7 @@ impl TestApp {
             access_key: self.access_key.clone(),
             secret_key: self.secret_key.clone(),
             handle: self.handle.clone(),
+            task: None,
             _data_dir: None,
         }
     }
@@ -286,6 +302,9 @@ impl TestApp {
     /// Stops the server and waits until it stopped.
     pub async fn stop(self) {
         self.handle.stop(true).await;
+        if let Some(task) = self.task {
+            task.await.expect("the application task").expect("a clean shutdown");
+        }
     }
 }
 

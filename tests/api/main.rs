@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod cluster;
 mod faults;
 mod gateway;
 mod helpers;

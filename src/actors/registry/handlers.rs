@@ -1,6 +1,8 @@
 use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
 
 use actix::prelude::*;
+use chrono::Utc;
 use futures_util::FutureExt;
 
 use super::Registry;
@@ -11,7 +13,9 @@ use crate::actors::messages::{
     KeypairActorStopped, SessionActorStopped, SessionEnded, SessionsEnded, Shutdown,
 };
 use crate::actors::session::SessionActor;
+use crate::error::Error;
 use crate::scheduler;
+use crate::stores::ConfigStore;
 
 impl Handler<GetKeypairActor> for Registry {
     type Result = MessageResult<GetKeypairActor>;
@@ -126,16 +130,19 @@ impl Handler<CheckLiveness> for Registry {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, _msg: CheckLiveness, _ctx: &mut Self::Context) -> Self::Result {
+        if self.shut_down {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        }
         let core = self.core.clone();
         let manager_id = self.manager_id.clone();
         AtomicResponse::new(Box::pin(
             AssertUnwindSafe(async move {
-                // One checker per cluster: the manager registered in the config store.
-                match core.stores.config.get("nodes/manager").await {
-                    Ok(Some(leader)) if leader == manager_id => {}
-                    Ok(_) => return Vec::new(),
+                // One checker per cluster: the holder of the checker's lease.
+                match liveness_lease(core.stores.config.as_ref(), &manager_id).await {
+                    Ok(true) => {}
+                    Ok(false) => return Vec::new(),
                     Err(error) => {
-                        tracing::warn!(%error, "cannot read the config store for the liveness check");
+                        tracing::warn!(%error, "cannot use the config store for the liveness check");
                         return Vec::new();
                     }
                 }
@@ -172,10 +179,34 @@ impl Handler<CheckLiveness> for Registry {
     }
 }
 
+/// Where the liveness checker's lease lives: `<manager id> <expiry, unix ms>`.
+pub const LIVENESS_LEASE_KEY: &str = "nodes/liveness_checker";
+/// How long a lease lasts without renewal: a manager that dies is replaced as the
+/// checker within this time.
+const LIVENESS_LEASE: Duration = Duration::from_secs(5);
+
+/// Takes or renews the liveness checker's lease for `manager_id`; whether it holds it.
+/// Two managers that find it expired at once may both check for one round: the check
+/// is idempotent (each session is released once), so only the work is repeated.
+async fn liveness_lease(config: &dyn ConfigStore, manager_id: &str) -> Result<bool, Error> {
+    let now = Utc::now().timestamp_millis();
+    let held_by_another = config.get(LIVENESS_LEASE_KEY).await?.is_some_and(|lease| {
+        let (holder, expires) = lease.split_once(' ').unwrap_or((lease.as_str(), "0"));
+        holder != manager_id && expires.parse::<i64>().is_ok_and(|expires| expires > now)
+    });
+    if held_by_another {
+        return Ok(false);
+    }
+    let expires = now + i64::try_from(LIVENESS_LEASE.as_millis()).unwrap_or(i64::MAX);
+    config.put(LIVENESS_LEASE_KEY, &format!("{manager_id} {expires}")).await?;
+    Ok(true)
+}
+
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.shut_down = true;
         let children = self.guarded(ctx, "Shutdown", |registry, _| {
             let children: Vec<_> = registry.directory.write_keypairs().drain().map(|(_, (addr, _))| addr).collect();
             registry.directory.write_sessions().clear();

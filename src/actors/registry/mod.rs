@@ -10,6 +10,8 @@
 mod actor;
 mod handlers;
 
+pub use handlers::LIVENESS_LEASE_KEY;
+
 use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, RwLock};
@@ -119,12 +121,14 @@ pub struct Registry {
     agents: HashMap<String, Addr<AgentActor>>,
     /// The running session actors, by kernel id, with their (access key, token).
     sessions: HashMap<Uuid, (Addr<SessionActor>, (String, String))>,
+    /// Set at shutdown: the liveness check (and its lease) is left to other managers.
+    shut_down: bool,
 }
 
 impl Registry {
     /// A registry whose children use `core`.
     pub fn new(core: Arc<Core>, manager_id: String, directory: Arc<Directory>) -> Self {
-        Self { core, manager_id, directory, agents: HashMap::new(), sessions: HashMap::new() }
+        Self { core, manager_id, directory, agents: HashMap::new(), sessions: HashMap::new(), shut_down: false }
     }
 
     /// Starts the registry on its own arbiter, under a supervisor; handlers read

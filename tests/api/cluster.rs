@@ -1,0 +1,112 @@
+//! Several manager processes on one database and one config store (the production
+//! deployment): one liveness checker per cluster, handed over when it goes away, and
+//! no agent overbooked by racing managers.
+
+use std::time::Duration;
+
+use backendai_manager::actors::registry::LIVENESS_LEASE_KEY;
+use backendai_manager::config::Settings;
+use entity::agents::AgentStatus;
+use futures_util::future::join_all;
+use serde_json::json;
+
+use crate::faults::{agent, create, fake_agent};
+use crate::helpers::{spawn_app_with, start_app, test_settings, unique, Backend, TestApp, BACKENDS};
+
+fn without_agent(settings: &mut Settings) {
+    settings.local_agent.enabled = false;
+    settings.manager.heartbeat_timeout = 1.0;
+}
+
+/// The holder of the liveness checker's lease.
+async fn checker(app: &TestApp) -> Option<String> {
+    let lease = app.state.stores.config.get(LIVENESS_LEASE_KEY).await.unwrap()?;
+    lease.split(' ').next().map(str::to_owned)
+}
+
+/// Waits up to 10 s for `agent_id` to have `status`.
+async fn wait_for_status(app: &TestApp, agent_id: &str, status: AgentStatus) -> bool {
+    for _ in 0..100 {
+        if agent(app, agent_id).await.status == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[actix_web::test]
+async fn one_manager_checks_liveness_and_another_takes_over_when_it_stops() {
+    let Some((mut settings, _dir)) = test_settings(Backend::Services).await else { return };
+    without_agent(&mut settings);
+    let first = start_app(settings.clone()).await;
+    let second = start_app(settings).await;
+    let ids = [first.state.manager_id.clone(), second.state.manager_id.clone()];
+
+    // One checker while both run, and it stays the same.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let holder = checker(&first).await.expect("a liveness checker");
+    assert!(ids.contains(&holder), "{holder}");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(checker(&first).await.as_deref(), Some(holder.as_str()));
+    }
+
+    // The checker stops; the other one takes over and declares a silent agent LOST.
+    let (stopping, survivor) = if holder == ids[0] { (first, second) } else { (second, first) };
+    stopping.stop().await;
+    let agent_id = unique("i-silent");
+    fake_agent(&survivor, &agent_id, json!({"cpu": 2, "mem": 2048, "gpu": 0})).await;
+    assert!(wait_for_status(&survivor, &agent_id, AgentStatus::Lost).await, "the agent was not declared lost");
+    assert_eq!(checker(&survivor).await.as_deref(), Some(survivor.state.manager_id.as_str()));
+    survivor.stop().await;
+}
+
+#[actix_web::test]
+async fn a_checker_that_died_is_replaced_when_its_lease_expires() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app_with(backend, without_agent).await else { continue };
+        let config = app.state.stores.config.clone();
+        // Another manager holds the lease, and stops renewing it (it died).
+        let far = chrono::Utc::now().timestamp_millis() + 60_000;
+        config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {far}")).await.unwrap();
+        let agent_id = unique("i-silent");
+        fake_agent(&app, &agent_id, json!({"cpu": 2, "mem": 2048, "gpu": 0})).await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(agent(&app, &agent_id).await.status, AgentStatus::Alive, "{backend:?}: only the holder checks");
+
+        let expired = chrono::Utc::now().timestamp_millis() - 1;
+        config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {expired}")).await.unwrap();
+        assert!(wait_for_status(&app, &agent_id, AgentStatus::Lost).await, "{backend:?}: not declared lost");
+        assert_eq!(checker(&app).await.as_deref(), Some(app.state.manager_id.as_str()));
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn racing_managers_never_overbook_an_agent() {
+    let Some((mut settings, _dir)) = test_settings(Backend::Services).await else { return };
+    without_agent(&mut settings);
+    settings.manager.heartbeat_timeout = 120.0;
+    let first = start_app(settings.clone()).await;
+    let second = start_app(settings).await;
+    let config = first.state.stores.config.clone();
+    config.put("config/overbook/cpu", "1").await.unwrap();
+    config.put("config/overbook/mem", "1").await.unwrap();
+    // Room for two python3 sessions (1 CPU each).
+    let agent_id = unique("i-small");
+    fake_agent(&first, &agent_id, json!({"cpu": 2, "mem": 65536, "gpu": 0})).await;
+
+    let tokens: Vec<String> = (0..8).map(|_| unique("race")).collect();
+    let creates = tokens.iter().enumerate().map(|(i, token)| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        create(app, token)
+    });
+    let statuses: Vec<u16> = join_all(creates).await.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 6, "{statuses:?}");
+    let row = agent(&first, &agent_id).await;
+    assert_eq!(row.used_cpu_slots, 2.0, "{row:?}");
+    first.stop().await;
+    second.stop().await;
+}
