@@ -37,11 +37,18 @@ impl Default for Script {
     }
 }
 
-type Shared = web::Data<Mutex<Script>>;
+/// A fake agent: how it answers, and the kernels it was told to destroy.
+#[derive(Default)]
+pub struct FakeAgent {
+    pub script: Mutex<Script>,
+    pub destroyed: Mutex<Vec<String>>,
+}
+
+type Shared = web::Data<FakeAgent>;
 
 /// The current script (copied: the lock is not held across an answer).
 fn current(shared: &Shared) -> Script {
-    *shared.lock().unwrap()
+    *shared.script.lock().unwrap()
 }
 
 async fn answer(how: Answer, ok: Value) -> HttpResponse {
@@ -57,9 +64,9 @@ async fn answer(how: Answer, ok: Value) -> HttpResponse {
 }
 
 /// Starts a fake agent and registers it as `agent_id` with `slots`; returns its script.
-pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mutex<Script>> {
-    let script = Shared::new(Mutex::new(Script::default()));
-    let shared = script.clone();
+pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> (Arc<FakeAgent>, String) {
+    let fake = Shared::new(FakeAgent::default());
+    let shared = fake.clone();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = HttpServer::new(move || {
@@ -71,7 +78,8 @@ pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mute
             )
             .route(
                 "/kernels/{id}",
-                web::delete().to(|s: Shared| async move {
+                web::delete().to(|s: Shared, id: web::Path<String>| async move {
+                    s.destroyed.lock().unwrap().push(id.into_inner());
                     answer(current(&s).destroy, json!({"stats": {"cpu_used": 7}})).await
                 }),
             )
@@ -95,7 +103,7 @@ pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> Arc<Mute
     actix_web::rt::spawn(server);
     let data = json!({"addr": addr.to_string(), "slots": slots, "kernels": []});
     send_event(app, "instance_started", agent_id, data).await;
-    script.into_inner()
+    (fake.into_inner(), addr.to_string())
 }
 
 pub async fn send_event(app: &TestApp, event: &str, agent_id: &str, data: Value) {
@@ -156,7 +164,8 @@ async fn agent_failures_and_timeouts_end_the_session_and_release_its_reservation
     for backend in BACKENDS {
         let Some(app) = app_without_agent(backend).await else { continue };
         let agent_id = unique("i-fake");
-        let script = fake_agent(&app, &agent_id, json!({"cpu": 4, "mem": 4096, "gpu": 0})).await;
+        let (fake, _) = fake_agent(&app, &agent_id, json!({"cpu": 4, "mem": 4096, "gpu": 0})).await;
+        let script = &fake.script;
 
         // Creation: an error, then a timeout.
         for (how, agent_problem) in [(Answer::Fail, "agent-failure"), (Answer::Stall, "agent-timeout")] {
@@ -210,7 +219,7 @@ async fn a_terminated_agent_ends_its_sessions_and_live_stats_reach_the_info() {
     for backend in BACKENDS {
         let Some(app) = app_without_agent(backend).await else { continue };
         let agent_id = unique("i-fake");
-        fake_agent(&app, &agent_id, json!({"cpu": 4, "mem": 4096, "gpu": 0})).await;
+        let (fake, addr) = fake_agent(&app, &agent_id, json!({"cpu": 4, "mem": 4096, "gpu": 0})).await;
         let token = unique("stats");
         assert_eq!(create(&app, &token).await.status().as_u16(), 201);
         let kernel_id = session(&app, &token).await.id.to_string();
@@ -220,6 +229,22 @@ async fn a_terminated_agent_ends_its_sessions_and_live_stats_reach_the_info() {
         let info: Value = app.send(app.signed("GET", &format!("/v3/kernel/{token}"), None)).await.json().await.unwrap();
         assert_eq!(info["memoryUsed"], 4096, "{backend:?}: KiB, {info}");
         assert_eq!(info["cpuCreditUsed"], 1234, "{info}");
+
+        // A kernel the agent runs that no session owns is destroyed; the session's stays.
+        let orphan = uuid::Uuid::new_v4().to_string();
+        let kernels = json!([kernel_id.clone(), orphan.clone()]);
+        let heartbeat = json!({"addr": addr, "slots": {"cpu": 4, "mem": 4096, "gpu": 0}, "kernels": kernels});
+        send_event(&app, "instance_heartbeat", &agent_id, heartbeat).await;
+        let mut destroyed = Vec::new();
+        for _ in 0..100 {
+            destroyed = fake.destroyed.lock().unwrap().clone();
+            if !destroyed.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(destroyed, vec![orphan], "{backend:?}");
+        assert_eq!(session(&app, &token).await.status, KernelStatus::Running);
 
         send_event(&app, "instance_terminated", &agent_id, json!({})).await;
         let row = session(&app, &token).await;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::AgentActor;
 use crate::actors::messages::{AgentHeartbeat, AgentLost, AgentTerminated, SessionsEnded};
+use crate::agent_client::AgentClient;
 use crate::error::Error;
 use crate::scheduler;
 
@@ -24,6 +25,7 @@ impl Handler<AgentHeartbeat> for AgentActor {
         let core = self.core.clone();
         let agent_id = self.agent_id.clone();
         let registry = self.registry.clone();
+        let client = self.client(&msg.report.addr);
         AtomicResponse::new(Box::pin(
             async move {
                 let (cpu_factor, mem_factor, gpu_factor) =
@@ -77,7 +79,7 @@ impl Handler<AgentHeartbeat> for AgentActor {
                             .await?;
                     }
                 }
-                reconcile(&core, &agent_id, &report.addr, &report.kernels, msg.started, &registry).await
+                reconcile(&core, &agent_id, &client, &report.kernels, msg.started, &registry).await
             }
             .into_actor(self),
         ))
@@ -88,7 +90,7 @@ impl Handler<AgentHeartbeat> for AgentActor {
 async fn reconcile(
     core: &crate::Core,
     agent_id: &str,
-    addr: &str,
+    client: &AgentClient,
     reported: &[String],
     started: bool,
     registry: &Addr<crate::actors::registry::Registry>,
@@ -115,7 +117,7 @@ async fn reconcile(
     }
     let known: HashSet<Uuid> = live.iter().map(|k| k.id).collect();
     for orphan in reported.difference(&known) {
-        let client = core.agent_client(addr);
+        let client = client.clone();
         let kernel_id = orphan.to_string();
         tracing::warn!(agent = %agent_id, kernel = %kernel_id, "destroying a kernel no session owns");
         actix::spawn(async move {

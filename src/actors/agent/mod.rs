@@ -1,6 +1,10 @@
 //! The per-agent actor: applies the agent's reports one at a time (registration,
 //! slots scaled by the overbook factors, revival, graceful termination) and
 //! reconciles the kernels the agent runs with the sessions in the database.
+//!
+//! It keeps the RPC client of the agent's address. The slots and the time of the
+//! last heartbeat it applies are kept in the database, where the cluster's liveness
+//! check reads them: an agent's heartbeats may reach any manager process.
 
 mod actor;
 mod handlers;
@@ -11,6 +15,7 @@ use actix::prelude::*;
 
 use super::messages::{AgentHeartbeat, AgentReport, AgentTerminated, GetAgentActor};
 use super::registry::Registry;
+use crate::agent_client::AgentClient;
 use crate::error::Error;
 use crate::Core;
 
@@ -22,12 +27,26 @@ pub struct AgentActor {
     core: Arc<Core>,
     /// The registry, told about ended sessions and when this actor stops.
     registry: Addr<Registry>,
+    /// The client of the agent's RPC server, with the address it was built for.
+    client: Option<(String, AgentClient)>,
 }
 
 impl AgentActor {
     /// An actor for `agent_id`, not started.
     pub fn new(agent_id: String, core: Arc<Core>, registry: Addr<Registry>) -> Self {
-        Self { agent_id, core, registry }
+        Self { agent_id, core, registry, client: None }
+    }
+
+    /// The client of the agent at `addr` (built again when the agent moved).
+    fn client(&mut self, addr: &str) -> AgentClient {
+        match &self.client {
+            Some((known, client)) if known == addr => client.clone(),
+            _ => {
+                let client = self.core.agent_client(addr);
+                self.client = Some((addr.to_owned(), client.clone()));
+                client
+            }
+        }
     }
 }
 
