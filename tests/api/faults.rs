@@ -160,6 +160,23 @@ async fn assert_agent_failure(response: reqwest::Response, problem: &str, agent_
 }
 
 #[actix_web::test]
+async fn the_events_port_refuses_a_wrong_secret() {
+    let Some(app) = app_without_agent(Backend::Embedded).await else { return };
+    let event = json!({"event": "instance_started", "agent_id": "i-intruder",
+        "data": {"addr": "127.0.0.1:9", "slots": {"cpu": 64, "mem": 65536}}});
+    for secret in [None, Some("wrong-secret"), Some("")] {
+        let mut request = reqwest::Client::new().post(format!("http://{}/events", app.state.events_addr));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        assert_problem(request.json(&event).send().await.unwrap(), 401, "auth-failed").await;
+    }
+    let found = agents::Entity::find_by_id("i-intruder".to_owned()).one(&app.state.db).await.unwrap();
+    assert!(found.is_none(), "an unauthenticated agent was registered");
+    app.stop().await;
+}
+
+#[actix_web::test]
 async fn agent_failures_and_timeouts_end_the_session_and_release_its_reservation() {
     for backend in BACKENDS {
         let Some(app) = app_without_agent(backend).await else { continue };

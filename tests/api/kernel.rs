@@ -90,13 +90,51 @@ async fn bad_tokens_and_images_are_refused() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
     app.wait_for_agent().await;
     assert_problem(create(&app, "python3", "short").await, 400, "invalid-api-params").await;
+    assert_problem(create(&app, "python3", "sevench").await, 400, "invalid-api-params").await;
     assert_problem(create(&app, "python3", &"x".repeat(81)).await, 400, "invalid-api-params").await;
+    // The edges are accepted.
+    for token in
+        [unique("t")[..8].to_owned(), format!("{}{}{}", unique("t"), unique("u"), unique("v"))[..80].to_owned()]
+    {
+        assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201, "{}", token.len());
+        let destroyed = app.send(app.signed("DELETE", &format!("/v3/kernel/{token}"), None)).await;
+        assert_eq!(destroyed.status().as_u16(), 200);
+    }
     assert_problem(create(&app, "cobol", &unique("tok")).await, 404, "image-not-found").await;
     assert_problem(create(&app, "python3:9.9", &unique("tok")).await, 404, "image-not-found").await;
     assert_problem(create(&app, "../etc", &unique("tok")).await, 404, "image-not-found").await;
     let missing = app.send(app.signed("POST", "/v3/kernel/create", Some(json!({"lang": "python3"})))).await;
     assert_problem(missing, 400, "invalid-api-params").await;
     assert_eq!(keypair(&app, &app.access_key).await.concurrency_used, 0, "nothing reserved");
+    app.stop().await;
+}
+
+/// The run time limit of the create body (`limits` in v3, `resourceLimits` in v1)
+/// reaches the kernel: a run past it ends with `exec-timeout` and the session stays,
+/// with a fresh interpreter.
+#[actix_web::test]
+async fn the_exec_timeout_of_the_create_body_ends_a_run() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    for limits in ["limits", "resourceLimits"] {
+        let token = unique("tok");
+        let body = json!({"lang": "python3", "clientSessionToken": token, limits: {"execTimeout": 1}});
+        assert_eq!(app.send(app.signed("POST", "/v3/kernel/create", Some(body))).await.status().as_u16(), 201);
+        assert_eq!(execute(&app, &token, "x = 1", "r0").await.status().as_u16(), 200);
+        let mut result: Value = execute(&app, &token, "import time\ntime.sleep(30)", "r1").await.json().await.unwrap();
+        for _ in 0..10 {
+            if result["result"]["status"] != "continued" {
+                break;
+            }
+            let body = json!({"mode": "continue", "code": "", "runId": "r1"});
+            let response = app.send(app.signed("POST", &format!("/v3/kernel/{token}"), Some(body))).await;
+            result = response.json().await.unwrap();
+        }
+        assert_eq!(result["result"]["status"], "exec-timeout", "{limits}: {result}");
+        assert_eq!(sessions_named(&app, &token).await[0].status, KernelStatus::Running);
+        let fresh: Value = execute(&app, &token, "print('x' in dir())", "r2").await.json().await.unwrap();
+        assert_eq!(fresh["result"]["console"], json!([["stdout", "False\n"]]), "{limits}");
+    }
     app.stop().await;
 }
 
@@ -138,13 +176,16 @@ async fn sessions_of_other_keys_are_invisible() {
         assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
         let other = unique("AKIA").chars().take(20).collect::<String>().to_uppercase();
         add_keypair(&app.state, &other, "other-secret", 100, true).await;
-        for (method, path) in [
-            ("GET", format!("/v3/kernel/{token}")),
-            ("DELETE", format!("/v3/kernel/{token}")),
-            ("PATCH", format!("/v3/kernel/{token}")),
-            ("POST", format!("/v3/kernel/{token}/interrupt")),
+        let run = json!({"mode": "query", "code": "print(1)", "runId": "r1"});
+        for (method, path, body) in [
+            ("GET", format!("/v3/kernel/{token}"), None),
+            ("DELETE", format!("/v3/kernel/{token}"), None),
+            ("PATCH", format!("/v3/kernel/{token}"), None),
+            ("POST", format!("/v3/kernel/{token}"), Some(run)),
+            ("POST", format!("/v3/kernel/{token}/interrupt"), None),
+            ("POST", format!("/v3/kernel/{token}/complete"), Some(json!({"code": "pri"}))),
         ] {
-            let mut request = app.signed(method, &path, None);
+            let mut request = app.signed(method, &path, body);
             request.access_key = &other;
             request.secret_key = "other-secret";
             assert_problem(app.send(request).await, 404, "kernel-not-found").await;
