@@ -23,6 +23,9 @@ output = run(['python3', '-c', 'import time\nfor i in range(5):\n    print("tick
 assert all(f'tick {i}' in output for i in range(5)), output
 output = run(['bash', '-c', 'echo "from bash $((20 + 22))"'])
 assert 'from bash 42' in output, output
+# A shell loop longer than one call: the CLI continues the run until it ends.
+output = run(['bash', '-c', 'for i in 0 1 2 3 4; do echo "beat $i"; sleep 0.8; done'])
+assert all(f'beat {i}' in output for i in range(5)), output
 output = run(['sh', '-c', 'echo "$(whoami 2>/dev/null || id -u) in $(pwd)"'])
 assert 'root' not in output, f'kernels must not run as root: {output}'
 print('OK cli_run')
