@@ -288,12 +288,14 @@ impl Settings {
         if !(self.manager.heartbeat_timeout.is_finite() && self.manager.heartbeat_timeout > 0.0) {
             return bad("manager.heartbeat_timeout", "must be a positive number of seconds");
         }
-        for (key, seconds) in [
-            ("manager.agent_create_timeout", self.manager.agent_create_timeout),
-            ("manager.agent_call_timeout", self.manager.agent_call_timeout),
+        // An execute answers "continued" within about 2 s: a shorter call timeout would
+        // fail every run longer than that.
+        for (key, seconds, least) in [
+            ("manager.agent_create_timeout", self.manager.agent_create_timeout, 0.1),
+            ("manager.agent_call_timeout", self.manager.agent_call_timeout, 3.0),
         ] {
-            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
-                return bad(key, "must be a positive number of seconds (at most a day)");
+            if !(seconds.is_finite() && (least..=86_400.0).contains(&seconds)) {
+                return bad(key, &format!("must be {least} to 86400 seconds"));
             }
         }
         if self.manager.ssl_cert.is_some() != self.manager.ssl_key.is_some() {
@@ -409,6 +411,10 @@ mod tests {
         settings.manager.heartbeat_timeout = -1.0;
         let error = settings.validate().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("manager.heartbeat_timeout"), "{error}");
+        let mut settings = Settings::default();
+        settings.manager.agent_call_timeout = 1.0;
+        let error = settings.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("manager.agent_call_timeout"), "{error}");
     }
 
     /// `config.toml.example` shows every key with its default value.

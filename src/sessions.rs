@@ -83,6 +83,11 @@ async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Res
     registry.send(GetSessionActor { kernel }).await?
 }
 
+/// Ok when `access_key` has a live session `token`; 404 otherwise.
+pub async fn require(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
+    find(state, access_key, token).await.map(|_| ())
+}
+
 /// The actor of the live session `token` of `access_key`; 404 for anyone else's.
 async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<SessionActor>, Error> {
     // The hot path: a session with a running actor needs no database query.

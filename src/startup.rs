@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::actors::keypair;
-use crate::actors::registry::{Directory, Registry, LIVENESS_LEASE_KEY};
+use crate::actors::registry::{Directory, Lease, Registry, LIVENESS_LEASE_KEY};
 use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
 use crate::middleware;
@@ -272,7 +272,7 @@ async fn deregister(state: &AppState) -> Result<(), crate::error::Error> {
     }
     // Hand the liveness check over at once rather than when the lease expires.
     let lease = config.get(LIVENESS_LEASE_KEY).await?;
-    if lease.is_some_and(|lease| lease.split(' ').next() == Some(state.manager_id.as_str())) {
+    if lease.is_some_and(|lease| Lease::parse(&lease).holder == state.manager_id) {
         config.delete(LIVENESS_LEASE_KEY, false).await?;
     }
     Ok(())

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use actix_multipart::Multipart;
 use actix_web::dev::Payload;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use bytes::BytesMut;
@@ -69,9 +70,10 @@ async fn dispatch(
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let rest = req.match_info().unprocessed();
-    // `POST /kernel/create` and `POST /kernel/` are routes of their own: other methods end here.
-    if matches!(rest, "/create" | "/") {
-        return Err(ApiError::new(Problem::MethodNotAllowed).into());
+    // `POST /kernel/` is a route of its own: other methods end here. (Other methods on
+    // `/kernel/create` name a session called "create", as in the reference server.)
+    if rest == "/" {
+        return Err(method_not_allowed("POST"));
     }
     let (token, action) = kernel_path(rest).ok_or_else(|| ApiError::new(Problem::GenericNotFound))?;
     let auth = Authenticated::from_request(&req, &mut Payload::None).await?;
@@ -103,8 +105,16 @@ async fn call(
         Action::Upload if method == Method::POST => {
             upload(req, auth, state, token, Multipart::new(req.headers(), payload)).await?
         }
-        _ => return Err(ApiError::new(Problem::MethodNotAllowed).into()),
+        Action::Session => return Err(method_not_allowed("GET, PATCH, DELETE, POST")),
+        _ => return Err(method_not_allowed("POST")),
     })
+}
+
+/// 405, with the methods the path allows.
+fn method_not_allowed(allowed: &'static str) -> actix_web::Error {
+    let mut error = ApiError::new(Problem::MethodNotAllowed);
+    error.headers.push((header::ALLOW, HeaderValue::from_static(allowed)));
+    error.into()
 }
 
 fn bad_params(detail: impl Into<String>) -> ApiError {
@@ -292,6 +302,8 @@ async fn upload(
     token: &str,
     mut payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
+    // An unknown session is refused before its body is read.
+    sessions::require(state, &auth.keypair.access_key, token).await?;
     // Every file is checked before any is sent to the kernel, so that a refused upload
     // changes nothing: at most MAX_UPLOAD_FILES of MAX_UPLOAD_FILE_SIZE are held.
     let mut files = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use backendai_manager::actors::registry::LIVENESS_LEASE_KEY;
+use backendai_manager::actors::registry::{Lease, LIVENESS_LEASE_KEY};
 use backendai_manager::config::Settings;
 use entity::agents::AgentStatus;
 use futures_util::future::join_all;
@@ -21,7 +21,7 @@ fn without_agent(settings: &mut Settings) {
 /// The holder of the liveness checker's lease.
 async fn checker(app: &TestApp) -> Option<String> {
     let lease = app.state.stores.config.get(LIVENESS_LEASE_KEY).await.unwrap()?;
-    lease.split(' ').next().map(str::to_owned)
+    Some(Lease::parse(&lease).holder.to_owned())
 }
 
 /// Waits up to 10 s for `agent_id` to have `status`.
@@ -55,6 +55,16 @@ async fn one_manager_checks_liveness_and_another_takes_over_when_it_stops() {
     // The checker stops; the other one takes over and declares a silent agent LOST.
     let (stopping, survivor) = if holder == ids[0] { (first, second) } else { (second, first) };
     stopping.stop().await;
+    // Handed over at once (the lease would only expire in up to 5 s).
+    let mut handed_over = false;
+    for _ in 0..15 {
+        if checker(&survivor).await.as_deref() == Some(survivor.state.manager_id.as_str()) {
+            handed_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(handed_over, "the lease was not handed over at shutdown");
     let agent_id = unique("i-silent");
     fake_agent(&survivor, &agent_id, json!({"cpu": 2, "mem": 2048, "gpu": 0})).await;
     assert!(wait_for_status(&survivor, &agent_id, AgentStatus::Lost).await, "the agent was not declared lost");
@@ -69,6 +79,9 @@ async fn a_checker_that_died_is_replaced_when_its_lease_expires() {
         let config = app.state.stores.config.clone();
         // Another manager holds the lease, and stops renewing it (it died).
         let far = chrono::Utc::now().timestamp_millis() + 60_000;
+        config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {far}")).await.unwrap();
+        // Again after a check round: a renewal in flight may have overwritten the first.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {far}")).await.unwrap();
         let agent_id = unique("i-silent");
         fake_agent(&app, &agent_id, json!({"cpu": 2, "mem": 2048, "gpu": 0})).await;

@@ -63,7 +63,7 @@ async fn answer(how: Answer, ok: Value) -> HttpResponse {
     }
 }
 
-/// Starts a fake agent and registers it as `agent_id` with `slots`; returns its script.
+/// Starts a fake agent and registers it as `agent_id` with `slots`; returns it and its address.
 pub async fn fake_agent(app: &TestApp, agent_id: &str, slots: Value) -> (Arc<FakeAgent>, String) {
     let fake = Shared::new(FakeAgent::default());
     let shared = fake.clone();
@@ -121,8 +121,8 @@ pub async fn send_event(app: &TestApp, event: &str, agent_id: &str, data: Value)
 async fn app_without_agent(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |s| {
         s.local_agent.enabled = false;
-        s.manager.agent_create_timeout = 0.5;
-        s.manager.agent_call_timeout = 0.5;
+        s.manager.agent_create_timeout = 2.0;
+        s.manager.agent_call_timeout = 3.0;
         s.manager.heartbeat_timeout = 120.0;
     })
     .await

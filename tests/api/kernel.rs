@@ -220,12 +220,17 @@ async fn kernel_paths_are_routed_as_the_contract_names_them() {
             ("GET", format!("/v3/kernel/{token}/"), 404, "generic-not-found"),
             ("GET", format!("/v3/kernel/{token}/interrupt/x"), 404, "generic-not-found"),
             ("GET", "/v3/kernel//interrupt".to_owned(), 404, "generic-not-found"),
-            ("GET", "/v3/kernel/create".to_owned(), 405, "method-not-allowed"),
+            // As in the reference server: a session named "create".
+            ("GET", "/v3/kernel/create".to_owned(), 404, "kernel-not-found"),
             ("DELETE", "/v3/kernel/".to_owned(), 405, "method-not-allowed"),
         ] {
             let response = app.send(app.signed(method, &path, None)).await;
+            let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(allow.is_some(), status == 405, "{method} {path}: Allow {allow:?}");
             assert_problem(response, status, problem).await;
         }
+        let response = app.send(app.signed("PUT", &format!("/v3/kernel/{token}"), None)).await;
+        assert_eq!(response.headers()["allow"], "GET, PATCH, DELETE, POST");
         app.stop().await;
     }
 }

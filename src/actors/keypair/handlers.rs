@@ -37,19 +37,22 @@ impl Handler<LookupKeypair> for KeypairActor {
 }
 
 impl Handler<ReserveSession> for KeypairActor {
-    type Result = ResponseFuture<Result<(entity::kernels::Model, bool), Error>>;
+    type Result = AtomicResponse<Self, Result<(entity::kernels::Model, bool), Error>>;
 
     fn handle(&mut self, msg: ReserveSession, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
-        // Not atomic: the charge is one transaction, which serializes racing charges of
-        // the key across every manager process (a row lock on PostgreSQL); lookups of
-        // the key need not wait behind it.
+        // Atomic: this process charges a key one session at a time, so its racing creates
+        // queue here instead of on the key's row lock. The transaction is what keeps
+        // several manager processes from overcharging the key.
         let db = self.db.clone();
         let access_key = self.access_key.clone();
-        Box::pin(async move {
-            let request = SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image };
-            scheduler::reserve(&db, &request).await
-        })
+        AtomicResponse::new(Box::pin(
+            async move {
+                let request = SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image };
+                scheduler::reserve(&db, &request).await
+            }
+            .into_actor(self),
+        ))
     }
 }
 

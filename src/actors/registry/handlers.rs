@@ -179,26 +179,52 @@ impl Handler<CheckLiveness> for Registry {
     }
 }
 
-/// Where the liveness checker's lease lives: `<manager id> <expiry, unix ms>`.
+/// Where the liveness checker's lease lives (see [`Lease`]).
 pub const LIVENESS_LEASE_KEY: &str = "nodes/liveness_checker";
 /// How long a lease lasts without renewal: a manager that dies is replaced as the
-/// checker within this time.
+/// checker within this time. It is renewed when less than half of it is left.
 const LIVENESS_LEASE: Duration = Duration::from_secs(5);
+
+/// The liveness checker's lease, as stored: `<manager id> <expiry, unix ms>`.
+/// Expiry is judged by each manager's clock: the managers' clocks must agree (NTP)
+/// to well within the lease, as they must for the heartbeat timeout anyway.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lease<'a> {
+    /// The manager that holds it.
+    pub holder: &'a str,
+    /// When it expires, in unix milliseconds (0 when unreadable: expired).
+    pub expires_ms: i64,
+}
+
+impl<'a> Lease<'a> {
+    /// Reads a stored lease.
+    pub fn parse(value: &'a str) -> Self {
+        let (holder, expires) = value.split_once(' ').unwrap_or((value, "0"));
+        Self { holder, expires_ms: expires.parse().unwrap_or(0) }
+    }
+
+    fn format(holder: &str, expires_ms: i64) -> String {
+        format!("{holder} {expires_ms}")
+    }
+}
 
 /// Takes or renews the liveness checker's lease for `manager_id`; whether it holds it.
 /// Two managers that find it expired at once may both check for one round: the check
 /// is idempotent (each session is released once), so only the work is repeated.
 async fn liveness_lease(config: &dyn ConfigStore, manager_id: &str) -> Result<bool, Error> {
     let now = Utc::now().timestamp_millis();
-    let held_by_another = config.get(LIVENESS_LEASE_KEY).await?.is_some_and(|lease| {
-        let (holder, expires) = lease.split_once(' ').unwrap_or((lease.as_str(), "0"));
-        holder != manager_id && expires.parse::<i64>().is_ok_and(|expires| expires > now)
-    });
-    if held_by_another {
-        return Ok(false);
+    let length = i64::try_from(LIVENESS_LEASE.as_millis()).unwrap_or(i64::MAX);
+    if let Some(stored) = config.get(LIVENESS_LEASE_KEY).await? {
+        let lease = Lease::parse(&stored);
+        let left = lease.expires_ms.saturating_sub(now);
+        match (lease.holder == manager_id, left > 0) {
+            (false, true) => return Ok(false),
+            // Ours, with more than half left: no write (each write is a config store revision).
+            (true, _) if left > length / 2 => return Ok(true),
+            _ => {}
+        }
     }
-    let expires = now + i64::try_from(LIVENESS_LEASE.as_millis()).unwrap_or(i64::MAX);
-    config.put(LIVENESS_LEASE_KEY, &format!("{manager_id} {expires}")).await?;
+    config.put(LIVENESS_LEASE_KEY, &Lease::format(manager_id, now + length)).await?;
     Ok(true)
 }
 

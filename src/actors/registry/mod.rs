@@ -10,7 +10,7 @@
 mod actor;
 mod handlers;
 
-pub use handlers::LIVENESS_LEASE_KEY;
+pub use handlers::{Lease, LIVENESS_LEASE_KEY};
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
@@ -112,8 +112,8 @@ impl Directory {
 pub struct Registry {
     /// Database, stores and settings, shared with the children.
     core: Arc<Core>,
-    /// This process's id in the config store: only the registered manager
-    /// checks agent liveness, so there is one checker per cluster.
+    /// This process's id in the config store: the manager that holds the liveness
+    /// checker's lease checks agent liveness, so there is one checker per cluster.
     manager_id: String,
     /// The running keypair and session actors, shared with the handlers.
     directory: Arc<Directory>,
@@ -239,12 +239,31 @@ mod tests {
         Registry::start_supervised(Arc::new(core), "manager-test".to_owned(), Arc::default())
     }
 
+    #[test]
+    fn leases_are_read_as_stored() {
+        assert_eq!(
+            Lease::parse("manager-a 1700000000000"),
+            Lease { holder: "manager-a", expires_ms: 1_700_000_000_000 }
+        );
+        assert_eq!(Lease::parse("manager-a"), Lease { holder: "manager-a", expires_ms: 0 });
+        assert_eq!(Lease::parse("manager-a soon"), Lease { holder: "manager-a", expires_ms: 0 });
+    }
+
     #[actix_web::test]
     async fn a_panic_in_the_registry_is_answered_and_the_registry_restarts_with_its_children() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(dir.path()).await;
         let get = || registry.send(GetKeypairActor { access_key: "AKIAPANICTEST0000000".to_owned() });
         let (child, _) = get().await.unwrap().unwrap();
+        // An entry of a dead child that no stop notice will clear: only the restart's
+        // reconcile drops it.
+        let directory = registry.send(GetDirectory).await.unwrap();
+        let (dead, shared) = get_other(&registry, "AKIAPANICTESTDEAD000").await;
+        assert!(dead.send(ChildBug).await.is_err());
+        while dead.connected() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        directory.write_keypairs().insert("AKIAPANICTESTPLANTED".to_owned(), (dead, shared));
 
         let answer = registry.send(Bug).await.unwrap();
         let Err(Error::Api(error)) = answer else { panic!("expected an internal error, got {answer:?}") };
@@ -255,6 +274,24 @@ mod tests {
         assert!(registry.connected());
         assert_eq!(again, child);
         assert!(child.connected());
+        assert!(!directory.write_keypairs().contains_key("AKIAPANICTESTPLANTED"), "reconciled at restart");
+    }
+
+    /// The registry's directory (for the tests' eyes).
+    #[derive(Message)]
+    #[rtype(result = "Arc<Directory>")]
+    struct GetDirectory;
+
+    impl Handler<GetDirectory> for Registry {
+        type Result = MessageResult<GetDirectory>;
+
+        fn handle(&mut self, _msg: GetDirectory, _ctx: &mut Self::Context) -> Self::Result {
+            MessageResult(self.directory.clone())
+        }
+    }
+
+    async fn get_other(registry: &Addr<Registry>, access_key: &str) -> KeypairEntry {
+        registry.send(GetKeypairActor { access_key: access_key.to_owned() }).await.unwrap().unwrap()
     }
 
     #[actix_web::test]
