@@ -227,6 +227,13 @@ async fn agent_failures_and_timeouts_end_the_session_and_release_its_reservation
             assert_agent_failure(response, "kernel-execution-failed", agent_problem).await;
             assert_eq!(session(&app, &token).await.status, KernelStatus::Running);
         }
+        // A destroy that works: the agent's final stats are written to the row.
+        script.lock().unwrap().execute = Answer::Ok;
+        let response = app.send(app.signed("DELETE", &format!("/v3/kernel/{token}"), None)).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let row = session(&app, &token).await;
+        assert_eq!((row.status, row.cpu_used), (KernelStatus::Terminated, 7), "{backend:?}");
+        assert_released(&app, &agent_id).await;
         app.stop().await;
     }
 }

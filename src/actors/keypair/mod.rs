@@ -175,3 +175,19 @@ where
 pub async fn shutdown(registry: &Addr<Registry>) -> Result<(), Error> {
     Ok(registry.send(Shutdown).await?)
 }
+
+/// Test-only: makes the actor look idle for longer than [`IDLE_TIMEOUT`].
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct LookIdle;
+
+#[cfg(test)]
+impl Handler<LookIdle> for KeypairActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: LookIdle, _ctx: &mut Self::Context) {
+        let long_ago = IDLE_TIMEOUT + Duration::from_secs(1);
+        self.last_active = Instant::now().checked_sub(long_ago).expect("the machine is up for minutes");
+    }
+}

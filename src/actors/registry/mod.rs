@@ -277,6 +277,27 @@ mod tests {
         assert!(!directory.write_keypairs().contains_key("AKIAPANICTESTPLANTED"), "reconciled at restart");
     }
 
+    #[actix_web::test]
+    async fn an_idle_child_stops_and_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let directory = registry.send(GetDirectory).await.unwrap();
+        let (child, _) = get_other(&registry, "AKIAIDLETEST00000000").await;
+        child.send(crate::actors::keypair::LookIdle).await.unwrap();
+        // The idle check runs with the usage flush, every second.
+        for _ in 0..40 {
+            if !child.connected() && directory.keypair("AKIAIDLETEST00000000").is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!child.connected(), "the idle actor still runs");
+        assert!(!directory.write_keypairs().contains_key("AKIAIDLETEST00000000"), "the registry forgot it");
+        // The next request starts a new one.
+        let (again, _) = get_other(&registry, "AKIAIDLETEST00000000").await;
+        assert!(again.connected());
+    }
+
     /// The registry's directory (for the tests' eyes).
     #[derive(Message)]
     #[rtype(result = "Arc<Directory>")]
