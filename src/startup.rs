@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::actors::keypair;
-use crate::actors::registry::{Directory, Lease, Registry, LIVENESS_LEASE_KEY};
+use crate::actors::registry::{Directory, Registry};
 use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
 use crate::middleware;
@@ -269,11 +269,6 @@ async fn deregister(state: &AppState) -> Result<(), crate::error::Error> {
     if config.get("nodes/manager").await?.as_deref() == Some(state.manager_id.as_str()) {
         config.delete("nodes/manager", false).await?;
         config.delete("nodes/manager/event_addr", false).await?;
-    }
-    // Hand the liveness check over at once rather than when the lease expires.
-    let lease = config.get(LIVENESS_LEASE_KEY).await?;
-    if lease.is_some_and(|lease| Lease::parse(&lease).holder == state.manager_id) {
-        config.delete(LIVENESS_LEASE_KEY, false).await?;
     }
     Ok(())
 }

@@ -9,10 +9,12 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use entity::agents;
 use entity::kernels::{self, KernelStatus};
 use entity::keypairs;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app_with, unique, Backend, TestApp, BACKENDS};
+use crate::helpers::{
+    assert_problem, create_session, sessions_named, spawn_app_with, unique, Backend, TestApp, BACKENDS,
+};
 
 /// How the fake agent answers a call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -128,13 +130,13 @@ async fn app_without_agent(backend: Backend) -> Option<TestApp> {
     .await
 }
 
+/// Creates a python3 session of the app's key.
 pub async fn create(app: &TestApp, token: &str) -> reqwest::Response {
-    app.send(app.signed("POST", "/v3/kernel/create", Some(json!({"lang": "python3", "clientSessionToken": token}))))
-        .await
+    create_session(app, "python3", token).await
 }
 
 async fn session(app: &TestApp, token: &str) -> kernels::Model {
-    let rows = kernels::Entity::find().filter(kernels::Column::SessId.eq(token)).all(&app.state.db).await.unwrap();
+    let rows = sessions_named(app, token).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows.into_iter().next().unwrap()
 }

@@ -170,6 +170,18 @@ pub async fn start_app(settings: Settings) -> TestApp {
     }
 }
 
+/// Creates (or gets) the session `token` of the app's key with the image `lang`.
+pub async fn create_session(app: &TestApp, lang: &str, token: &str) -> reqwest::Response {
+    app.send(app.signed("POST", "/v3/kernel/create", Some(json!({"lang": lang, "clientSessionToken": token})))).await
+}
+
+/// The sessions (of any key) named `token`, from the database.
+pub async fn sessions_named(app: &TestApp, token: &str) -> Vec<entity::kernels::Model> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let named = entity::kernels::Column::SessId.eq(token);
+    entity::kernels::Entity::find().filter(named).all(&app.state.db).await.unwrap()
+}
+
 /// Inserts a keypair.
 pub async fn add_keypair(state: &AppState, access_key: &str, secret_key: &str, rate_limit: i32, is_active: bool) {
     let fixture = serde_json::from_value(json!({"keypairs": [{

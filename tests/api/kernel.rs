@@ -4,18 +4,17 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use entity::agents::{self, AgentStatus};
-use entity::kernels::{self, KernelStatus};
+use entity::kernels::KernelStatus;
 use entity::keypairs;
 use futures_util::future::join_all;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{add_keypair, assert_problem, spawn_app, spawn_app_with, unique, Backend, TestApp, BACKENDS};
-
-async fn create(app: &TestApp, lang: &str, token: &str) -> reqwest::Response {
-    app.send(app.signed("POST", "/v3/kernel/create", Some(json!({"lang": lang, "clientSessionToken": token})))).await
-}
+use crate::helpers::{
+    add_keypair, assert_problem, create_session as create, sessions_named, spawn_app, spawn_app_with, unique, Backend,
+    TestApp, BACKENDS,
+};
 
 async fn execute(app: &TestApp, token: &str, code: &str, run_id: &str) -> reqwest::Response {
     let body = json!({"mode": "query", "code": code, "runId": run_id});
@@ -24,10 +23,6 @@ async fn execute(app: &TestApp, token: &str, code: &str, run_id: &str) -> reqwes
 
 async fn keypair(app: &TestApp, access_key: &str) -> keypairs::Model {
     keypairs::Entity::find_by_id(access_key.to_owned()).one(&app.state.db).await.unwrap().unwrap()
-}
-
-async fn sessions_named(app: &TestApp, token: &str) -> Vec<kernels::Model> {
-    kernels::Entity::find().filter(kernels::Column::SessId.eq(token)).all(&app.state.db).await.unwrap()
 }
 
 #[actix_web::test]

@@ -87,14 +87,7 @@ impl Handler<SessionsEnded> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionsEnded, ctx: &mut Self::Context) {
-        self.guarded(ctx, "SessionsEnded", |registry, _| {
-            for kernel_id in msg.kernel_ids {
-                if let Some(addr) = registry.forget_session(&kernel_id) {
-                    addr.do_send(SessionEnded);
-                }
-            }
-        })
-        .unwrap_or_default()
+        self.guarded(ctx, "SessionsEnded", |registry, _| registry.end_sessions(msg.kernel_ids)).unwrap_or_default()
     }
 }
 
@@ -166,11 +159,7 @@ impl Handler<CheckLiveness> for Registry {
                             if let Some(addr) = registry.agents.remove(&agent_id) {
                                 addr.do_send(AgentLost);
                             }
-                            for kernel_id in kernel_ids {
-                                if let Some(addr) = registry.forget_session(&kernel_id) {
-                                    addr.do_send(SessionEnded);
-                                }
-                            }
+                            registry.end_sessions(kernel_ids);
                         }
                     })
                     .unwrap_or_default()
@@ -228,6 +217,15 @@ async fn liveness_lease(config: &dyn ConfigStore, manager_id: &str) -> Result<bo
     Ok(true)
 }
 
+/// Gives up the liveness checker's lease if `manager_id` holds it.
+async fn release_liveness_lease(config: &dyn ConfigStore, manager_id: &str) -> Result<(), Error> {
+    let lease = config.get(LIVENESS_LEASE_KEY).await?;
+    if lease.is_some_and(|lease| Lease::parse(&lease).holder == manager_id) {
+        config.delete(LIVENESS_LEASE_KEY, false).await?;
+    }
+    Ok(())
+}
+
 impl Handler<Shutdown> for Registry {
     type Result = ResponseFuture<()>;
 
@@ -243,7 +241,13 @@ impl Handler<Shutdown> for Registry {
             children
         });
         let children = children.unwrap_or_default();
+        let config = self.core.stores.config.clone();
+        let manager_id = self.manager_id.clone();
         Box::pin(async move {
+            // Hand the liveness check over at once rather than when the lease expires.
+            if let Err(error) = release_liveness_lease(config.as_ref(), &manager_id).await {
+                tracing::warn!(%error, "could not hand the liveness check over");
+            }
             for addr in children {
                 match addr.send(FlushUsage).await {
                     Ok(Ok(())) => {}

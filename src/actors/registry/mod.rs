@@ -185,6 +185,15 @@ impl Registry {
         });
     }
 
+    /// Forgets the actors of sessions that ended and tells them to stop.
+    fn end_sessions(&mut self, kernel_ids: impl IntoIterator<Item = Uuid>) {
+        for kernel_id in kernel_ids {
+            if let Some(addr) = self.forget_session(&kernel_id) {
+                addr.do_send(SessionEnded);
+            }
+        }
+    }
+
     /// Forgets a session's actor (it stopped or its session ended).
     fn forget_session(&mut self, kernel_id: &Uuid) -> Option<Addr<SessionActor>> {
         let (addr, token) = self.sessions.remove(kernel_id)?;
@@ -253,8 +262,7 @@ mod tests {
     async fn a_panic_in_the_registry_is_answered_and_the_registry_restarts_with_its_children() {
         let dir = tempfile::tempdir().unwrap();
         let registry = registry(dir.path()).await;
-        let get = || registry.send(GetKeypairActor { access_key: "AKIAPANICTEST0000000".to_owned() });
-        let (child, _) = get().await.unwrap().unwrap();
+        let (child, _) = get_other(&registry, "AKIAPANICTEST0000000").await;
         // An entry of a dead child that no stop notice will clear: only the restart's
         // reconcile drops it.
         let directory = registry.send(GetDirectory).await.unwrap();
@@ -270,7 +278,7 @@ mod tests {
         assert_eq!(error.problem, Problem::InternalServerError);
 
         // Same address, restarted, and the running child carries on.
-        let (again, _) = get().await.unwrap().unwrap();
+        let (again, _) = get_other(&registry, "AKIAPANICTEST0000000").await;
         assert!(registry.connected());
         assert_eq!(again, child);
         assert!(child.connected());
