@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::config::Secret;
 use crate::error::{problem_type, ApiError, Problem};
+use protocol::{ImageSpec, KernelLimits, KernelSpec, Secret};
 
 /// How an agent call failed, in the contract's terms (`agent-details.type`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,33 +50,6 @@ impl AgentError {
     pub fn is_agent_fault(&self) -> bool {
         matches!(self, Self::Timeout | Self::Failure(_))
     }
-}
-
-/// What a kernel needs from its image.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ImageSpec {
-    /// The image name, e.g. `python3`.
-    pub name: String,
-    /// The tag, e.g. `latest`.
-    pub tag: String,
-    /// `python` or `shell`.
-    pub runner: String,
-    /// The interpreter to start.
-    pub command: String,
-}
-
-/// The resources of a kernel.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct KernelLimits {
-    /// CPU cores.
-    pub cpu_slot: f64,
-    /// Memory in MiB.
-    pub mem_slot: i64,
-    /// GPUs.
-    pub gpu_slot: f64,
-    /// Seconds a run may take (the agent's default when absent).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exec_timeout: Option<u64>,
 }
 
 /// A client of one agent.
@@ -157,7 +129,13 @@ impl AgentClient {
         limits: &KernelLimits,
         mounts: &[String],
     ) -> Result<Value, AgentError> {
-        let body = json!({"kernel_id": kernel_id, "image": image, "limits": limits, "mounts": mounts});
+        let spec = KernelSpec {
+            kernel_id: kernel_id.to_owned(),
+            image: image.clone(),
+            limits: limits.clone(),
+            mounts: mounts.to_vec(),
+        };
+        let body = serde_json::to_value(spec).map_err(|e| AgentError::InvalidInput(e.to_string()))?;
         self.call(reqwest::Method::POST, "/kernels", Some(Body::Json(body)), self.timeouts.create).await
     }
 

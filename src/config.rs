@@ -4,7 +4,6 @@
 //! `BACKENDAI_CONFIG`) < `BACKENDAI_<SECTION>__<KEY>` environment variables <
 //! command-line flags. Unknown keys and bad values are errors naming the key.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,33 +14,7 @@ use serde::{Deserialize, Serialize};
 /// The sections of the configuration; environment variables outside them are ignored.
 const SECTIONS: &[&str] = &["manager", "db", "etcd", "redis", "logging", "ratelimit", "local_agent"];
 
-/// A secret value: usable by the program, never shown by `Debug` or `Display`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether no secret was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "<redacted>" })
-    }
-}
+pub use protocol::Secret;
 
 /// Every setting of the manager.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -20,6 +20,10 @@ pub struct Core {
     pub stores: Stores,
     /// One connection pool for every agent call.
     pub http: reqwest::Client,
+    /// The overbook factors, cached.
+    pub overbook: Arc<crate::overbook::Overbook>,
+    /// Where agents' heartbeats are heard.
+    pub bus: Arc<crate::bus::Bus>,
 }
 
 impl Core {

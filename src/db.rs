@@ -52,3 +52,42 @@ pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, 
 pub async fn upgrade(db: &DatabaseConnection) -> Result<(), Error> {
     Ok(Migrator::up(db, None).await?)
 }
+
+/// Attempts of a transaction that lost a race (a deadlock or serialization failure).
+const MAX_ATTEMPTS: u32 = 6;
+
+/// Whether `error` is a transaction that lost a race with another and may simply be run
+/// again: a serialization failure or deadlock on PostgreSQL (SQLSTATE 40001, 40P01),
+/// a busy or locked database on SQLite.
+pub fn is_retryable(error: &Error) -> bool {
+    let Error::Db(error) = error else { return false };
+    let runtime = match error {
+        sea_orm::DbErr::Exec(e) | sea_orm::DbErr::Query(e) | sea_orm::DbErr::Conn(e) => e,
+        _ => return false,
+    };
+    let sea_orm::RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(error)) = runtime else { return false };
+    matches!(error.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
+}
+
+/// Runs `work` (a whole transaction) until it does not lose a race with another, at
+/// most [`MAX_ATTEMPTS`] times, waiting a random few milliseconds in between. Every
+/// transaction that locks keypairs, agents or kernels goes through here (see
+/// `crate::scheduler` for the lock order they share).
+pub async fn retrying<T, F, Fut>(what: &'static str, mut work: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match work().await {
+            Err(error) if attempt < MAX_ATTEMPTS && is_retryable(&error) => {
+                tracing::debug!(what, attempt, %error, "a transaction lost a race; running it again");
+                let pause = rand::random_range(1..=(5u64 << attempt));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}

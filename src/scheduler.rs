@@ -1,7 +1,17 @@
 //! Scheduling: resolving images, reserving an agent's slots and a key's quota
 //! atomically, and releasing them exactly once.
+//!
+//! # Lock order
+//! Every transaction that writes more than one of keypairs, agents and kernels takes
+//! its row locks in one order: **keypairs** (several: by access key, ascending), then
+//! **agents** (several: by id, ascending), then **kernels**. A row is locked by the
+//! transaction's first write to it (a no-op write where only the lock is wanted); rows
+//! are otherwise read without locks and changed by conditional updates, which re-check
+//! what was read. SQLite has one writer at a time and no row locks. A transaction that
+//! loses a race all the same (a deadlock or serialization failure) is run again by
+//! [`crate::db::retrying`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::Utc;
 use entity::agents::{self, AgentStatus};
@@ -9,14 +19,14 @@ use entity::kernels::{self, KernelStatus};
 use entity::{keypairs, session_events};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QuerySelect, Select, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter,
+    Set, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
-use crate::agent_client::ImageSpec;
 use crate::error::{ApiError, Error, Problem};
 use crate::stores::ConfigStore;
+use protocol::{ImageSpec, KernelStats};
 
 /// An image resolved from the config store, with the slots a session needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,36 +85,13 @@ pub async fn resolve_image(store: &dyn ConfigStore, lang: &str) -> Result<Resolv
         spec: ImageSpec {
             name: name.to_owned(),
             tag: tag.to_owned(),
-            runner: text("runner")?,
-            command: text("command")?,
+            runner: text("runner")?.parse().map_err(|e| Error::ConfigStore(format!("image {name}: {e}")))?,
+            command: Some(text("command")?),
         },
         cpu: number("cpu")?,
         mem: number("mem")?.ceil() as i64,
         gpu: number("gpu").unwrap_or(0.0),
     })
-}
-
-/// The overbook factors (cpu, mem, gpu) from `config/overbook/*`, with the seed's defaults.
-pub async fn overbook_factors(store: &dyn ConfigStore) -> Result<(f64, f64, f64), Error> {
-    let values: HashMap<String, f64> = store
-        .get_prefix("config/overbook/")
-        .await?
-        .into_iter()
-        .filter_map(|(k, v)| Some((k.rsplit('/').next()?.to_owned(), v.trim().parse::<f64>().ok()?)))
-        .filter(|(_, v)| v.is_finite() && *v > 0.0)
-        .collect();
-    let get = |key: &str, default: f64| values.get(key).copied().unwrap_or(default);
-    Ok((get("cpu", 6.0), get("mem", 2.0), get("gpu", 1.0)))
-}
-
-/// Locks the selected rows until the transaction ends, on PostgreSQL (SQLite
-/// serializes writers already, and has no row locks).
-fn locked<E: EntityTrait>(select: Select<E>, backend: DbBackend) -> Select<E> {
-    if backend == DbBackend::Postgres {
-        select.lock_exclusive()
-    } else {
-        select
-    }
 }
 
 /// The live session of `access_key` named `token`, if any.
@@ -135,6 +122,10 @@ pub struct SessionRequest<'a> {
 /// transaction; or returns the live session of that key and token
 /// (`created` false). No room: 503 instance-not-available, nothing reserved.
 pub async fn reserve(db: &DatabaseConnection, request: &SessionRequest<'_>) -> Result<(kernels::Model, bool), Error> {
+    crate::db::retrying("reserve", || reserve_once(db, request)).await
+}
+
+async fn reserve_once(db: &DatabaseConnection, request: &SessionRequest<'_>) -> Result<(kernels::Model, bool), Error> {
     let txn = db.begin().await?;
     match reserve_in(&txn, request).await {
         Ok(Some(kernel)) => {
@@ -169,17 +160,47 @@ async fn existing(db: &DatabaseConnection, request: &SessionRequest<'_>) -> Resu
         .ok_or_else(|| Error::Api(ApiError::new(Problem::InternalServerError)))
 }
 
+/// Locks the rows of `access_keys` (a no-op write each, in ascending order).
+async fn lock_keypairs(txn: &DatabaseTransaction, access_keys: &BTreeSet<String>) -> Result<(), Error> {
+    for access_key in access_keys {
+        keypairs::Entity::update_many()
+            .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).into())
+            .filter(keypairs::Column::AccessKey.eq(access_key.as_str()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Locks the rows of `agent_ids` (a no-op write each, in ascending order).
+async fn lock_agents(txn: &DatabaseTransaction, agent_ids: &BTreeSet<String>) -> Result<(), Error> {
+    for agent_id in agent_ids {
+        agents::Entity::update_many()
+            .col_expr(agents::Column::UsedMemSlots, Expr::col(agents::Column::UsedMemSlots).into())
+            .filter(agents::Column::Id.eq(agent_id.as_str()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Whether an agent heard from at `last_heartbeat`, beating every `interval` seconds,
+/// may get new sessions: not when it missed two heartbeats.
+fn recently_heard(agent: &agents::Model, now: chrono::DateTime<Utc>) -> bool {
+    match (agent.heartbeat_interval, agent.last_heartbeat) {
+        (Some(interval), Some(last)) if interval > 0.0 => {
+            let silent = now.signed_duration_since(last.with_timezone(&Utc));
+            silent.num_milliseconds() as f64 <= 2.0 * interval * 1000.0
+        }
+        _ => true,
+    }
+}
+
 /// `None` when a live session of that key and token exists.
 async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> Result<Option<kernels::Model>, Error> {
-    let backend = txn.get_database_backend();
-    // A no-op write first: it locks the key's row on PostgreSQL and takes the
-    // write lock on SQLite, so concurrent creates of one key are ordered (the
-    // second one then sees the first one's session) and no lock needs upgrading.
-    keypairs::Entity::update_many()
-        .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).into())
-        .filter(keypairs::Column::AccessKey.eq(request.access_key))
-        .exec(txn)
-        .await?;
+    // The key's row first: concurrent creates of one key are ordered (the second one
+    // then sees the first one's session).
+    lock_keypairs(txn, &BTreeSet::from([request.access_key.to_owned()])).await?;
     let keypair = keypairs::Entity::find_by_id(request.access_key.to_owned())
         .one(txn)
         .await?
@@ -193,20 +214,47 @@ async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
             .into());
     }
     let image = request.image;
-    let agents =
-        locked(agents::Entity::find().filter(agents::Column::Status.eq(AgentStatus::Alive)), backend).all(txn).await?;
-    let agent = agents
+    let now = Utc::now();
+    let mut candidates: Vec<agents::Model> = agents::Entity::find()
+        .filter(agents::Column::Status.eq(AgentStatus::Alive))
+        .all(txn)
+        .await?
         .into_iter()
-        .filter(|agent| agent.has_room(image.cpu, image.mem, image.gpu))
-        .max_by(|a, b| a.free_slots().partial_cmp(&b.free_slots()).unwrap_or(std::cmp::Ordering::Equal))
-        .ok_or_else(|| Error::Api(ApiError::new(Problem::InstanceNotAvailable)))?;
-    agents::Entity::update_many()
-        .col_expr(agents::Column::UsedCpuSlots, Expr::col(agents::Column::UsedCpuSlots).add(image.cpu))
-        .col_expr(agents::Column::UsedMemSlots, Expr::col(agents::Column::UsedMemSlots).add(image.mem))
-        .col_expr(agents::Column::UsedGpuSlots, Expr::col(agents::Column::UsedGpuSlots).add(image.gpu))
-        .filter(agents::Column::Id.eq(agent.id.clone()))
-        .exec(txn)
-        .await?;
+        .filter(|agent| agent.has_room(image.cpu, image.mem, image.gpu) && recently_heard(agent, now))
+        .collect();
+    candidates.sort_by(|a, b| b.free_slots().partial_cmp(&a.free_slots()).unwrap_or(std::cmp::Ordering::Equal));
+    // One agent row is locked: the first whose conditional update finds it still alive
+    // and with room (another create may have taken the room since the read).
+    let mut chosen = None;
+    for agent in candidates {
+        const EPSILON: f64 = 1e-9;
+        let taken = agents::Entity::update_many()
+            .col_expr(agents::Column::UsedCpuSlots, Expr::col(agents::Column::UsedCpuSlots).add(image.cpu))
+            .col_expr(agents::Column::UsedMemSlots, Expr::col(agents::Column::UsedMemSlots).add(image.mem))
+            .col_expr(agents::Column::UsedGpuSlots, Expr::col(agents::Column::UsedGpuSlots).add(image.gpu))
+            .filter(agents::Column::Id.eq(agent.id.clone()))
+            .filter(agents::Column::Status.eq(AgentStatus::Alive))
+            .filter(
+                Expr::expr(Expr::col(agents::Column::UsedCpuSlots).add(image.cpu))
+                    .lte(Expr::col(agents::Column::CpuSlots).add(EPSILON)),
+            )
+            .filter(
+                Expr::expr(Expr::col(agents::Column::UsedMemSlots).add(image.mem))
+                    .lte(Expr::col(agents::Column::MemSlots)),
+            )
+            .filter(
+                Expr::expr(Expr::col(agents::Column::UsedGpuSlots).add(image.gpu))
+                    .lte(Expr::col(agents::Column::GpuSlots).add(EPSILON)),
+            )
+            .exec(txn)
+            .await?
+            .rows_affected;
+        if taken == 1 {
+            chosen = Some(agent);
+            break;
+        }
+    }
+    let agent = chosen.ok_or_else(|| Error::Api(ApiError::new(Problem::InstanceNotAvailable)))?;
     keypairs::Entity::update_many()
         .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).add(1))
         .filter(keypairs::Column::AccessKey.eq(request.access_key))
@@ -223,7 +271,7 @@ async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
         container_id: Set(None),
         status: Set(KernelStatus::Preparing),
         status_info: Set(None),
-        created_at: Set(Utc::now().fixed_offset()),
+        created_at: Set(now.fixed_offset()),
         terminated_at: Set(None),
         mem_slot: Set(image.mem),
         cpu_slot: Set(image.cpu),
@@ -267,82 +315,190 @@ pub async fn record_event(
     Ok(())
 }
 
-/// Final usage of a kernel, as the agent reports it.
-pub type KernelStats = HashMap<String, i64>;
+/// Reads the usage an agent reports for a kernel (its destroy answer).
+pub fn parse_stats(stats: &serde_json::Value) -> Option<KernelStats> {
+    serde_json::from_value(stats.clone()).ok()
+}
 
-/// Reads an agent's stats object, keeping the numeric fields.
-pub fn parse_stats(stats: &serde_json::Value) -> KernelStats {
-    stats
-        .as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as i64))).collect())
-        .unwrap_or_default()
+/// How sessions end.
+#[derive(Clone, Debug)]
+pub struct Ending<'a> {
+    /// Their final status (TERMINATED or ERROR).
+    pub status: KernelStatus,
+    /// Why (`status_info`).
+    pub info: &'a str,
+    /// Final usage, when known (one session).
+    pub stats: Option<KernelStats>,
+    /// Execute calls counted but not written yet (one session).
+    pub unwritten_queries: i64,
+    /// Only sessions placed before this time end (the time of an agent's report).
+    pub placed_before: Option<chrono::DateTime<chrono::FixedOffset>>,
+}
+
+impl<'a> Ending<'a> {
+    /// Sessions end with `status` and `info`, nothing else to write.
+    pub fn new(status: KernelStatus, info: &'a str) -> Self {
+        Self { status, info, stats: None, unwritten_queries: 0, placed_before: None }
+    }
+}
+
+/// What else changes with the sessions' end, in the same transaction.
+#[derive(Clone, Copy, Debug)]
+pub enum AgentChange<'a> {
+    /// The agent was silent since `deadline`: it is LOST (unless it was heard since,
+    /// or is no longer ALIVE: then nothing at all changes).
+    Lost { agent_id: &'a str, deadline: chrono::DateTime<chrono::FixedOffset> },
+    /// The agent stopped gracefully.
+    Terminated { agent_id: &'a str },
 }
 
 /// Ends a live session: sets its final status, reason and stats, and gives back
 /// its slots and quota, in one transaction. Returns false (and changes nothing)
 /// when it had already ended, so nothing is released twice.
-pub async fn release(
-    db: &DatabaseConnection,
-    kernel_id: Uuid,
-    status: KernelStatus,
-    status_info: &str,
-    stats: &KernelStats,
-    unwritten_queries: i64,
-) -> Result<bool, Error> {
-    let txn = db.begin().await?;
-    // The conditional update comes first: it takes the write lock, and only the
-    // caller that ends the session releases its slots and quota.
-    let mut update = kernels::Entity::update_many()
-        .col_expr(kernels::Column::Status, Expr::value(status))
-        .col_expr(kernels::Column::StatusInfo, Expr::value(status_info.chars().take(256).collect::<String>()))
-        .col_expr(kernels::Column::TerminatedAt, Expr::value(Utc::now().fixed_offset()))
-        .col_expr(kernels::Column::NumQueries, Expr::col(kernels::Column::NumQueries).add(unwritten_queries));
-    for (key, column) in [
-        ("cpu_used", kernels::Column::CpuUsed),
-        ("mem_max_bytes", kernels::Column::MemMaxBytes),
-        ("mem_cur_bytes", kernels::Column::MemCurBytes),
-        ("net_rx_bytes", kernels::Column::NetRxBytes),
-        ("net_tx_bytes", kernels::Column::NetTxBytes),
-        ("io_read_bytes", kernels::Column::IoReadBytes),
-        ("io_write_bytes", kernels::Column::IoWriteBytes),
-        ("io_max_scratch_size", kernels::Column::IoMaxScratchSize),
-        ("io_cur_scratch_size", kernels::Column::IoCurScratchSize),
-    ] {
-        if let Some(value) = stats.get(key) {
-            update = update.col_expr(column, Expr::value(*value));
-        }
-    }
-    let ended = update
-        .filter(kernels::Column::Id.eq(kernel_id))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
-        .exec(&txn)
-        .await?
-        .rows_affected;
-    let kernel = match ended {
-        1 => kernels::Entity::find_by_id(kernel_id).one(&txn).await?,
-        _ => None,
-    };
-    let Some(kernel) = kernel else {
-        txn.rollback().await?;
+pub async fn release(db: &DatabaseConnection, kernel_id: Uuid, ending: &Ending<'_>) -> Result<bool, Error> {
+    let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(db).await? else {
         return Ok(false);
     };
-    record_event(&txn, &kernel, status, Some(status_info)).await?;
+    Ok(end_sessions(db, &[kernel], ending, None).await?.is_some_and(|ended| !ended.is_empty()))
+}
+
+/// Ends the live sessions among `sessions` (rows as read before: each is ended only if
+/// it is still live, and placed before `ending.placed_before`), releasing each one's
+/// slots and quota exactly once, and applies `change` to their agent, all in one
+/// transaction. Returns the sessions it ended; `None` when `change` did not apply
+/// (the agent was heard from meanwhile): then nothing changed.
+pub async fn end_sessions(
+    db: &DatabaseConnection,
+    sessions: &[kernels::Model],
+    ending: &Ending<'_>,
+    change: Option<AgentChange<'_>>,
+) -> Result<Option<Vec<Uuid>>, Error> {
+    let live: Vec<&kernels::Model> = sessions.iter().filter(|k| k.status.is_live()).collect();
+    if live.is_empty() && change.is_none() {
+        return Ok(Some(Vec::new()));
+    }
+    crate::db::retrying("end sessions", || async {
+        let txn = db.begin().await?;
+        match end_sessions_in(&txn, &live, ending, change).await {
+            Ok(Some(ended)) => {
+                txn.commit().await?;
+                Ok(Some(ended))
+            }
+            Ok(None) => {
+                txn.rollback().await?;
+                Ok(None)
+            }
+            Err(error) => {
+                txn.rollback().await.ok();
+                Err(error)
+            }
+        }
+    })
+    .await
+}
+
+/// `None`: the agent change did not apply; roll back.
+async fn end_sessions_in(
+    txn: &DatabaseTransaction,
+    sessions: &[&kernels::Model],
+    ending: &Ending<'_>,
+    change: Option<AgentChange<'_>>,
+) -> Result<Option<Vec<Uuid>>, Error> {
+    let now = Utc::now().fixed_offset();
+    lock_keypairs(txn, &sessions.iter().map(|k| k.access_key.clone()).collect()).await?;
+    let mut agent_ids: BTreeSet<String> = sessions.iter().filter_map(|k| k.agent.clone()).collect();
+    match change {
+        Some(AgentChange::Lost { agent_id, deadline }) => {
+            agent_ids.remove(agent_id);
+            lock_agents(txn, &agent_ids.iter().filter(|id| id.as_str() < agent_id).cloned().collect()).await?;
+            let lost = agents::Entity::update_many()
+                .col_expr(agents::Column::Status, Expr::value(AgentStatus::Lost))
+                .col_expr(agents::Column::LostAt, Expr::value(now))
+                .filter(agents::Column::Id.eq(agent_id))
+                .filter(agents::Column::Status.eq(AgentStatus::Alive))
+                .filter(agents::Column::LastHeartbeat.lt(deadline))
+                .exec(txn)
+                .await?
+                .rows_affected;
+            if lost == 0 {
+                return Ok(None);
+            }
+            lock_agents(txn, &agent_ids.iter().filter(|id| id.as_str() > agent_id).cloned().collect()).await?;
+        }
+        Some(AgentChange::Terminated { agent_id }) => {
+            agent_ids.insert(agent_id.to_owned());
+            lock_agents(txn, &agent_ids).await?;
+            agents::Entity::update_many()
+                .col_expr(agents::Column::Status, Expr::value(AgentStatus::Terminated))
+                .filter(agents::Column::Id.eq(agent_id))
+                .exec(txn)
+                .await?;
+        }
+        None => lock_agents(txn, &agent_ids).await?,
+    }
+    let mut ended = Vec::new();
+    for kernel in sessions {
+        if end_one(txn, kernel, ending, now).await? {
+            ended.push(kernel.id);
+        }
+    }
+    Ok(Some(ended))
+}
+
+/// Ends one session if it is still live (its key's and agent's rows are locked already).
+async fn end_one(
+    txn: &DatabaseTransaction,
+    kernel: &kernels::Model,
+    ending: &Ending<'_>,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> Result<bool, Error> {
+    let info: String = ending.info.chars().take(256).collect();
+    let mut update = kernels::Entity::update_many()
+        .col_expr(kernels::Column::Status, Expr::value(ending.status))
+        .col_expr(kernels::Column::StatusInfo, Expr::value(info))
+        .col_expr(kernels::Column::TerminatedAt, Expr::value(now))
+        .col_expr(kernels::Column::NumQueries, Expr::col(kernels::Column::NumQueries).add(ending.unwritten_queries));
+    if let Some(stats) = &ending.stats {
+        for (key, value) in stats.fields() {
+            let column = match key {
+                "cpu_used" => kernels::Column::CpuUsed,
+                "mem_max_bytes" => kernels::Column::MemMaxBytes,
+                "mem_cur_bytes" => kernels::Column::MemCurBytes,
+                "net_rx_bytes" => kernels::Column::NetRxBytes,
+                "net_tx_bytes" => kernels::Column::NetTxBytes,
+                "io_read_bytes" => kernels::Column::IoReadBytes,
+                "io_write_bytes" => kernels::Column::IoWriteBytes,
+                "io_max_scratch_size" => kernels::Column::IoMaxScratchSize,
+                _ => kernels::Column::IoCurScratchSize,
+            };
+            update = update.col_expr(column, Expr::value(i64::try_from(value).unwrap_or(i64::MAX)));
+        }
+    }
+    let mut update = update
+        .filter(kernels::Column::Id.eq(kernel.id))
+        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
+    if let Some(cutoff) = ending.placed_before {
+        update = update.filter(kernels::Column::CreatedAt.lt(cutoff));
+    }
+    if update.exec(txn).await?.rows_affected == 0 {
+        return Ok(false);
+    }
+    record_event(txn, kernel, ending.status, Some(ending.info)).await?;
+    keypairs::Entity::update_many()
+        .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).sub(1))
+        .filter(keypairs::Column::AccessKey.eq(kernel.access_key.clone()))
+        .filter(keypairs::Column::ConcurrencyUsed.gt(0))
+        .exec(txn)
+        .await?;
     if let Some(agent) = &kernel.agent {
         agents::Entity::update_many()
             .col_expr(agents::Column::UsedCpuSlots, Expr::col(agents::Column::UsedCpuSlots).sub(kernel.cpu_slot))
             .col_expr(agents::Column::UsedMemSlots, Expr::col(agents::Column::UsedMemSlots).sub(kernel.mem_slot))
             .col_expr(agents::Column::UsedGpuSlots, Expr::col(agents::Column::UsedGpuSlots).sub(kernel.gpu_slot))
             .filter(agents::Column::Id.eq(agent.clone()))
-            .exec(&txn)
+            .exec(txn)
             .await?;
     }
-    keypairs::Entity::update_many()
-        .col_expr(keypairs::Column::ConcurrencyUsed, Expr::col(keypairs::Column::ConcurrencyUsed).sub(1))
-        .filter(keypairs::Column::AccessKey.eq(kernel.access_key.clone()))
-        .filter(keypairs::Column::ConcurrencyUsed.gt(0))
-        .exec(&txn)
-        .await?;
-    txn.commit().await?;
     Ok(true)
 }
 
@@ -354,75 +510,93 @@ pub async fn set_status(
     status: KernelStatus,
     container_id: Option<String>,
 ) -> Result<bool, Error> {
-    let txn = db.begin().await?;
-    let mut update = kernels::Entity::update_many()
-        .col_expr(kernels::Column::Status, Expr::value(status))
-        .filter(kernels::Column::Id.eq(kernel.id))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
-    if let Some(container_id) = container_id {
-        update = update.col_expr(kernels::Column::ContainerId, Expr::value(container_id));
-    }
-    let changed = update.exec(&txn).await?.rows_affected == 1;
-    if changed {
-        record_event(&txn, kernel, status, None).await?;
-    }
-    txn.commit().await?;
-    Ok(changed)
+    crate::db::retrying("set status", || async {
+        let txn = db.begin().await?;
+        let mut update = kernels::Entity::update_many()
+            .col_expr(kernels::Column::Status, Expr::value(status))
+            .filter(kernels::Column::Id.eq(kernel.id))
+            .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
+        if let Some(container_id) = &container_id {
+            update = update.col_expr(kernels::Column::ContainerId, Expr::value(container_id.clone()));
+        }
+        let changed = update.exec(&txn).await?.rows_affected == 1;
+        if changed {
+            record_event(&txn, kernel, status, None).await?;
+        }
+        txn.commit().await?;
+        Ok(changed)
+    })
+    .await
 }
 
-/// Ends every live session on `agent_id` (e.g. ERROR `agent-lost`); returns them.
-pub async fn end_agent_sessions(
-    db: &DatabaseConnection,
-    agent_id: &str,
-    status: KernelStatus,
-    status_info: &str,
-    keep: &[Uuid],
-) -> Result<Vec<Uuid>, Error> {
-    let live = kernels::Entity::find()
+/// The live sessions on `agent_id`.
+pub async fn agent_sessions(db: &DatabaseConnection, agent_id: &str) -> Result<Vec<kernels::Model>, Error> {
+    Ok(kernels::Entity::find()
         .filter(kernels::Column::Agent.eq(agent_id))
         .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
         .all(db)
-        .await?;
-    let mut ended = Vec::new();
-    for kernel in live.into_iter().filter(|k| !keep.contains(&k.id)) {
-        if release(db, kernel.id, status, status_info, &KernelStats::new(), 0).await? {
-            ended.push(kernel.id);
-        }
-    }
-    Ok(ended)
+        .await?)
 }
 
-/// Marks ALIVE agents without a heartbeat for `timeout_secs` as LOST and ends
-/// their sessions. Each transition is a conditional update, so several checkers
-/// would still declare an agent lost once. Returns the lost agents and their
-/// ended sessions.
+/// Declares ALIVE agents silent for `timeout_secs` LOST, each together with the end
+/// (ERROR `agent-lost`) of its sessions in one transaction, unless `heard` says this
+/// manager heard the agent within the timeout (the database may lag behind the bus).
+/// A conditional update makes each declaration happen once, whoever checks.
+/// Returns the lost agents and their ended sessions.
 pub async fn declare_lost_agents(
     db: &DatabaseConnection,
     timeout_secs: f64,
+    heard: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, Vec<Uuid>)>, Error> {
-    let now = Utc::now();
-    let deadline = (now - chrono::Duration::milliseconds((timeout_secs * 1000.0) as i64)).fixed_offset();
+    let deadline = (Utc::now() - chrono::Duration::milliseconds((timeout_secs * 1000.0) as i64)).fixed_offset();
     let silent = agents::Entity::find()
         .filter(agents::Column::Status.eq(AgentStatus::Alive))
         .filter(agents::Column::LastHeartbeat.lt(deadline))
         .all(db)
         .await?;
     let mut lost = Vec::new();
-    for agent in silent {
-        let updated = agents::Entity::update_many()
-            .col_expr(agents::Column::Status, Expr::value(AgentStatus::Lost))
-            .col_expr(agents::Column::LostAt, Expr::value(now.fixed_offset()))
-            .filter(agents::Column::Id.eq(agent.id.clone()))
-            .filter(agents::Column::Status.eq(AgentStatus::Alive))
-            .filter(agents::Column::LastHeartbeat.lt(deadline))
-            .exec(db)
-            .await?
-            .rows_affected;
-        if updated == 1 {
-            tracing::warn!(agent = %agent.id, "agent lost: no heartbeat for {timeout_secs} s");
-            let ended = end_agent_sessions(db, &agent.id, KernelStatus::Error, "agent-lost", &[]).await?;
+    for agent in silent.into_iter().filter(|agent| !heard(&agent.id)) {
+        let sessions = agent_sessions(db, &agent.id).await?;
+        let change = AgentChange::Lost { agent_id: &agent.id, deadline };
+        let ending = Ending::new(KernelStatus::Error, "agent-lost");
+        if let Some(ended) = end_sessions(db, &sessions, &ending, Some(change)).await? {
+            tracing::warn!(agent = %agent.id, sessions = ended.len(), "agent lost: no heartbeat for {timeout_secs} s");
             lost.push((agent.id, ended));
         }
     }
     Ok(lost)
+}
+
+/// Ends the sessions still live on agents that are LOST or TERMINATED (left behind by
+/// a pass that failed half-way, or placed while the agent was being declared).
+pub async fn end_sessions_of_gone_agents(db: &DatabaseConnection) -> Result<Vec<Uuid>, Error> {
+    let gone = agents::Entity::find()
+        .filter(agents::Column::Status.is_in([AgentStatus::Lost, AgentStatus::Terminated]))
+        .all(db)
+        .await?;
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = gone.iter().map(|a| a.id.clone()).collect();
+    let orphaned = kernels::Entity::find()
+        .filter(kernels::Column::Agent.is_in(ids))
+        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
+        .all(db)
+        .await?;
+    let mut ended = Vec::new();
+    for agent in gone {
+        let sessions: Vec<kernels::Model> =
+            orphaned.iter().filter(|k| k.agent.as_deref() == Some(agent.id.as_str())).cloned().collect();
+        if sessions.is_empty() {
+            continue;
+        }
+        let (status, info) = match agent.status {
+            AgentStatus::Terminated => (KernelStatus::Terminated, "agent-terminated"),
+            _ => (KernelStatus::Error, "agent-lost"),
+        };
+        let done = end_sessions(db, &sessions, &Ending::new(status, info), None).await?.unwrap_or_default();
+        tracing::warn!(agent = %agent.id, sessions = done.len(), "ended sessions left on a gone agent");
+        ended.extend(done);
+    }
+    Ok(ended)
 }

@@ -1,8 +1,6 @@
 //! The kernel session API as plain async functions: handlers call these, these
 //! talk to the session actors through the registry.
 
-use std::collections::HashMap;
-
 use actix::Addr;
 use chrono::Utc;
 use entity::kernels;
@@ -17,10 +15,10 @@ use crate::actors::messages::{
 };
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
-use crate::agent_client::KernelLimits;
 use crate::error::{ApiError, Error, Problem};
 use crate::scheduler;
 use crate::startup::AppState;
+use protocol::KernelLimits;
 
 /// What a client asks for when creating a session.
 pub struct CreateRequest {
@@ -62,7 +60,8 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
         cpu_slot: image.cpu,
         mem_slot: image.mem,
         gpu_slot: image.gpu,
-        exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout),
+        exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout as f64),
+        max_output_bytes: None,
     };
     let actor = session_actor(&state.registry, kernel).await?;
     actor.send(StartKernel { image: image.spec, limits, mounts: request.mounts }).await??;
@@ -202,19 +201,28 @@ pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<
     ask(state, access_key, token, || Destroy).await
 }
 
-/// The agent reported that a kernel ended by itself.
+/// The agent reported that a kernel ended (by itself, or destroyed). Idempotent: a
+/// session that already ended is left as it is.
 pub async fn kernel_terminated(
-    state: &AppState,
+    db: &sea_orm::DatabaseConnection,
+    registry: &Addr<Registry>,
     kernel_id: Uuid,
-    reason: String,
-    stats: HashMap<String, i64>,
+    reason: protocol::TerminationReason,
+    stats: protocol::KernelStats,
 ) -> Result<(), Error> {
-    let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(&state.db).await? else {
-        return Ok(());
-    };
-    if !kernel.status.is_live() {
-        return Ok(());
+    // The session's actor may stop between the read and the message (it was ending the
+    // session itself, e.g. a destroy): read again.
+    for _ in 0..3 {
+        let Some(kernel) = kernels::Entity::find_by_id(kernel_id).one(db).await? else {
+            return Ok(());
+        };
+        if !kernel.status.is_live() {
+            return Ok(());
+        }
+        match session_actor(registry, kernel).await?.send(KernelTerminated { reason, stats }).await {
+            Err(actix::MailboxError::Closed) => continue,
+            answer => return Ok(answer?),
+        }
     }
-    session_actor(&state.registry, kernel).await?.send(KernelTerminated { reason, stats }).await?;
-    Ok(())
+    Err(actix::MailboxError::Closed.into())
 }

@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
+use actix::{Actor, Addr};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -14,10 +14,13 @@ use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
 use crate::actors::keypair;
+use crate::actors::liveness::{LivenessChecker, StopChecking};
 use crate::actors::registry::{Directory, Registry};
+use crate::bus::{Applier, Bus, LocalBus};
 use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
 use crate::middleware;
+use crate::overbook::Overbook;
 use crate::routes;
 use crate::stores::Stores;
 use crate::{db, fixtures, images, Core};
@@ -43,6 +46,14 @@ pub struct AppState {
     pub events_addr: std::net::SocketAddr,
     /// Session lifecycle events for the event streams.
     pub event_hub: Arc<crate::streams::hub::EventHub>,
+    /// Where agents' events come in.
+    pub bus: Arc<Bus>,
+    /// Applies agents' events.
+    pub applier: Applier,
+    /// The cached overbook factors.
+    pub overbook: Arc<Overbook>,
+    /// This manager's liveness checker.
+    pub liveness: Addr<LivenessChecker>,
     /// When this process last refused an authentication.
     pub auth_failures: Arc<crate::middleware::FailureWatch>,
 }
@@ -89,9 +100,36 @@ impl Application {
         register(&settings, &stores, &manager_id, &events_addr.to_string()).await?;
         let settings = Arc::new(settings);
         let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(60)).build()?;
-        let core = Arc::new(Core { settings: settings.clone(), db: db.clone(), stores: stores.clone(), http });
+        let overbook = Overbook::start(stores.config.clone()).await.context("cannot read the overbook factors")?;
+        let redis_bus = match &settings.redis.addr {
+            Some(addr) => Some(
+                crate::bus::redis::RedisBus::connect(addr, &settings.manager.namespace, &manager_id)
+                    .await
+                    .context("cannot connect to the event bus")?,
+            ),
+            None => None,
+        };
+        let bus = Arc::new(Bus { board: Default::default(), redis: redis_bus });
+        let core = Arc::new(Core {
+            settings: settings.clone(),
+            db: db.clone(),
+            stores: stores.clone(),
+            http,
+            overbook: overbook.clone(),
+            bus: bus.clone(),
+        });
         let directory = Arc::new(Directory::default());
-        let registry = Registry::start_supervised(core, manager_id.clone(), directory.clone());
+        let registry = Registry::start_supervised(core.clone(), directory.clone());
+        let applier = Applier { core: core.clone(), registry: registry.clone() };
+        if let Some(redis) = &bus.redis {
+            redis.start_consumers(applier.clone());
+        }
+        let liveness = {
+            let (core, manager_id, registry) = (core.clone(), manager_id.clone(), registry.clone());
+            LivenessChecker::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                LivenessChecker::new(core, manager_id, registry)
+            })
+        };
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
         let state = web::Data::new(AppState {
             settings,
@@ -102,6 +140,10 @@ impl Application {
             manager_id,
             events_addr,
             event_hub,
+            bus,
+            applier,
+            overbook,
+            liveness,
             auth_failures: Arc::default(),
         });
         let events = crate::events::server(state.clone(), events_listener)?;
@@ -195,6 +237,12 @@ impl Application {
         }
         events_handle.stop(true).await;
         events.await.ok();
+        if let Some(redis) = &self.state.bus.redis {
+            redis.stop();
+        }
+        if let Err(error) = self.state.liveness.send(StopChecking).await {
+            tracing::warn!(%error, "the liveness checker is gone");
+        }
         if let Err(error) = keypair::shutdown(&self.state.registry).await {
             tracing::error!(%error, "could not stop the actors cleanly");
         }
@@ -234,14 +282,15 @@ async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
         event_addr: Some(state.events_addr.to_string()),
         namespace: settings.manager.namespace.clone(),
         redis_addr: settings.redis.addr.clone(),
-        cluster_secret: crate::agent::config::Secret(settings.manager.cluster_secret.expose().to_owned()),
+        cluster_secret: settings.manager.cluster_secret.clone(),
         scratch_root: data_dir.join("scratch"),
         ..Default::default()
     };
     if state.events_addr.ip().is_unspecified() {
         config.event_addr = Some(format!("127.0.0.1:{}", state.events_addr.port()));
     }
-    let agent = crate::agent::Agent::build(config).await?;
+    let sink = LocalBus::start(state.bus.clone(), state.applier.clone());
+    let agent = crate::agent::Agent::build_with_sink(config, Some(sink)).await?;
     tracing::info!(addr = %agent.addr(), "built-in agent ready");
     Ok(agent)
 }

@@ -91,6 +91,8 @@ async fn events_address_from_etcd_and_stats_to_redis() {
     config.etcd_addr = Some(etcd_addr);
     config.namespace = namespace;
     config.redis_addr = Some(format!("127.0.0.1:{redis_port}"));
+    // Events to the events port found in etcd (with Redis for the stats only).
+    config.event_bus = backendai_manager::agent::config::BusKind::Http;
     let agent = TestAgent::spawn_with(config).await;
     sink.wait_for(Duration::from_secs(5), |e| e["event"] == "instance_started")
         .await

@@ -53,6 +53,8 @@ pub struct Model {
     pub used_gpu_slots: f64,
     /// When the agent's latest heartbeat arrived.
     pub last_heartbeat: Option<DateTimeWithTimeZone>,
+    /// Seconds between the agent's heartbeats, as it reported (unknown for old agents).
+    pub heartbeat_interval: Option<f64>,
 }
 
 impl Model {

@@ -9,6 +9,7 @@ mod m20261128_000004_create_vfolders;
 mod m20261128_000005_create_vfolder_attachment;
 mod m20261128_000006_add_agents_last_heartbeat;
 mod m20261128_000007_create_session_events;
+mod m20261201_000008_add_agents_heartbeat_interval;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_create_vfolder_attachment::Migration),
             Box::new(m20261128_000006_add_agents_last_heartbeat::Migration),
             Box::new(m20261128_000007_create_session_events::Migration),
+            Box::new(m20261201_000008_add_agents_heartbeat_interval::Migration),
         ]
     }
 }

@@ -1,6 +1,5 @@
 //! Messages between the HTTP layer, the registry and its child actors.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -11,9 +10,9 @@ use uuid::Uuid;
 use super::agent::AgentActor;
 use super::registry::KeypairEntry;
 use super::session::SessionActor;
-use crate::agent_client::{ImageSpec, KernelLimits};
 use crate::error::Error;
 use crate::scheduler::ResolvedImage;
+use protocol::{ImageSpec, KernelLimits};
 
 /// Registry: the actor of an access key (and what it shares), started if it is not running.
 #[derive(Message)]
@@ -135,10 +134,10 @@ pub struct Destroy;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct KernelTerminated {
-    /// Why (`exited`, `oom-killed`, ...).
-    pub reason: String,
+    /// Why.
+    pub reason: protocol::TerminationReason,
     /// Its final stats.
-    pub stats: HashMap<String, i64>,
+    pub stats: protocol::KernelStats,
 }
 
 /// Session: the session was ended elsewhere (e.g. its agent was lost); stop.
@@ -159,32 +158,7 @@ pub struct SessionsEnded {
 #[rtype(result = "Result<kernels::Model, Error>")]
 pub struct GetKernel;
 
-/// What an agent reports about itself in `instance_started` and `instance_heartbeat`.
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct AgentReport {
-    /// Its region label.
-    #[serde(default)]
-    pub region: String,
-    /// `host:port` of its RPC server.
-    pub addr: String,
-    /// Its slots before overbooking.
-    pub slots: ReportedSlots,
-    /// The kernels it runs.
-    #[serde(default)]
-    pub kernels: Vec<String>,
-}
-
-/// Slots as an agent reports them.
-#[derive(Clone, Copy, Debug, serde::Deserialize)]
-pub struct ReportedSlots {
-    /// CPU cores.
-    pub cpu: f64,
-    /// Memory in MiB.
-    pub mem: i64,
-    /// GPUs.
-    #[serde(default)]
-    pub gpu: f64,
-}
+pub use protocol::AgentReport;
 
 /// Registry: the actor of an agent, started if not running.
 #[derive(Message)]
@@ -222,7 +196,10 @@ pub struct AgentTerminated;
 #[rtype(result = "()")]
 pub struct AgentLost;
 
-/// Registry: declare agents without a recent heartbeat lost (periodic).
+/// Registry: agents were declared lost (their sessions ended); stop their actors.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CheckLiveness;
+pub struct AgentsLost {
+    /// The agents.
+    pub agent_ids: Vec<String>,
+}

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod keypair;
+pub mod liveness;
 pub mod messages;
 pub mod registry;
 pub mod session;

@@ -8,16 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// A secret string: never shown by `Debug`.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
-    }
-}
+pub use protocol::Secret;
 
 /// Resource slots the agent offers; detected from the machine unless set.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -53,6 +44,19 @@ pub enum BwrapMode {
     On,
     /// Never use it.
     Off,
+}
+
+/// How the agent's events reach the managers.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// Redis Streams when `redis_addr` is set, else the events port.
+    #[default]
+    Auto,
+    /// The cluster's Redis Streams (needs `redis_addr`): any manager applies them.
+    Redis,
+    /// `POST /events` to one manager's events port (`event_addr`, or found in etcd).
+    Http,
 }
 
 /// Sandbox and limit settings of kernels.
@@ -117,9 +121,12 @@ pub struct AgentConfig {
     pub etcd_addr: Option<String>,
     /// The cluster namespace in etcd.
     pub namespace: String,
-    /// Redis address `host:port`; kernel stats also go to its database 0.
+    /// Redis address `host:port`: the event bus (with `event_bus` auto or redis), and
+    /// kernel stats in its database 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<String>,
+    /// How events reach the managers.
+    pub event_bus: BusKind,
     /// The secret shared with the manager (required).
     pub cluster_secret: Secret,
     /// Directory of the kernels' scratch dirs; owned by the agent (leftovers are removed).
@@ -156,6 +163,7 @@ impl Default for AgentConfig {
             etcd_addr: None,
             namespace: "local".to_owned(),
             redis_addr: None,
+            event_bus: BusKind::Auto,
             cluster_secret: Secret::default(),
             scratch_root: std::env::temp_dir().join("backendai-agent").join("scratch"),
             slots: SlotsConfig::default(),
@@ -232,11 +240,19 @@ impl AgentConfig {
         Ok(config)
     }
 
+    /// The event bus in use.
+    pub fn bus(&self) -> BusKind {
+        match (self.event_bus, &self.redis_addr) {
+            (BusKind::Auto | BusKind::Redis, Some(_)) => BusKind::Redis,
+            _ => BusKind::Http,
+        }
+    }
+
     /// Checks values that deserialize but make no sense.
     pub fn validate(&self) -> Result<(), Box<figment::Error>> {
         let bad =
             |key: &str, why: &str| Err(Box::new(figment::Error::from(format!("invalid value for `{key}`: {why}"))));
-        if self.cluster_secret.0.is_empty() {
+        if self.cluster_secret.is_empty() {
             return bad("cluster_secret", "it is required");
         }
         if !(self.exec_timeout > 0.0 && self.exec_timeout.is_finite()) {
@@ -249,6 +265,9 @@ impl AgentConfig {
             if !(v >= 0.1 && v.is_finite()) {
                 return bad(key, "must be at least 0.1 s");
             }
+        }
+        if self.event_bus == BusKind::Redis && self.redis_addr.is_none() {
+            return bad("event_bus", "redis needs redis_addr");
         }
         if self.agent_id.is_empty() {
             return bad("agent_id", "must not be empty");

@@ -40,12 +40,12 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use serde_json::json;
+use protocol::{AgentEvent, EventSink};
 use tokio::sync::mpsc;
 
 pub use config::{AgentArgs, AgentConfig};
 
-use self::events::Events;
+use self::events::{Events, Identity};
 use self::rpc::{RpcState, Slots};
 use self::runtime::process::{ProcessRuntime, Settings};
 use self::runtime::{KernelTerminated, Runtime};
@@ -66,11 +66,19 @@ pub struct Agent {
     events: Events,
     /// Kernels that ended, to report.
     terminated: mpsc::UnboundedReceiver<KernelTerminated>,
+    /// The in-process bus of an agent embedded in a manager.
+    sink: Option<Arc<dyn EventSink>>,
 }
 
 impl Agent {
     /// Binds the RPC server and prepares the runtime (cleaning leftovers of a previous run).
     pub async fn build(config: AgentConfig) -> anyhow::Result<Agent> {
+        Self::build_with_sink(config, None).await
+    }
+
+    /// Like [`Agent::build`], reporting to an in-process bus when `sink` is given (an
+    /// agent embedded in the manager's process).
+    pub async fn build_with_sink(config: AgentConfig, sink: Option<Arc<dyn EventSink>>) -> anyhow::Result<Agent> {
         config.validate()?;
         let (terminated_tx, terminated) = mpsc::unbounded_channel();
         let runtime = Arc::new(ProcessRuntime::new(settings(&config), terminated_tx)?);
@@ -91,8 +99,8 @@ impl Agent {
             .shutdown_timeout(5)
             .listen(listener)?
             .run();
-        let events = Events::start(&config);
-        Ok(Agent { config, addr, server, runtime, slots, events, terminated })
+        let events = Events::start(&config, sink.clone());
+        Ok(Agent { config, addr, server, runtime, slots, events, terminated, sink })
     }
 
     /// The bound RPC address (the real port when configured with port 0).
@@ -103,12 +111,21 @@ impl Agent {
     /// Serves until `shutdown` resolves or the server stops, then terminates every kernel
     /// and reports the agent's end.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Agent { config, addr, server, runtime, slots, events, mut terminated } = self;
+        let Agent { config, addr, server, runtime, slots, mut events, mut terminated, sink } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
-        tracing::info!(agent_id = %config.agent_id, %addr, "agent started");
-        events.send("instance_started", json!({"region": config.region, "addr": addr.to_string(), "slots": slots}));
-        let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(config.heartbeat_interval));
+        tracing::info!(agent_id = %config.agent_id, %addr, bus = ?config.bus(), "agent started");
+        let identity = Identity {
+            agent_id: config.agent_id.clone(),
+            region: config.region.clone(),
+            addr: addr.to_string(),
+            slots,
+            heartbeat_interval: config.heartbeat_interval,
+        };
+        let listed = runtime.clone();
+        events
+            .start_heartbeats(&config, sink, identity, Arc::new(move || listed.kernel_ids()))
+            .context("starting the heartbeat thread")?;
         let mut stats = tokio::time::interval(Duration::from_secs_f64(config.stats_interval));
         stats.tick().await;
         tokio::pin!(shutdown);
@@ -116,23 +133,19 @@ impl Agent {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
                 r = &mut server => break r.context("RPC server task").and_then(|r| r.context("RPC server")),
-                Some(ended) = terminated.recv() => report_terminated(&events, ended),
-                _ = heartbeat.tick() => {
-                    let kernels: Vec<String> = runtime.list().await.into_iter().map(|k| k.id).collect();
-                    events.send("instance_heartbeat", json!({
-                        "region": config.region, "addr": addr.to_string(), "slots": slots, "kernels": kernels,
-                    }));
-                }
+                Some(ended) = terminated.recv() => events.send(AgentEvent::KernelTerminated(ended)),
                 _ = stats.tick() => events.kernel_stats(runtime.stats().await).await,
             }
         };
         tracing::info!("agent shutting down");
+        // No heartbeat may follow `instance_terminated`.
+        events.stop_heartbeats().await;
         handle.stop(true).await;
         runtime.shutdown().await;
         while let Ok(ended) = terminated.try_recv() {
-            report_terminated(&events, ended);
+            events.send(AgentEvent::KernelTerminated(ended));
         }
-        events.send("instance_terminated", json!({"reason": "agent-shutdown"}));
+        events.send(AgentEvent::InstanceTerminated { reason: "agent-shutdown".to_owned() });
         events.close(Duration::from_secs(5)).await;
         outcome
     }
@@ -182,18 +195,6 @@ pub async fn main_with_args(args: AgentArgs) -> i32 {
             1
         }
     }
-}
-
-fn report_terminated(events: &Events, ended: KernelTerminated) {
-    events.send(
-        "kernel_terminated",
-        json!({
-            "kernel_id": ended.kernel_id,
-            "reason": ended.reason,
-            "exit_code": ended.exit_code,
-            "stats": ended.stats,
-        }),
-    );
 }
 
 fn settings(config: &AgentConfig) -> Settings {

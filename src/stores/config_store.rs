@@ -32,6 +32,14 @@ pub trait ConfigStore: Send + Sync {
     async fn put(&self, key: &str, value: &str) -> Result<(), Error> {
         self.put_many(&[(key.to_owned(), value.to_owned())]).await
     }
+
+    /// Resolves when a key under `prefix` may have changed (an etcd watch); `Err` when
+    /// the store cannot watch now. A store that cannot watch never resolves: its
+    /// readers also read again from time to time.
+    async fn changed(&self, prefix: &str) -> Result<(), Error> {
+        let _ = prefix;
+        std::future::pending().await
+    }
 }
 
 /// etcd v3, with keys under `/sorna/{namespace}/`.
@@ -71,6 +79,21 @@ impl EtcdConfigStore {
 
 #[async_trait]
 impl ConfigStore for EtcdConfigStore {
+    async fn changed(&self, prefix: &str) -> Result<(), Error> {
+        let options = etcd_client::WatchOptions::new().with_prefix();
+        let mut stream = self.client.clone().watch(self.full(prefix), Some(options)).await.map_err(etcd_error)?;
+        loop {
+            match stream.message().await.map_err(etcd_error)? {
+                Some(response) if response.canceled() => {
+                    return Err(Error::ConfigStore("the watch was canceled".into()))
+                }
+                Some(response) if !response.events().is_empty() => return Ok(()),
+                Some(_) => continue,
+                None => return Err(Error::ConfigStore("the watch ended".into())),
+            }
+        }
+    }
+
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {
         let response = self.client.clone().get(self.full(key), None).await.map_err(etcd_error)?;
         Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
@@ -119,6 +142,8 @@ impl ConfigStore for EtcdConfigStore {
 pub struct MemoryConfigStore {
     path: Option<PathBuf>,
     state: Mutex<MemoryState>,
+    /// Bumped on every change made through this store.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -131,12 +156,16 @@ struct MemoryState {
 impl MemoryConfigStore {
     /// A store kept only in memory (tests).
     pub fn ephemeral() -> Self {
-        Self { path: None, state: Mutex::new(MemoryState::default()) }
+        Self { path: None, state: Mutex::new(MemoryState::default()), changes: tokio::sync::watch::Sender::new(0) }
     }
 
     /// A store kept in the JSON file at `path`, created on the first write.
     pub fn open(path: PathBuf) -> Result<Self, Error> {
-        let store = Self { path: Some(path), state: Mutex::new(MemoryState::default()) };
+        let store = Self {
+            path: Some(path),
+            state: Mutex::new(MemoryState::default()),
+            changes: tokio::sync::watch::Sender::new(0),
+        };
         store.with_state(|_| ())?;
         Ok(store)
     }
@@ -161,6 +190,12 @@ impl MemoryConfigStore {
     }
 
     fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
+        let changed = self.write(f);
+        self.changes.send_modify(|n| *n += 1);
+        changed
+    }
+
+    fn write(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
         let Some(path) = &self.path else {
             return self.with_state(f);
         };
@@ -184,6 +219,11 @@ impl MemoryConfigStore {
 
 #[async_trait]
 impl ConfigStore for MemoryConfigStore {
+    async fn changed(&self, _prefix: &str) -> Result<(), Error> {
+        let mut changes = self.changes.subscribe();
+        changes.changed().await.map_err(|_| Error::ConfigStore("the store closed".into()))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {
         self.with_state(|tree| tree.get(key).cloned())
     }

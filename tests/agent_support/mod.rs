@@ -41,7 +41,7 @@ pub fn test_config() -> AgentConfig {
         sandbox,
         listen: "127.0.0.1:0".parse().unwrap(),
         agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
-        cluster_secret: backendai_manager::agent::config::Secret(SECRET.to_owned()),
+        cluster_secret: backendai_manager::agent::config::Secret::new(SECRET),
         scratch_root: std::env::temp_dir().join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple())),
         exec_timeout: 30.0,
         heartbeat_interval: 0.5,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use backendai_manager::actors::registry::{Lease, LIVENESS_LEASE_KEY};
+use backendai_manager::actors::liveness::{Lease, LIVENESS_LEASE_KEY};
 use backendai_manager::config::Settings;
 use entity::agents::AgentStatus;
 use futures_util::future::join_all;
@@ -106,6 +106,13 @@ async fn racing_managers_never_overbook_an_agent() {
     let config = first.state.stores.config.clone();
     config.put("config/overbook/cpu", "1").await.unwrap();
     config.put("config/overbook/mem", "1").await.unwrap();
+    for _ in 0..100 {
+        if first.state.overbook.factors() == (1.0, 1.0, 1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(first.state.overbook.factors(), (1.0, 1.0, 1.0), "the etcd watch refreshed the cache");
     // Room for two python3 sessions (1 CPU each).
     let agent_id = unique("i-small");
     fake_agent(&first, &agent_id, json!({"cpu": 2, "mem": 65536, "gpu": 0})).await;

@@ -291,6 +291,14 @@ async fn slots_are_overbooked_and_the_freest_agent_is_chosen() {
         let config = app.state.stores.config.as_ref();
         config.put("config/overbook/cpu", "3").await.unwrap();
         config.put("config/overbook/mem", "1.5").await.unwrap();
+        // Heartbeats use the cached factors, refreshed by a watch on the config store.
+        for _ in 0..100 {
+            if app.state.overbook.factors() == (3.0, 1.5, 1.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(app.state.overbook.factors(), (3.0, 1.5, 1.0), "{backend:?}: the cache follows the store");
         let small = unique("i-small");
         let large = unique("i-large");
         fake_agent(&app, &small, json!({"cpu": 8, "mem": 1024, "gpu": 0})).await;

@@ -1,6 +1,5 @@
 //! The registry: one per manager process, supervised; it owns the child actors
-//! (per access key, per agent, per live session), starts them lazily, and runs
-//! the cluster's agent liveness check.
+//! (per access key, per agent, per live session) and starts them lazily.
 //!
 //! A panic in one of its handlers is caught: the message is answered with an
 //! internal error and the registry stops, so that its supervisor starts it again
@@ -9,8 +8,6 @@
 
 mod actor;
 mod handlers;
-
-pub use handlers::{Lease, LIVENESS_LEASE_KEY};
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
@@ -112,30 +109,25 @@ impl Directory {
 pub struct Registry {
     /// Database, stores and settings, shared with the children.
     core: Arc<Core>,
-    /// This process's id in the config store: the manager that holds the liveness
-    /// checker's lease checks agent liveness, so there is one checker per cluster.
-    manager_id: String,
     /// The running keypair and session actors, shared with the handlers.
     directory: Arc<Directory>,
     /// The running agent actors, by agent id.
     agents: HashMap<String, Addr<AgentActor>>,
     /// The running session actors, by kernel id, with their (access key, token).
     sessions: HashMap<Uuid, (Addr<SessionActor>, (String, String))>,
-    /// Set at shutdown: the liveness check (and its lease) is left to other managers.
-    shut_down: bool,
 }
 
 impl Registry {
     /// A registry whose children use `core`.
-    pub fn new(core: Arc<Core>, manager_id: String, directory: Arc<Directory>) -> Self {
-        Self { core, manager_id, directory, agents: HashMap::new(), sessions: HashMap::new(), shut_down: false }
+    pub fn new(core: Arc<Core>, directory: Arc<Directory>) -> Self {
+        Self { core, directory, agents: HashMap::new(), sessions: HashMap::new() }
     }
 
     /// Starts the registry on its own arbiter, under a supervisor; handlers read
     /// its children's addresses from `directory`.
-    pub fn start_supervised(core: Arc<Core>, manager_id: String, directory: Arc<Directory>) -> Addr<Self> {
+    pub fn start_supervised(core: Arc<Core>, directory: Arc<Directory>) -> Addr<Self> {
         let arbiter = Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, manager_id, directory))
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, directory))
     }
 
     /// Runs `body`, the work of the handler of `message`. A panic in it is caught:
@@ -244,18 +236,15 @@ mod tests {
         let db = crate::db::connect(&settings.db).await.unwrap();
         crate::db::upgrade(&db).await.unwrap();
         let stores = Stores::connect(&settings).await.unwrap();
-        let core = Core { settings: Arc::new(settings), db, stores, http: reqwest::Client::new() };
-        Registry::start_supervised(Arc::new(core), "manager-test".to_owned(), Arc::default())
-    }
-
-    #[test]
-    fn leases_are_read_as_stored() {
-        assert_eq!(
-            Lease::parse("manager-a 1700000000000"),
-            Lease { holder: "manager-a", expires_ms: 1_700_000_000_000 }
-        );
-        assert_eq!(Lease::parse("manager-a"), Lease { holder: "manager-a", expires_ms: 0 });
-        assert_eq!(Lease::parse("manager-a soon"), Lease { holder: "manager-a", expires_ms: 0 });
+        let core = Core {
+            settings: Arc::new(settings),
+            db,
+            stores,
+            http: reqwest::Client::new(),
+            overbook: Arc::default(),
+            bus: Arc::new(crate::bus::Bus::local()),
+        };
+        Registry::start_supervised(Arc::new(core), Arc::default())
     }
 
     #[actix_web::test]

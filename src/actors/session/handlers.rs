@@ -10,7 +10,8 @@ use crate::actors::messages::{
 };
 use crate::agent_client::{AgentClient, AgentError};
 use crate::error::{ApiError, Error, Problem};
-use crate::scheduler::{self, KernelStats};
+use crate::scheduler::{self, Ending};
+use protocol::KernelStats;
 
 impl SessionActor {
     /// The agent client, while the session is live.
@@ -26,14 +27,15 @@ impl SessionActor {
         &mut self,
         status: KernelStatus,
         info: String,
-        stats: KernelStats,
+        stats: Option<KernelStats>,
     ) -> impl ActorFuture<Self, Output = ()> + 'static {
         let core = self.core.clone();
         let kernel_id = self.kernel.id;
         // The counted queries are written with the session's end, in one transaction.
         let queries = std::mem::take(&mut self.pending_queries);
         async move {
-            match scheduler::release(&core.db, kernel_id, status, &info, &stats, queries).await {
+            let ending = Ending { stats, unwritten_queries: queries, ..Ending::new(status, &info) };
+            match scheduler::release(&core.db, kernel_id, &ending).await {
                 Ok(true) => tracing::info!(%kernel_id, ?status, %info, "session ended"),
                 Ok(false) => {}
                 Err(error) => tracing::error!(%error, %kernel_id, "could not end the session"),
@@ -104,7 +106,7 @@ impl SessionActor {
         Box::pin(call(agent, kernel_id).into_actor(self).then(move |result, actor, _ctx| match result {
             Ok(value) => Box::pin(fut::ready(Ok(value))) as ResponseActFuture<Self, Result<T, Error>>,
             Err(AgentError::KernelNotFound) => {
-                let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), KernelStats::new());
+                let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), None);
                 Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
             }
             Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
@@ -123,7 +125,7 @@ impl SessionActor {
             Some(cause) => format!("{what}: {cause}"),
             None => format!("{what}: {failure}"),
         };
-        self.end(KernelStatus::Error, info, KernelStats::new()).map(|(), _, _| Err(failure))
+        self.end(KernelStatus::Error, info, None).map(|(), _, _| Err(failure))
     }
 }
 
@@ -235,16 +237,14 @@ impl Handler<Destroy> for SessionActor {
                     Ok(Err(AgentError::KernelNotFound)) => (
                         KernelStatus::Terminated,
                         "user-requested".to_owned(),
-                        KernelStats::new(),
+                        None,
                         Ok(Value::Object(Default::default())),
                     ),
                     Ok(Err(agent_error)) => {
                         let error: Error = agent_error.into_api(Problem::KernelDestructionFailed).into();
-                        (KernelStatus::Error, format!("destruction-failed: {error}"), KernelStats::new(), Err(error))
+                        (KernelStatus::Error, format!("destruction-failed: {error}"), None, Err(error))
                     }
-                    Err(error) => {
-                        (KernelStatus::Error, "destruction-failed".to_owned(), KernelStats::new(), Err(error))
-                    }
+                    Err(error) => (KernelStatus::Error, "destruction-failed".to_owned(), None, Err(error)),
                 };
                 actor.end(status, info, stats).map(move |(), _, _| answer)
             }),
@@ -257,11 +257,8 @@ impl Handler<KernelTerminated> for SessionActor {
 
     fn handle(&mut self, msg: KernelTerminated, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
-        let status = match msg.reason.as_str() {
-            "exited" | "user-requested" | "exec-timeout" | "agent-terminated" => KernelStatus::Terminated,
-            _ => KernelStatus::Error,
-        };
-        AtomicResponse::new(Box::pin(self.end(status, msg.reason, msg.stats)))
+        let status = if msg.reason.is_normal() { KernelStatus::Terminated } else { KernelStatus::Error };
+        AtomicResponse::new(Box::pin(self.end(status, msg.reason.as_str().to_owned(), Some(msg.stats))))
     }
 }
 

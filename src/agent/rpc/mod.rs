@@ -9,23 +9,13 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse};
-use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::config::Secret;
 use super::error::AgentError;
 use super::runtime::Runtime;
 
-/// Resource slots of the agent.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Slots {
-    /// CPU cores.
-    pub cpu: f64,
-    /// Memory in MiB.
-    pub mem: i64,
-    /// GPUs.
-    pub gpu: f64,
-}
+pub use protocol::Slots;
 
 /// Shared state of the RPC handlers.
 pub struct RpcState {
@@ -75,7 +65,7 @@ async fn require_secret(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let expected = state.secret.0.as_bytes();
+    let expected = state.secret.expose().as_bytes();
     let ok = !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected));
     if !ok {
         return Err(AgentError::Unauthorized.into());

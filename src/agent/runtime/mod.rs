@@ -13,70 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use console::{Console, RunStatus};
-
-/// How the kernel's interpreter talks to the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunnerKind {
-    /// A persistent Python interpreter driven by the embedded runner script.
-    Python,
-    /// A persistent bash.
-    Shell,
-}
-
-/// The image (kernel definition) a kernel is created from, as resolved by the manager.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImageSpec {
-    /// Image name, e.g. `python3`.
-    pub name: String,
-    /// Image tag, e.g. `latest`.
-    #[serde(default = "default_tag")]
-    pub tag: String,
-    /// Which runner drives the interpreter.
-    pub runner: RunnerKind,
-    /// The interpreter command (`python3`, `bash`); the runner's default when absent.
-    #[serde(default)]
-    pub command: Option<String>,
-}
-
-fn default_tag() -> String {
-    "latest".to_owned()
-}
-
-/// Resource limits of one kernel.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct KernelLimits {
-    /// CPU cores reserved for the kernel (accounting only in the process runtime).
-    #[serde(default)]
-    pub cpu_slot: f64,
-    /// Memory in MiB; enforced as the kernel's address-space limit.
-    #[serde(default)]
-    pub mem_slot: i64,
-    /// GPUs reserved (accounting only).
-    #[serde(default)]
-    pub gpu_slot: f64,
-    /// Wall-time limit of one run in seconds; the agent's default when absent.
-    #[serde(default)]
-    pub exec_timeout: Option<f64>,
-    /// Output limit of one run in bytes; the agent's default when absent.
-    #[serde(default)]
-    pub max_output_bytes: Option<u64>,
-}
-
-/// Everything needed to create a kernel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelSpec {
-    /// The kernel id chosen by the manager (a UUID; any `[A-Za-z0-9_-]{1,64}` is accepted).
-    pub kernel_id: String,
-    /// The image to run.
-    pub image: ImageSpec,
-    /// Resource limits.
-    #[serde(default)]
-    pub limits: KernelLimits,
-    /// Virtual folder mounts (accepted and ignored by the process runtime).
-    #[serde(default)]
-    pub mounts: Vec<String>,
-}
+pub use protocol::{
+    ImageSpec, KernelLimits, KernelSpec, KernelStats, KernelStatus, KernelTerminated, RunnerKind, TerminationReason,
+};
 
 /// Runtime details of a created kernel, returned to the manager.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,60 +105,6 @@ pub struct RunResult {
     pub files: Vec<Value>,
 }
 
-/// Usage statistics of one kernel, in the field names of the manager's database.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct KernelStats {
-    /// CPU time used by the kernel's processes, in milliseconds.
-    pub cpu_used: u64,
-    /// Resident memory now, in bytes.
-    pub mem_cur_bytes: u64,
-    /// Highest resident memory observed, in bytes.
-    pub mem_max_bytes: u64,
-    /// Network bytes received (0: not accounted without a network namespace).
-    pub net_rx_bytes: u64,
-    /// Network bytes sent (0: not accounted without a network namespace).
-    pub net_tx_bytes: u64,
-    /// Bytes read from storage.
-    pub io_read_bytes: u64,
-    /// Bytes written to storage.
-    pub io_write_bytes: u64,
-    /// Largest scratch directory size observed, in bytes.
-    pub io_max_scratch_size: u64,
-    /// Scratch directory size now, in bytes.
-    pub io_cur_scratch_size: u64,
-}
-
-/// Why a kernel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TerminationReason {
-    /// Destroyed through the RPC API.
-    UserRequested,
-    /// The interpreter exited by itself.
-    Exited,
-    /// Killed after exhausting its memory.
-    OomKilled,
-    /// Killed by a signal from elsewhere.
-    Killed,
-    /// Destroyed because the agent shuts down.
-    AgentTerminated,
-    /// Destroyed because a run exceeded its time limit.
-    ExecTimeout,
-}
-
-/// A kernel that ended, as reported in the `kernel_terminated` event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KernelTerminated {
-    /// The kernel id.
-    pub kernel_id: String,
-    /// Why it ended.
-    pub reason: TerminationReason,
-    /// The interpreter's exit code, when it exited normally.
-    pub exit_code: Option<i32>,
-    /// Its last usage statistics.
-    pub stats: KernelStats,
-}
-
 /// A live PTY attached to a kernel (a bash on a pseudo terminal in the scratch dir).
 #[derive(Debug)]
 pub struct PtyHandle {
@@ -286,6 +171,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn close_pty(&self, pid: u32);
     /// The live kernels.
     fn list(&self) -> BoxFuture<'_, Vec<KernelSummary>>;
+    /// The ids of the kernels held now (from the moment a creation is accepted until the
+    /// kernel is gone), without waiting on anything: heartbeats report it.
+    fn kernel_ids(&self) -> Vec<String>;
     /// Fresh usage statistics of every live kernel.
     fn stats(&self) -> BoxFuture<'_, HashMap<String, KernelStats>>;
     /// Destroys every kernel with reason `agent-terminated` (agent shutdown).

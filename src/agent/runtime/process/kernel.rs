@@ -65,27 +65,7 @@ pub struct Death {
     pub exit_code: Option<i32>,
 }
 
-/// Lifecycle state of a kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelStatus {
-    /// Serving runs.
-    Running,
-    /// Between two interpreters.
-    Restarting,
-    /// Being destroyed.
-    Terminating,
-}
-
-impl KernelStatus {
-    /// The name used in the kernel list.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KernelStatus::Running => "running",
-            KernelStatus::Restarting => "restarting",
-            KernelStatus::Terminating => "terminating",
-        }
-    }
-}
+pub use protocol::KernelStatus;
 
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -464,7 +464,12 @@ impl Runtime for ProcessRuntime {
         kernel_id: &'a str,
         reason: TerminationReason,
     ) -> BoxFuture<'a, RuntimeResult<KernelStats>> {
-        Box::pin(self.inner.destroy(kernel_id, reason, None))
+        // To completion, like a creation: a caller that goes away must not leave a kernel
+        // half destroyed.
+        let inner = self.inner.clone();
+        let id = kernel_id.to_owned();
+        let destruction = self.inner.rt.spawn(async move { inner.destroy(&id, reason, None).await });
+        Box::pin(async move { destruction.await.map_err(|e| anyhow::anyhow!("kernel destruction task failed: {e}"))? })
     }
 
     fn restart<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>> {
@@ -533,6 +538,10 @@ impl Runtime for ProcessRuntime {
             list.sort_by_key(|k| k.created_at);
             list
         })
+    }
+
+    fn kernel_ids(&self) -> Vec<String> {
+        self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
     }
 
     fn stats(&self) -> BoxFuture<'_, HashMap<String, KernelStats>> {
