@@ -39,19 +39,27 @@ impl Overbook {
         overbook.set(read(store.as_ref()).await?);
         let cache = Arc::downgrade(&overbook);
         tokio::spawn(async move {
+            let mut watch = None;
             loop {
-                // A change, or the periodic refresh (also after a failed watch).
-                let _ = tokio::time::timeout(REFRESH, async {
-                    if let Err(error) = store.changed(PREFIX).await {
-                        tracing::debug!(%error, "cannot watch the overbook factors");
-                        std::future::pending::<()>().await;
-                    }
-                })
-                .await;
+                if watch.is_none() {
+                    // Armed before the read: no change falls between the two.
+                    watch = store.watch_prefix(PREFIX).await.map_err(|e| tracing::debug!(error = %e, "no watch")).ok();
+                }
                 let Some(cache) = cache.upgrade() else { return };
                 match read(store.as_ref()).await {
                     Ok(factors) => cache.set(factors),
                     Err(error) => tracing::warn!(%error, "cannot read the overbook factors; keeping the last ones"),
+                }
+                drop(cache);
+                // A change, or the periodic refresh (also while no watch works).
+                let changed = async {
+                    match watch.as_mut() {
+                        Some(changes) => changes.recv().await.is_some(),
+                        None => std::future::pending().await,
+                    }
+                };
+                if let Ok(false) = tokio::time::timeout(REFRESH, changed).await {
+                    watch = None;
                 }
             }
         });

@@ -284,6 +284,8 @@ async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
         redis_addr: settings.redis.addr.clone(),
         cluster_secret: settings.manager.cluster_secret.clone(),
         scratch_root: data_dir.join("scratch"),
+        // At least three heartbeats per timeout.
+        heartbeat_interval: (settings.manager.heartbeat_timeout / 3.0).clamp(0.1, 3.0),
         ..Default::default()
     };
     if state.events_addr.ip().is_unspecified() {

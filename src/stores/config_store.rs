@@ -33,12 +33,12 @@ pub trait ConfigStore: Send + Sync {
         self.put_many(&[(key.to_owned(), value.to_owned())]).await
     }
 
-    /// Resolves when a key under `prefix` may have changed (an etcd watch); `Err` when
-    /// the store cannot watch now. A store that cannot watch never resolves: its
-    /// readers also read again from time to time.
-    async fn changed(&self, prefix: &str) -> Result<(), Error> {
+    /// Starts watching the keys under `prefix`: the receiver gets a message after each
+    /// change from now on, and closes when the watch breaks. `Err` when the store
+    /// cannot watch now (its readers also read again from time to time).
+    async fn watch_prefix(&self, prefix: &str) -> Result<tokio::sync::mpsc::Receiver<()>, Error> {
         let _ = prefix;
-        std::future::pending().await
+        Err(Error::ConfigStore(format!("a {} store cannot watch", self.kind())))
     }
 }
 
@@ -79,19 +79,21 @@ impl EtcdConfigStore {
 
 #[async_trait]
 impl ConfigStore for EtcdConfigStore {
-    async fn changed(&self, prefix: &str) -> Result<(), Error> {
+    async fn watch_prefix(&self, prefix: &str) -> Result<tokio::sync::mpsc::Receiver<()>, Error> {
         let options = etcd_client::WatchOptions::new().with_prefix();
         let mut stream = self.client.clone().watch(self.full(prefix), Some(options)).await.map_err(etcd_error)?;
-        loop {
-            match stream.message().await.map_err(etcd_error)? {
-                Some(response) if response.canceled() => {
-                    return Err(Error::ConfigStore("the watch was canceled".into()))
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while let Ok(Some(response)) = stream.message().await {
+                if response.canceled() {
+                    return;
                 }
-                Some(response) if !response.events().is_empty() => return Ok(()),
-                Some(_) => continue,
-                None => return Err(Error::ConfigStore("the watch ended".into())),
+                if !response.events().is_empty() && tx.send(()).await.is_err() {
+                    return;
+                }
             }
-        }
+        });
+        Ok(rx)
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {
@@ -219,9 +221,17 @@ impl MemoryConfigStore {
 
 #[async_trait]
 impl ConfigStore for MemoryConfigStore {
-    async fn changed(&self, _prefix: &str) -> Result<(), Error> {
+    async fn watch_prefix(&self, _prefix: &str) -> Result<tokio::sync::mpsc::Receiver<()>, Error> {
         let mut changes = self.changes.subscribe();
-        changes.changed().await.map_err(|_| Error::ConfigStore("the store closed".into()))
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {

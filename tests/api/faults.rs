@@ -120,7 +120,7 @@ pub async fn send_event(app: &TestApp, event: &str, agent_id: &str, data: Value)
 }
 
 /// A manager without its built-in agent, with short agent timeouts.
-async fn app_without_agent(backend: Backend) -> Option<TestApp> {
+pub async fn app_without_agent(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |s| {
         s.local_agent.enabled = false;
         s.manager.agent_create_timeout = 2.0;
@@ -135,7 +135,7 @@ pub async fn create(app: &TestApp, token: &str) -> reqwest::Response {
     create_session(app, "python3", token).await
 }
 
-async fn session(app: &TestApp, token: &str) -> kernels::Model {
+pub async fn session(app: &TestApp, token: &str) -> kernels::Model {
     let rows = sessions_named(app, token).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     rows.into_iter().next().unwrap()

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+mod bus;
 mod cli;
 mod cluster;
 mod faults;

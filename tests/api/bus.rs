@@ -1,0 +1,180 @@
+//! The cluster under load: no deadlock or failed call from racing creates and
+//! destroys, reconciliation judged from the time of the agent's report, and a burst of
+//! creations on the embedded default that leaves every session running.
+
+use std::time::Duration;
+
+use entity::kernels::{self, KernelStatus};
+use entity::{agents, keypairs};
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement};
+use serde_json::json;
+
+use crate::faults::{app_without_agent, create, fake_agent, send_event, session};
+use crate::helpers::{spawn_app_with, unique, Backend, TestApp};
+
+/// Deadlocks PostgreSQL detected in the app's database so far.
+async fn deadlocks(app: &TestApp) -> i64 {
+    let row = app
+        .state
+        .db
+        .query_one(Statement::from_string(
+            app.state.db.get_database_backend(),
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+async fn set_concurrency_limit(app: &TestApp, limit: i32) {
+    keypairs::Entity::update_many()
+        .col_expr(keypairs::Column::ConcurrencyLimit, Expr::value(limit))
+        .filter(keypairs::Column::AccessKey.eq(app.access_key.clone()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+}
+
+#[actix_web::test]
+async fn racing_creates_and_destroys_of_one_key_never_deadlock_nor_fail() {
+    let Some(app) = app_without_agent(Backend::Services).await else { return };
+    set_concurrency_limit(&app, 1000).await;
+    let agent_id = unique("i-busy");
+    fake_agent(&app, &agent_id, json!({"cpu": 64, "mem": 1 << 20, "gpu": 0})).await;
+    let before = deadlocks(&app).await;
+
+    // Eight clients create and destroy sessions of one key on one agent: every create
+    // locks the key then the agent, every end the same rows in the same order.
+    let worker = |n: usize| {
+        let app = &app;
+        async move {
+            let mut statuses = Vec::new();
+            for i in 0..15 {
+                let token = format!("race-{n}-{i}-{}", unique("t"));
+                statuses.push(create(app, &token).await.status().as_u16());
+                let path = format!("/v3/kernel/{token}");
+                statuses.push(app.send(app.signed("DELETE", &path, None)).await.status().as_u16());
+            }
+            statuses
+        }
+    };
+    let statuses: Vec<u16> = join_all((0..8).map(worker)).await.into_iter().flatten().collect();
+    let failed: Vec<_> = statuses.iter().filter(|s| !matches!(s, 200 | 201 | 204)).collect();
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+
+    let key = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!(key.concurrency_used, 0, "every quota charge was given back");
+    let row = agents::Entity::find_by_id(agent_id.clone()).one(&app.state.db).await.unwrap().unwrap();
+    assert_eq!((row.used_cpu_slots, row.used_mem_slots), (0.0, 0), "every slot was given back");
+    let stuck = kernels::Entity::find()
+        .filter(kernels::Column::AccessKey.eq(app.access_key.clone()))
+        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated]))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert!(stuck.is_empty(), "sessions not TERMINATED: {stuck:?}");
+    // A backend reports its deadlocks when its transaction ends (at most every second).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = app.state.db.execute_unprepared("SELECT pg_stat_force_next_flush()").await;
+    assert_eq!(deadlocks(&app).await - before, 0, "PostgreSQL detected deadlocks");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_report_judges_only_sessions_placed_before_it_was_taken() {
+    for backend in crate::helpers::BACKENDS {
+        let Some(app) = app_without_agent(backend).await else { continue };
+        let agent_id = unique("i-report");
+        let (_fake, addr) = fake_agent(&app, &agent_id, json!({"cpu": 8, "mem": 8192, "gpu": 0})).await;
+        let token = unique("placed");
+        assert_eq!(create(&app, &token).await.status().as_u16(), 201);
+        let kernel = session(&app, &token).await;
+        let report = |taken_at: i64| {
+            json!({"addr": addr, "slots": {"cpu": 8, "mem": 8192}, "kernels": [], "taken_at": taken_at})
+        };
+
+        // A report taken before the session was placed does not list it: it stays.
+        let earlier = kernel.created_at.timestamp_millis() - 60_000;
+        send_event(&app, "instance_heartbeat", &agent_id, report(earlier)).await;
+        assert_eq!(session(&app, &token).await.status, KernelStatus::Running, "{backend:?}");
+        // Nor does one taken just after (the agent may not have the creation yet).
+        send_event(&app, "instance_heartbeat", &agent_id, report(protocol::unix_ms())).await;
+        assert_eq!(session(&app, &token).await.status, KernelStatus::Running, "{backend:?}");
+
+        // Placed well before a report that does not list it: gone.
+        let long_ago = (chrono::Utc::now() - chrono::Duration::seconds(30)).fixed_offset();
+        kernels::Entity::update_many()
+            .col_expr(kernels::Column::CreatedAt, Expr::value(long_ago))
+            .filter(kernels::Column::Id.eq(kernel.id))
+            .exec(&app.state.db)
+            .await
+            .unwrap();
+        send_event(&app, "instance_heartbeat", &agent_id, report(protocol::unix_ms())).await;
+        let ended = session(&app, &token).await;
+        assert_eq!((ended.status, ended.status_info.as_deref()), (KernelStatus::Error, Some("kernel-lost")));
+        let row = agents::Entity::find_by_id(agent_id).one(&app.state.db).await.unwrap().unwrap();
+        assert_eq!(row.used_cpu_slots, 0.0, "{backend:?}: released with the end");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn three_hundred_creates_back_to_back_on_the_embedded_default_all_run() {
+    let Some(app) = spawn_app_with(Backend::Embedded, |s| {
+        // Three heartbeats per timeout; a slow heartbeat would show.
+        s.manager.heartbeat_timeout = 3.0;
+    })
+    .await
+    else {
+        return;
+    };
+    app.wait_for_agent().await;
+    set_concurrency_limit(&app, 1000).await;
+    let config = app.state.stores.config.as_ref();
+    config.put("config/overbook/cpu", "400").await.unwrap();
+    // The next heartbeat scales the agent's slots.
+    let mut room = false;
+    for _ in 0..100 {
+        let alive = agents::Entity::find().all(&app.state.db).await.unwrap();
+        if alive.iter().any(|a| a.cpu_slots >= 300.0 && a.mem_slots >= 300 * 128) {
+            room = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(room, "the agent's slots were not scaled");
+
+    let tokens: Vec<String> = (0..300).map(|n| format!("burst-{n:03}-{}", unique("b"))).collect();
+    for token in &tokens {
+        let response = crate::helpers::create_session(&app, "bash", token).await;
+        assert_eq!(response.status().as_u16(), 201, "{token}: {:?}", response.text().await);
+    }
+    // Longer than the heartbeat timeout after the burst: nothing was declared lost.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let running = kernels::Entity::find()
+        .filter(kernels::Column::AccessKey.eq(app.access_key.clone()))
+        .filter(kernels::Column::Status.eq(KernelStatus::Running))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 300, "sessions still RUNNING");
+    let lost = agents::Entity::find()
+        .filter(agents::Column::Status.ne(agents::AgentStatus::Alive))
+        .all(&app.state.db)
+        .await
+        .unwrap();
+    assert!(lost.is_empty(), "{lost:?}");
+    // Ten clients destroy them.
+    let destroys = tokens.iter().map(|token| {
+        let path = format!("/v3/kernel/{token}");
+        let app = &app;
+        async move { app.send(app.signed("DELETE", &path, None)).await.status().as_u16() }
+    });
+    let statuses: Vec<u16> = futures_util::stream::iter(destroys).buffer_unordered(10).collect().await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    app.stop().await;
+}
