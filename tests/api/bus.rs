@@ -93,9 +93,7 @@ async fn a_report_judges_only_sessions_placed_before_it_was_taken() {
         let token = unique("placed");
         assert_eq!(create(&app, &token).await.status().as_u16(), 201);
         let kernel = session(&app, &token).await;
-        let report = |taken_at: i64| {
-            json!({"addr": addr, "slots": {"cpu": 8, "mem": 8192}, "kernels": [], "taken_at": taken_at})
-        };
+        let report = |taken_at: i64| json!({"addr": addr, "slots": {"cpu": 8, "mem": 8192}, "kernels": [], "taken_at": taken_at});
 
         // A report taken before the session was placed does not list it: it stays.
         let earlier = kernel.created_at.timestamp_millis() - 60_000;

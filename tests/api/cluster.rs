@@ -8,6 +8,7 @@ use backendai_manager::actors::liveness::{Lease, LIVENESS_LEASE_KEY};
 use backendai_manager::config::Settings;
 use entity::agents::AgentStatus;
 use futures_util::future::join_all;
+use sea_orm::EntityTrait;
 use serde_json::json;
 
 use crate::faults::{agent, create, fake_agent};
@@ -27,7 +28,8 @@ async fn checker(app: &TestApp) -> Option<String> {
 /// Waits up to 10 s for `agent_id` to have `status`.
 async fn wait_for_status(app: &TestApp, agent_id: &str, status: AgentStatus) -> bool {
     for _ in 0..100 {
-        if agent(app, agent_id).await.status == status {
+        let row = entity::agents::Entity::find_by_id(agent_id.to_owned()).one(&app.state.db).await.unwrap();
+        if row.is_some_and(|row| row.status == status) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -128,5 +130,59 @@ async fn racing_managers_never_overbook_an_agent() {
     let row = agent(&first, &agent_id).await;
     assert_eq!(row.used_cpu_slots, 2.0, "{row:?}");
     first.stop().await;
+    second.stop().await;
+}
+
+/// A real agent on the Redis bus: heard by any manager, so stopping the manager it
+/// first talked to changes nothing for it or its sessions.
+#[actix_web::test]
+async fn an_agent_on_the_redis_bus_outlives_the_manager_it_first_reached() {
+    let Some((mut settings, _dir)) = test_settings(Backend::Services).await else { return };
+    settings.local_agent.enabled = false;
+    settings.manager.heartbeat_timeout = 2.0;
+    let first = start_app(settings.clone()).await;
+    let mut second = start_app(settings.clone()).await;
+    // One client, one key, whichever manager serves it.
+    second.access_key = first.access_key.clone();
+    second.secret_key = first.secret_key.clone();
+
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent_id = unique("i-bus");
+    let config = backendai_manager::agent::AgentConfig {
+        agent_id: agent_id.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        namespace: settings.manager.namespace.clone(),
+        redis_addr: settings.redis.addr.clone(),
+        cluster_secret: settings.manager.cluster_secret.clone(),
+        scratch_root: scratch.path().join("scratch"),
+        heartbeat_interval: 0.5,
+        ..Default::default()
+    };
+    let built = backendai_manager::agent::Agent::build(config).await.unwrap();
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = actix_web::rt::spawn(built.run_until_stopped(async move {
+        stopped.await.ok();
+    }));
+    assert!(wait_for_status(&first, &agent_id, AgentStatus::Alive).await, "registered through the bus");
+
+    let token = unique("bus");
+    assert_eq!(create(&first, &token).await.status().as_u16(), 201);
+    first.stop().await;
+    // Several heartbeat timeouts with only the second manager reading the bus.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(agent(&second, &agent_id).await.status, AgentStatus::Alive, "no false LOST");
+    let run = json!({"mode": "query", "code": "print(6 * 7)", "runId": "r1"});
+    let response = second.send(second.signed("POST", &format!("/v3/kernel/{token}"), Some(run))).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let result: serde_json::Value = response.json().await.unwrap();
+    assert!(result.to_string().contains("42"), "{result}");
+
+    // The kernel's end reaches the surviving manager through the bus.
+    let response = second.send(second.signed("DELETE", &format!("/v3/kernel/{token}"), None)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    stop_agent.send(()).ok();
+    running.await.unwrap().unwrap();
+    assert!(wait_for_status(&second, &agent_id, AgentStatus::Terminated).await, "instance_terminated applied");
     second.stop().await;
 }
