@@ -164,7 +164,7 @@ impl Envelope {
 /// closed or full; the agent keeps it and tries again.
 pub trait EventSink: Send + Sync + 'static {
     /// Hands one event over.
-    fn deliver(&self, envelope: Envelope) -> Result<(), Envelope>;
+    fn deliver(&self, envelope: Envelope) -> Result<(), Box<Envelope>>;
 }
 
 #[cfg(test)]

@@ -511,11 +511,11 @@ mod tests {
     }
 
     impl EventSink for Flaky {
-        fn deliver(&self, envelope: Envelope) -> Result<(), Envelope> {
+        fn deliver(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
             let mut refuse = self.refuse.lock().unwrap();
             if *refuse > 0 {
                 *refuse -= 1;
-                return Err(envelope);
+                return Err(Box::new(envelope));
             }
             self.got.lock().unwrap().push(envelope);
             Ok(())

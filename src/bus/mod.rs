@@ -123,7 +123,7 @@ impl LocalBus {
 }
 
 impl EventSink for LocalBus {
-    fn deliver(&self, envelope: Envelope) -> Result<(), Envelope> {
+    fn deliver(&self, envelope: Envelope) -> Result<(), Box<Envelope>> {
         let lifecycle = matches!(
             envelope.event,
             protocol::AgentEvent::InstanceHeartbeat(_) | protocol::AgentEvent::InstanceStarted(_)
@@ -131,7 +131,9 @@ impl EventSink for LocalBus {
         let channel = if lifecycle { &self.heartbeats } else { &self.events };
         let agent_id = lifecycle.then(|| envelope.agent_id.clone());
         channel.try_send(envelope).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(envelope) | mpsc::error::TrySendError::Closed(envelope) => envelope,
+            mpsc::error::TrySendError::Full(envelope) | mpsc::error::TrySendError::Closed(envelope) => {
+                Box::new(envelope)
+            }
         })?;
         if let Some(agent_id) = agent_id {
             self.bus.board.record(&agent_id);

@@ -227,7 +227,7 @@ impl Kernel {
 
     /// The last usage statistics.
     pub fn last_stats(&self) -> KernelStats {
-        self.lock().stats.clone()
+        self.lock().stats
     }
 
     /// Starts the first interpreter and waits until it is ready.
@@ -534,7 +534,7 @@ impl Kernel {
         s.io_max_scratch_size = s.io_max_scratch_size.max(scratch_size);
         let base = st.cpu_base;
         st.stats.cpu_used = st.stats.cpu_used.max(base + cpu_ms);
-        st.stats.clone()
+        st.stats
     }
 
     /// Kills the interpreter on purpose, waits for its driver, ends the run in flight.

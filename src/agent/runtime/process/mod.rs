@@ -312,12 +312,7 @@ impl Inner {
         let stats = kernel.terminate().await;
         let scratch = kernel.scratch.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
-        let _ = self.terminated.send(KernelTerminated {
-            kernel_id: id.to_owned(),
-            reason,
-            exit_code,
-            stats: stats.clone(),
-        });
+        let _ = self.terminated.send(KernelTerminated { kernel_id: id.to_owned(), reason, exit_code, stats });
         Ok(stats)
     }
 
