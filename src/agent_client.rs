@@ -20,9 +20,12 @@ pub enum AgentError {
     /// The agent does not know the kernel.
     #[error("the agent does not know the kernel")]
     KernelNotFound,
-    /// The agent failed, or could not be reached.
+    /// The agent failed.
     #[error("the agent failed: {0}")]
     Failure(String),
+    /// No connection to the agent could be made: the request never reached it.
+    #[error("the agent failed: cannot reach the agent: {0}")]
+    Unreachable(String),
 }
 
 impl AgentError {
@@ -31,7 +34,7 @@ impl AgentError {
         let (name, title) = match self {
             Self::Timeout => ("agent-timeout", self.to_string()),
             Self::InvalidInput(_) | Self::KernelNotFound => ("agent-invalid-input", self.to_string()),
-            Self::Failure(_) => ("agent-failure", self.to_string()),
+            Self::Failure(_) | Self::Unreachable(_) => ("agent-failure", self.to_string()),
         };
         json!({"type": problem_type(name), "title": title})
     }
@@ -48,7 +51,7 @@ impl AgentError {
 
     /// Whether the agent itself is unreachable or broken (not the input).
     pub fn is_agent_fault(&self) -> bool {
-        matches!(self, Self::Timeout | Self::Failure(_))
+        matches!(self, Self::Timeout | Self::Failure(_) | Self::Unreachable(_))
     }
 }
 
@@ -98,6 +101,8 @@ impl AgentClient {
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 AgentError::Timeout
+            } else if e.is_connect() {
+                AgentError::Unreachable(e.to_string())
             } else {
                 AgentError::Failure(format!("cannot reach the agent: {e}"))
             }

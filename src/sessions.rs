@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::actors::keypair;
 use crate::actors::messages::{
-    Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelTerminated, Restart, StartKernel,
-    UploadFile,
+    Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelTerminated, Restart, StartError,
+    StartKernel, UploadFile,
 };
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
@@ -49,13 +49,7 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
         wait_until_started(&state.registry, existing).await?;
         return Ok(false);
     }
-    let image = scheduler::resolve_image(state.stores.config.as_ref(), &request.lang).await?;
-    let (kernel, created) =
-        keypair::reserve(&state.registry, &state.directory, access_key, &request.token, &image).await?;
-    if !created {
-        wait_until_started(&state.registry, kernel).await?;
-        return Ok(false);
-    }
+    let image = scheduler::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
     let limits = KernelLimits {
         cpu_slot: image.cpu,
         mem_slot: image.mem,
@@ -63,10 +57,35 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
         exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout as f64),
         max_output_bytes: None,
     };
-    let actor = session_actor(&state.registry, kernel).await?;
-    actor.send(StartKernel { image: image.spec, limits, mounts: request.mounts }).await??;
-    Ok(true)
+    // Agents found unreachable: an agent that just died still looks alive for up to
+    // two heartbeat intervals, and a create that never reached it is placed again.
+    let mut avoid: Vec<String> = Vec::new();
+    loop {
+        let (kernel, created) =
+            keypair::reserve(&state.registry, &state.directory, access_key, &request.token, &image, &avoid).await?;
+        if !created {
+            wait_until_started(&state.registry, kernel).await?;
+            return Ok(false);
+        }
+        let agent = kernel.agent.clone();
+        let actor = session_actor(&state.registry, kernel).await?;
+        let start = StartKernel { image: image.spec.clone(), limits: limits.clone(), mounts: request.mounts.clone() };
+        match actor.send(start).await? {
+            Ok(()) => return Ok(true),
+            Err(StartError { unreachable: true, .. }) if avoid.len() + 1 < MAX_PLACEMENTS => {
+                tracing::warn!(
+                    agent = agent.as_deref().unwrap_or_default(),
+                    "agent unreachable: placing the session again"
+                );
+                avoid.extend(agent);
+            }
+            Err(failed) => return Err(failed.error),
+        }
+    }
 }
+
+/// How many agents a create tries when the ones it was placed on cannot be reached.
+const MAX_PLACEMENTS: usize = 3;
 
 /// Waits until a session another caller is starting is ready (its actor handles
 /// the start first); a start that failed ended the session and stopped the actor.

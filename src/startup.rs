@@ -22,8 +22,8 @@ use crate::error::{ApiError, Problem};
 use crate::middleware;
 use crate::overbook::Overbook;
 use crate::routes;
-use crate::stores::Stores;
-use crate::{db, fixtures, images, Core};
+use crate::stores::{ConfigMirror, Stores};
+use crate::{db, fixtures, images, scheduler, Core};
 
 /// The value of every response's `Server` header.
 pub const SERVER_HEADER: &str = "BackendAI-API/v3.20170615";
@@ -52,6 +52,8 @@ pub struct AppState {
     pub applier: Applier,
     /// The cached overbook factors.
     pub overbook: Arc<Overbook>,
+    /// The image catalogue, cached.
+    pub images: Arc<ConfigMirror>,
     /// This manager's liveness checker.
     pub liveness: Addr<LivenessChecker>,
     /// When this process last refused an authentication.
@@ -101,6 +103,9 @@ impl Application {
         let settings = Arc::new(settings);
         let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(60)).build()?;
         let overbook = Overbook::start(stores.config.clone()).await.context("cannot read the overbook factors")?;
+        let images = ConfigMirror::start(stores.config.clone(), scheduler::IMAGES_PREFIX)
+            .await
+            .context("cannot read the image catalogue")?;
         let redis_bus = match &settings.redis.addr {
             Some(addr) => Some(
                 crate::bus::redis::RedisBus::connect(addr, &settings.manager.namespace, &manager_id)
@@ -143,6 +148,7 @@ impl Application {
             bus,
             applier,
             overbook,
+            images,
             liveness,
             auth_failures: Arc::default(),
         });

@@ -8,7 +8,8 @@
 //! over) every agent gets one full heartbeat timeout of grace. An agent is LOST when both
 //! the database and the bus say it has been silent for the timeout; going LOST and ending
 //! its sessions happen in one transaction, and each pass also ends sessions left live
-//! on LOST or TERMINATED agents.
+//! on LOST or TERMINATED agents, and the sessions a dead manager left half-way
+//! (PREPARING, RESTARTING or TERMINATING past every call timeout).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,12 @@ pub const LIVENESS_LEASE_KEY: &str = "nodes/liveness_checker";
 /// checker within this time. It is renewed when less than half of it is left.
 const LIVENESS_LEASE: Duration = Duration::from_secs(5);
 
+/// How often a pass also looks for sessions a dead manager left half-way.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long past its agent call timeout a create, restart or destroy may still be
+/// settled by the manager that runs it (database and scheduling delays).
+const STRANDED_MARGIN: f64 = 10.0;
+
 /// The liveness checker of one manager process.
 pub struct LivenessChecker {
     core: Arc<Core>,
@@ -39,6 +46,8 @@ pub struct LivenessChecker {
     healthy_since: Option<Instant>,
     /// A pass is running.
     busy: bool,
+    /// When the last pass looked for stranded sessions.
+    last_sweep: Option<Instant>,
     /// Set at shutdown: the check (and its lease) is left to other managers.
     stopped: bool,
 }
@@ -46,7 +55,7 @@ pub struct LivenessChecker {
 impl LivenessChecker {
     /// A checker for this manager, not started.
     pub fn new(core: Arc<Core>, manager_id: String, registry: Addr<Registry>) -> Self {
-        Self { core, manager_id, registry, healthy_since: None, busy: false, stopped: false }
+        Self { core, manager_id, registry, healthy_since: None, busy: false, last_sweep: None, stopped: false }
     }
 }
 
@@ -62,7 +71,11 @@ impl Actor for LivenessChecker {
             let core = checker.core.clone();
             let manager_id = checker.manager_id.clone();
             let healthy_since = checker.healthy_since;
-            ctx.spawn(pass(core, manager_id, healthy_since).into_actor(checker).map(|outcome, checker, _| {
+            let sweep = checker.last_sweep.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL);
+            if sweep {
+                checker.last_sweep = Some(Instant::now());
+            }
+            ctx.spawn(pass(core, manager_id, healthy_since, sweep).into_actor(checker).map(|outcome, checker, _| {
                 checker.busy = false;
                 match outcome {
                     Pass::Impaired(why) => {
@@ -71,12 +84,15 @@ impl Actor for LivenessChecker {
                         }
                     }
                     Pass::NotChecker => checker.healthy_since = None,
-                    Pass::Grace => {
+                    Pass::Grace { ended } => {
                         if checker.healthy_since.is_none() {
                             tracing::info!(
                                 "liveness check (re)started: every agent gets one heartbeat timeout of grace"
                             );
                             checker.healthy_since = Some(Instant::now());
+                        }
+                        if !ended.is_empty() {
+                            checker.registry.do_send(SessionsEnded { kernel_ids: ended });
                         }
                     }
                     Pass::Checked { lost, ended } => {
@@ -99,13 +115,13 @@ enum Pass {
     Impaired(Error),
     /// Another manager checks.
     NotChecker,
-    /// All answered, but not for long enough yet.
-    Grace,
+    /// All answered, but not for long enough yet; sessions ended (stranded ones).
+    Grace { ended: Vec<uuid::Uuid> },
     /// Agents declared lost, and every session ended.
     Checked { lost: Vec<String>, ended: Vec<uuid::Uuid> },
 }
 
-async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant>) -> Pass {
+async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant>, sweep: bool) -> Pass {
     match liveness_lease(core.stores.config.as_ref(), &manager_id).await {
         Ok(true) => {}
         Ok(false) => return Pass::NotChecker,
@@ -118,17 +134,28 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
     if let Err(error) = core.db.ping().await {
         return Pass::Impaired(error.into());
     }
+    // Needs the database only: done in the grace too.
+    let mut ended = Vec::new();
+    if sweep {
+        // A live manager settles a create, restart or destroy within its agent call timeout.
+        let manager = &core.settings.manager;
+        let deadline = manager.agent_create_timeout.max(manager.agent_call_timeout) + STRANDED_MARGIN;
+        match scheduler::end_stranded_sessions(&core.db, deadline).await {
+            Ok(more) => ended.extend(more),
+            Err(error) => tracing::error!(%error, "could not end the sessions managers left half-way"),
+        }
+    }
     let timeout = core.settings.manager.heartbeat_timeout;
     let grace_over = healthy_since.is_some_and(|since| since.elapsed().as_secs_f64() >= timeout);
     if !grace_over {
-        return Pass::Grace;
+        return Pass::Grace { ended };
     }
     let heard = |agent_id: &str| ages.get(agent_id).is_some_and(|age| (*age as f64) < timeout * 1000.0);
     let lost = match scheduler::declare_lost_agents(&core.db, timeout, heard).await {
         Ok(lost) => lost,
         Err(error) => return Pass::Impaired(error),
     };
-    let mut ended: Vec<uuid::Uuid> = lost.iter().flat_map(|(_, ended)| ended.iter().copied()).collect();
+    ended.extend(lost.iter().flat_map(|(_, ended)| ended.iter().copied()));
     match scheduler::end_sessions_of_gone_agents(&core.db).await {
         Ok(more) => ended.extend(more),
         Err(error) => tracing::error!(%error, "could not end the sessions of gone agents"),

@@ -51,6 +51,8 @@ pub struct ReserveSession {
     pub token: String,
     /// The image and its slots.
     pub image: ResolvedImage,
+    /// Agents not to place it on (found unreachable by an earlier attempt).
+    pub avoid: Vec<String>,
 }
 
 /// Keypair actor: write the counted requests now.
@@ -77,7 +79,7 @@ pub struct SessionActorStopped {
 /// Session: start the kernel on its agent (PREPARING -> RUNNING, or ERROR and
 /// the reservation released).
 #[derive(Message)]
-#[rtype(result = "Result<(), Error>")]
+#[rtype(result = "Result<(), StartError>")]
 pub struct StartKernel {
     /// The image to start.
     pub image: ImageSpec,
@@ -85,6 +87,16 @@ pub struct StartKernel {
     pub limits: KernelLimits,
     /// Virtual folders to mount.
     pub mounts: Vec<String>,
+}
+
+/// Why a session did not start (it has ended, its reservation released).
+#[derive(Debug)]
+pub struct StartError {
+    /// The answer.
+    pub error: Error,
+    /// No connection to its agent could be made: nothing was started there, and the
+    /// session may be placed on another agent.
+    pub unreachable: bool,
 }
 
 /// Session: run or resume code; the answer is the agent's v2 result.

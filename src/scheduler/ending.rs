@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use entity::agents::{self, AgentStatus};
 use entity::kernels::{self, KernelStatus};
-use entity::keypairs;
+use entity::{keypairs, session_events};
 use protocol::KernelStats;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, TransactionTrait};
@@ -264,6 +264,61 @@ pub async fn end_sessions_of_gone_agents(db: &DatabaseConnection) -> Result<Vec<
         };
         let done = end_sessions(db, &sessions, &Ending::new(status, info), None).await?.unwrap_or_default();
         tracing::warn!(agent = %agent.id, sessions = done.len(), "ended sessions left on a gone agent");
+        ended.extend(done);
+    }
+    Ok(ended)
+}
+
+/// Ends the sessions a manager left half-way, having died during their create, restart
+/// or destroy: a live manager settles each of those within its agent call timeout, so a
+/// session still PREPARING, RESTARTING or TERMINATING `deadline` seconds after it got
+/// that status is stranded. A create ends ERROR `creation-interrupted`, a destroy ends
+/// TERMINATED `user-requested`, a restart goes back to RUNNING (the kernel is there,
+/// restarted or not; a report that lacks it ends it). Kernels an agent still holds for
+/// sessions ended here are destroyed by its next report's reconciliation. Returns the
+/// sessions it ended.
+pub async fn end_stranded_sessions(db: &DatabaseConnection, deadline: f64) -> Result<Vec<Uuid>, Error> {
+    let stranded_states = [KernelStatus::Preparing, KernelStatus::Restarting, KernelStatus::Terminating];
+    let candidates = kernels::Entity::find().filter(kernels::Column::Status.is_in(stranded_states)).all(db).await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // When each got its current status: its latest event of that name.
+    let ids: Vec<Uuid> = candidates.iter().map(|k| k.id).collect();
+    let events = session_events::Entity::find().filter(session_events::Column::KernelId.is_in(ids)).all(db).await?;
+    let cutoff = Utc::now() - chrono::TimeDelta::milliseconds((deadline * 1000.0) as i64);
+    let stranded = candidates.into_iter().filter(|kernel| {
+        let name = format!("{:?}", kernel.status).to_lowercase();
+        let since = events
+            .iter()
+            .filter(|e| e.kernel_id == kernel.id && e.name == name)
+            .map(|e| e.created_at)
+            .max()
+            .unwrap_or(kernel.created_at);
+        since.with_timezone(&Utc) < cutoff
+    });
+    let (mut creates, mut destroys, mut restarts) = (Vec::new(), Vec::new(), Vec::new());
+    for kernel in stranded {
+        match kernel.status {
+            KernelStatus::Preparing => creates.push(kernel),
+            KernelStatus::Terminating => destroys.push(kernel),
+            _ => restarts.push(kernel),
+        }
+    }
+    for kernel in &restarts {
+        if super::set_status(db, kernel, KernelStatus::Running, None).await? {
+            tracing::warn!(kernel_id = %kernel.id, "a restart left half-way: the session is RUNNING again");
+        }
+    }
+    let mut ended = Vec::new();
+    for (sessions, status, info) in
+        [(creates, KernelStatus::Error, "creation-interrupted"), (destroys, KernelStatus::Terminated, "user-requested")]
+    {
+        if sessions.is_empty() {
+            continue;
+        }
+        let done = end_sessions(db, &sessions, &Ending::new(status, info), None).await?.unwrap_or_default();
+        tracing::warn!(sessions = done.len(), info, "ended sessions a manager left half-way");
         ended.extend(done);
     }
     Ok(ended)

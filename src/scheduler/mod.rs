@@ -25,12 +25,14 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{ApiError, Error, Problem};
+use crate::stores::mirror::{self, ConfigMirror, Entries};
 use crate::stores::ConfigStore;
 
 mod ending;
 
 pub use ending::{
-    agent_sessions, declare_lost_agents, end_sessions, end_sessions_of_gone_agents, release, AgentChange, Ending,
+    agent_sessions, declare_lost_agents, end_sessions, end_sessions_of_gone_agents, end_stranded_sessions, release,
+    AgentChange, Ending,
 };
 use protocol::{ImageSpec, KernelStats};
 
@@ -58,40 +60,74 @@ fn image_not_found(lang: &str) -> Error {
     ApiError::new(Problem::ImageNotFound).with_detail(lang.chars().take(128).collect::<String>()).into()
 }
 
-/// Resolves `lang` (an alias, `name` or `name:tag`; the default tag is `latest`).
-pub async fn resolve_image(store: &dyn ConfigStore, lang: &str) -> Result<ResolvedImage, Error> {
+/// Where the image catalogue lives in the config store.
+pub const IMAGES_PREFIX: &str = "images/";
+
+/// Resolves `lang` (an alias, `name` or `name:tag`; the default tag is `latest`) from
+/// the in-memory copy of the image catalogue, so that creating a session needs no
+/// config store round trip and works while it is down. A name the copy lacks is looked
+/// up in the store (the copy may be a moment behind a change); if the store does not
+/// answer then, the copy's answer (not found) stands.
+pub async fn resolve_image(images: &ConfigMirror, store: &dyn ConfigStore, lang: &str) -> Result<ResolvedImage, Error> {
+    match resolve_in(&images.entries(), lang) {
+        Err(ResolveError::NotFound) => {}
+        found => return found.map_err(|e| e.into_error(lang)),
+    }
+    if let Err(error) = images.refresh(store).await {
+        tracing::warn!(%error, "cannot read the image catalogue; answering from the last copy");
+    }
+    resolve_in(&images.entries(), lang).map_err(|e| e.into_error(lang))
+}
+
+/// Why an image could not be resolved.
+enum ResolveError {
+    NotFound,
+    /// The catalogue's definition of the image is broken.
+    Bad(String),
+}
+
+impl ResolveError {
+    fn into_error(self, lang: &str) -> Error {
+        match self {
+            Self::NotFound => image_not_found(lang),
+            Self::Bad(why) => Error::ConfigStore(why),
+        }
+    }
+}
+
+fn resolve_in(catalogue: &Entries, lang: &str) -> Result<ResolvedImage, ResolveError> {
     let valid = |s: &str| s.len() <= 128 && crate::images::valid_name(s);
     if !valid(lang) {
-        return Err(image_not_found(lang));
+        return Err(ResolveError::NotFound);
     }
-    let target = store.get(&format!("images/_aliases/{lang}")).await?.unwrap_or_else(|| lang.to_owned());
-    let (name, tag) = target.split_once(':').unwrap_or((&target, "latest"));
+    let target = catalogue.get(&format!("{IMAGES_PREFIX}_aliases/{lang}")).map_or(lang, String::as_str);
+    let (name, tag) = target.split_once(':').unwrap_or((target, "latest"));
     if !valid(name) || !valid(tag) {
-        return Err(image_not_found(lang));
+        return Err(ResolveError::NotFound);
     }
-    let fields: HashMap<String, String> = store
-        .get_prefix(&format!("images/{name}/"))
-        .await?
-        .into_iter()
-        .map(|(key, value)| (key[format!("images/{name}/").len()..].to_owned(), value))
-        .collect();
-    if !fields.contains_key(&format!("tags/{tag}")) {
-        return Err(image_not_found(lang));
+    let prefix = format!("{IMAGES_PREFIX}{name}/");
+    let fields: HashMap<&str, &str> = mirror::under(catalogue, &prefix).collect();
+    if !fields.contains_key(format!("tags/{tag}").as_str()) {
+        return Err(ResolveError::NotFound);
     }
-    let number = |key: &str| -> Result<f64, Error> {
+    let number = |key: &str| -> Result<f64, ResolveError> {
         fields
             .get(key)
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| Error::ConfigStore(format!("image {name}: missing or bad {key}")))
+            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing or bad {key}")))
     };
-    let text =
-        |key: &str| fields.get(key).cloned().ok_or_else(|| Error::ConfigStore(format!("image {name}: missing {key}")));
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .map(|v| (*v).to_owned())
+            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing {key}")))
+    };
     Ok(ResolvedImage {
         spec: ImageSpec {
             name: name.to_owned(),
             tag: tag.to_owned(),
-            runner: text("runner")?.parse().map_err(|e| Error::ConfigStore(format!("image {name}: {e}")))?,
+            runner: text("runner")?.parse().map_err(|e| ResolveError::Bad(format!("image {name}: {e}")))?,
             command: Some(text("command")?),
         },
         cpu: number("cpu")?,
@@ -122,6 +158,8 @@ pub struct SessionRequest<'a> {
     pub token: &'a str,
     /// The image and its slots.
     pub image: &'a ResolvedImage,
+    /// Agents not to place it on.
+    pub avoid: &'a [String],
 }
 
 /// Reserves quota and slots and inserts the session as PREPARING, all in one
@@ -227,6 +265,7 @@ async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
         .await?
         .into_iter()
         .filter(|agent| agent.has_room(image.cpu, image.mem, image.gpu) && recently_heard(agent, now))
+        .filter(|agent| !request.avoid.contains(&agent.id))
         .collect();
     candidates.sort_by(|a, b| b.free_slots().partial_cmp(&a.free_slots()).unwrap_or(std::cmp::Ordering::Equal));
     // One agent row is locked: the first whose conditional update finds it still alive

@@ -6,9 +6,11 @@
 
 mod config_store;
 mod counters;
+pub mod mirror;
 
 pub use config_store::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
 pub use counters::{MemoryCounters, RateLimitStore, RedisStore, StatStore, TicketStore, Window};
+pub use mirror::ConfigMirror;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -114,6 +114,13 @@ async fn a_report_judges_only_sessions_placed_before_it_was_taken() {
         send_event(&app, "instance_heartbeat", &agent_id, report(protocol::unix_ms())).await;
         let ended = session(&app, &token).await;
         assert_eq!((ended.status, ended.status_info.as_deref()), (KernelStatus::Error, Some("kernel-lost")));
+        // One still PREPARING whose kernel never came: its create was cut short.
+        let cut = unique("cut");
+        assert_eq!(create(&app, &cut).await.status().as_u16(), 201);
+        strand(&app, &cut, KernelStatus::Preparing).await;
+        send_event(&app, "instance_heartbeat", &agent_id, report(protocol::unix_ms())).await;
+        let ended = session(&app, &cut).await;
+        assert_eq!((ended.status, ended.status_info.as_deref()), (KernelStatus::Error, Some("creation-interrupted")));
         let row = agents::Entity::find_by_id(agent_id).one(&app.state.db).await.unwrap().unwrap();
         assert_eq!(row.used_cpu_slots, 0.0, "{backend:?}: released with the end");
         app.stop().await;
@@ -175,4 +182,105 @@ async fn three_hundred_creates_back_to_back_on_the_embedded_default_all_run() {
     let statuses: Vec<u16> = futures_util::stream::iter(destroys).buffer_unordered(10).collect().await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     app.stop().await;
+}
+
+/// Moves the session's status back in time: as if it got `status` a minute ago.
+async fn strand(app: &TestApp, token: &str, status: KernelStatus) -> kernels::Model {
+    let kernel = session(app, token).await;
+    let long_ago = (chrono::Utc::now() - chrono::Duration::seconds(60)).fixed_offset();
+    kernels::Entity::update_many()
+        .col_expr(kernels::Column::Status, Expr::value(status))
+        .col_expr(kernels::Column::CreatedAt, Expr::value(long_ago))
+        .filter(kernels::Column::Id.eq(kernel.id))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    entity::session_events::Entity::update_many()
+        .col_expr(entity::session_events::Column::CreatedAt, Expr::value(long_ago))
+        .filter(entity::session_events::Column::KernelId.eq(kernel.id))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    kernel
+}
+
+/// A manager killed during a create, a restart or a destroy leaves the session
+/// PREPARING, RESTARTING or TERMINATING; the liveness checker settles it once every
+/// call timeout has passed, releasing what it held.
+#[actix_web::test]
+async fn sessions_a_dead_manager_left_half_way_are_settled() {
+    for backend in crate::helpers::BACKENDS {
+        let Some(app) = app_without_agent(backend).await else { continue };
+        let agent_id = unique("i-stranded");
+        fake_agent(&app, &agent_id, json!({"cpu": 8, "mem": 8192, "gpu": 0})).await;
+        let [creating, restarting, destroying] = [unique("creating"), unique("restarting"), unique("destroying")];
+        for token in [&creating, &restarting, &destroying] {
+            assert_eq!(create(&app, token).await.status().as_u16(), 201, "{backend:?}");
+        }
+        // Recent ones are left alone: their manager may still be at it.
+        let fresh = unique("fresh");
+        assert_eq!(create(&app, &fresh).await.status().as_u16(), 201, "{backend:?}");
+        kernels::Entity::update_many()
+            .col_expr(kernels::Column::Status, Expr::value(KernelStatus::Preparing))
+            .filter(kernels::Column::SessId.eq(fresh.clone()))
+            .exec(&app.state.db)
+            .await
+            .unwrap();
+        strand(&app, &creating, KernelStatus::Preparing).await;
+        strand(&app, &restarting, KernelStatus::Restarting).await;
+        strand(&app, &destroying, KernelStatus::Terminating).await;
+
+        let mut settled = false;
+        for _ in 0..100 {
+            if session(&app, &creating).await.status == KernelStatus::Error
+                && session(&app, &destroying).await.status == KernelStatus::Terminated
+                && session(&app, &restarting).await.status == KernelStatus::Running
+            {
+                settled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(settled, "{backend:?}: not settled");
+        assert_eq!(session(&app, &creating).await.status_info.as_deref(), Some("creation-interrupted"));
+        assert_eq!(session(&app, &destroying).await.status_info.as_deref(), Some("user-requested"));
+        assert_eq!(session(&app, &fresh).await.status, KernelStatus::Preparing, "{backend:?}: too recent to judge");
+        // Two live sessions hold quota and slots (restarting and fresh), no more.
+        let key = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap().unwrap();
+        assert_eq!(key.concurrency_used, 2, "{backend:?}");
+        let row = agents::Entity::find_by_id(agent_id).one(&app.state.db).await.unwrap().unwrap();
+        assert_eq!(row.used_cpu_slots, 2.0, "{backend:?}");
+        app.stop().await;
+    }
+}
+
+/// An agent that just died still looks alive for up to two heartbeat intervals; a
+/// create placed on it, which could not even connect, is placed on another agent.
+#[actix_web::test]
+async fn a_create_that_cannot_reach_its_agent_is_placed_on_another() {
+    for backend in crate::helpers::BACKENDS {
+        let Some(app) = app_without_agent(backend).await else { continue };
+        let alive = unique("i-alive");
+        fake_agent(&app, &alive, json!({"cpu": 4, "mem": 8192, "gpu": 0})).await;
+        // The freest agent, so the first choice: nothing listens at its address.
+        let dead = unique("i-dead");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let data = json!({"addr": closed.to_string(), "slots": {"cpu": 64, "mem": 65536, "gpu": 0}, "kernels": []});
+        send_event(&app, "instance_started", &dead, data).await;
+
+        let token = unique("replaced");
+        assert_eq!(create(&app, &token).await.status().as_u16(), 201, "{backend:?}");
+        let rows = crate::helpers::sessions_named(&app, &token).await;
+        let running: Vec<_> = rows.iter().filter(|k| k.status == KernelStatus::Running).collect();
+        assert_eq!(running.len(), 1, "{backend:?}: {rows:?}");
+        assert_eq!(running[0].agent.as_deref(), Some(alive.as_str()), "{backend:?}");
+        let failed: Vec<_> = rows.iter().filter(|k| k.status == KernelStatus::Error).collect();
+        assert_eq!(failed.len(), 1, "{backend:?}: the attempt on the dead agent is recorded");
+        assert_eq!(failed[0].agent.as_deref(), Some(dead.as_str()), "{backend:?}");
+        let key = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap().unwrap();
+        assert_eq!(key.concurrency_used, 1, "{backend:?}: charged once");
+        let row = agents::Entity::find_by_id(dead).one(&app.state.db).await.unwrap().unwrap();
+        assert_eq!(row.used_cpu_slots, 0.0, "{backend:?}: nothing left reserved on the dead agent");
+        app.stop().await;
+    }
 }

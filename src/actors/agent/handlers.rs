@@ -114,13 +114,23 @@ async fn reconcile(
     let live = scheduler::agent_sessions(&core.db, agent_id).await?;
     let absent: Vec<_> =
         live.iter().filter(|k| !reported.contains(&k.id) && k.created_at < placed_before).cloned().collect();
-    // A session being destroyed whose kernel is gone was destroyed.
-    let (destroyed, lost): (Vec<_>, Vec<_>) = absent.into_iter().partition(|k| k.status == KernelStatus::Terminating);
+    // A session being destroyed whose kernel is gone was destroyed; one being created
+    // whose kernel never came was interrupted (its manager died before the agent got it).
+    let (mut destroyed, mut interrupted, mut lost) = (Vec::new(), Vec::new(), Vec::new());
+    for kernel in absent {
+        match kernel.status {
+            KernelStatus::Terminating => destroyed.push(kernel),
+            KernelStatus::Preparing if !started => interrupted.push(kernel),
+            _ => lost.push(kernel),
+        }
+    }
     let info = if started { "agent-restarted" } else { "kernel-lost" };
     let mut ended = Vec::new();
-    for (sessions, status, info) in
-        [(lost, KernelStatus::Error, info), (destroyed, KernelStatus::Terminated, "user-requested")]
-    {
+    for (sessions, status, info) in [
+        (lost, KernelStatus::Error, info),
+        (interrupted, KernelStatus::Error, "creation-interrupted"),
+        (destroyed, KernelStatus::Terminated, "user-requested"),
+    ] {
         if sessions.is_empty() {
             continue;
         }

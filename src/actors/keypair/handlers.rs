@@ -48,7 +48,8 @@ impl Handler<ReserveSession> for KeypairActor {
         let access_key = self.access_key.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let request = SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image };
+                let request =
+                    SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image, avoid: &msg.avoid };
                 scheduler::reserve(&db, &request).await
             }
             .into_actor(self),

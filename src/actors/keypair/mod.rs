@@ -139,8 +139,9 @@ pub async fn reserve(
     access_key: &str,
     token: &str,
     image: &ResolvedImage,
+    avoid: &[String],
 ) -> Result<(kernels::Model, bool), Error> {
-    let message = || ReserveSession { token: token.to_owned(), image: image.clone() };
+    let message = || ReserveSession { token: token.to_owned(), image: image.clone(), avoid: avoid.to_vec() };
     ask(registry, directory, access_key, message).await?.0
 }
 

@@ -6,7 +6,8 @@ use sea_orm::EntityTrait;
 
 use super::{SessionActor, ROW_TTL};
 use crate::actors::messages::{
-    Complete, Destroy, Execute, GetKernel, Interrupt, KernelTerminated, Restart, SessionEnded, StartKernel, UploadFile,
+    Complete, Destroy, Execute, GetKernel, Interrupt, KernelTerminated, Restart, SessionEnded, StartError, StartKernel,
+    UploadFile,
 };
 use crate::agent_client::{AgentClient, AgentError};
 use crate::error::{ApiError, Error, Problem};
@@ -53,13 +54,15 @@ impl SessionActor {
 }
 
 impl Handler<StartKernel> for SessionActor {
-    type Result = AtomicResponse<Self, Result<(), Error>>;
+    type Result = AtomicResponse<Self, Result<(), StartError>>;
 
     fn handle(&mut self, msg: StartKernel, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let agent = match self.live_agent() {
             Ok(agent) => agent,
-            Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
+            Err(error) => {
+                return AtomicResponse::new(Box::pin(fut::ready(Err(StartError { error, unreachable: false }))))
+            }
         };
         let kernel = self.kernel.clone();
         let core = self.core.clone();
@@ -74,15 +77,21 @@ impl Handler<StartKernel> for SessionActor {
             }
             .into_actor(self)
             .then(|result, actor, _ctx| {
-                let failure = match result {
+                let (failure, unreachable) = match result {
                     Ok(Ok(_)) => {
                         actor.edit(|kernel| kernel.status = KernelStatus::Running);
                         return futures_util::future::Either::Left(fut::ready(Ok(())));
                     }
-                    Ok(Err(agent_error)) => agent_error.into_api(Problem::KernelCreationFailed).into(),
-                    Err(error) => error,
+                    Ok(Err(agent_error)) => {
+                        let unreachable = matches!(agent_error, AgentError::Unreachable(_));
+                        (agent_error.into_api(Problem::KernelCreationFailed).into(), unreachable)
+                    }
+                    Err(error) => (error, false),
                 };
-                futures_util::future::Either::Right(actor.fail("creation-failed", failure))
+                let failed = actor.fail("creation-failed", failure);
+                futures_util::future::Either::Right(
+                    failed.map(move |r, _, _| r.map_err(|error| StartError { error, unreachable })),
+                )
             }),
         ))
     }

@@ -1124,7 +1124,13 @@ impl Kernel {
         if let Some(lease) = &self.lease {
             cmd.uid(lease.uid).gid(lease.gid);
         }
-        let pre = PreExec { limits: self.rlimits(), control_fds: None, kill_leftovers: false, controlling_tty: true };
+        let pre = PreExec {
+            limits: self.rlimits(),
+            control_fds: None,
+            kill_leftovers: false,
+            controlling_tty: true,
+            parent_pid: std::process::id(),
+        };
         // SAFETY: PreExec::apply only makes async-signal-safe calls.
         unsafe {
             cmd.pre_exec(move || pre.apply());
@@ -1300,6 +1306,7 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
         control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
         kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),
         controlling_tty: false,
+        parent_pid: std::process::id(),
     };
     // SAFETY: PreExec::apply only makes async-signal-safe calls.
     unsafe {

@@ -132,6 +132,8 @@ pub struct PreExec {
     pub kill_leftovers: bool,
     /// Start a new session and take the terminal on fd 0 as controlling tty (PTY shells).
     pub controlling_tty: bool,
+    /// The agent's pid: the child dies with it.
+    pub parent_pid: u32,
 }
 
 impl PreExec {
@@ -155,6 +157,14 @@ impl PreExec {
                 if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            // A kernel never outlives its agent (even one killed with SIGKILL). Set after
+            // the uid change, which would clear it; the parent may already be gone.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != self.parent_pid {
+                libc::_exit(1);
             }
             set_rlimit(libc::RLIMIT_CORE, 0)?;
             set_rlimit(libc::RLIMIT_AS, self.limits.address_space)?;
@@ -259,6 +269,8 @@ pub fn bwrap_command(bwrap: &Path, scratch: &Path, program: &str, args: &[String
     let scratch = scratch.to_string_lossy().into_owned();
     let mut out: Vec<String> = [
         "--unshare-all",
+        // The sandbox (its pid namespace, so every process in it) dies with the agent.
+        "--die-with-parent",
         "--ro-bind",
         "/",
         "/",
