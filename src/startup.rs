@@ -101,7 +101,9 @@ impl Application {
         let manager_id = format!("manager-{}-{port}", hostname());
         register(&settings, &stores, &manager_id, &events_addr.to_string()).await?;
         let settings = Arc::new(settings);
-        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(60)).build()?;
+        // Idle agent connections are dropped before the agent would close them
+        // (`agent::RPC_KEEP_ALIVE_SECS`), so no call races the agent's close.
+        let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
         let overbook = Overbook::start(stores.config.clone()).await.context("cannot read the overbook factors")?;
         let images = ConfigMirror::start(stores.config.clone(), scheduler::IMAGES_PREFIX)
             .await

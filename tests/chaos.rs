@@ -249,6 +249,8 @@ struct Chaos {
     violations: Mutex<Vec<String>>,
     /// Seconds from an agent's kill until all its sessions had ended.
     end_times: Mutex<Vec<f64>>,
+    /// Seconds from an agent's kill until it was seen LOST.
+    lost_times: Mutex<Vec<f64>>,
     /// Agents seen going LOST, and when.
     lost_seen: Mutex<Vec<(String, DateTime<Utc>)>>,
     stop_load: AtomicBool,
@@ -444,10 +446,14 @@ async fn kill_agent(chaos: &Chaos, which: usize) {
     // moments after) ends.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut ended_after = None;
+    let mut lost_after = None;
     while Instant::now() < deadline {
         let live = chaos.query(&format!("SELECT id FROM kernels WHERE agent = '{id}' AND {LIVE}")).await;
         let lost = chaos.query(&format!("SELECT 1 FROM agents WHERE id = '{id}' AND status::text = 'LOST'")).await;
         let waited = secs(Utc::now() - killed);
+        if !lost.is_empty() && lost_after.is_none() {
+            lost_after = Some(waited);
+        }
         // Wait out the placement window too: a create placed late must end as well.
         if live.is_empty() && !lost.is_empty() && waited > PLACEMENT_WINDOW {
             ended_after = Some(waited);
@@ -472,8 +478,13 @@ async fn kill_agent(chaos: &Chaos, which: usize) {
         None => chaos.violation(format!("{id}: not LOST, or its sessions not ended, 60 s after its kill")),
         Some(_) => {
             let took = last.map(|t| secs(t - killed).max(0.0)).unwrap_or(0.0);
-            eprintln!("chaos: {id}'s sessions ended {took:.2} s after its kill");
+            let lost = lost_after.unwrap_or(0.0);
+            eprintln!("chaos: {id} declared LOST {lost:.2} s after its kill, its sessions ended {took:.2} s after");
             chaos.end_times.lock().unwrap().push(took);
+            chaos.lost_times.lock().unwrap().push(lost);
+            if lost > HEARTBEAT_TIMEOUT + END_SLACK {
+                chaos.violation(format!("{id}: declared LOST {lost:.2} s after its kill"));
+            }
             if took > HEARTBEAT_TIMEOUT + END_SLACK {
                 chaos.violation(format!("{id}: its sessions ended {took:.2} s after its kill"));
             }
@@ -676,6 +687,7 @@ async fn setup() -> Option<Arc<Chaos>> {
         calls: Mutex::new(vec![]),
         violations: Mutex::new(vec![]),
         end_times: Mutex::new(vec![]),
+        lost_times: Mutex::new(vec![]),
         lost_seen: Mutex::new(vec![]),
         stop_load: AtomicBool::new(false),
     });
@@ -732,8 +744,8 @@ async fn reported_kernels(chaos: &Chaos) -> HashMap<String, Vec<String>> {
 }
 
 /// Kernel processes (with `BACKENDAI_KERNEL_ID` in their environment) that run outside
-/// any of `agent_pids`, with their pid and kernel id.
-fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String)> {
+/// any of `agent_pids`: pid, kernel id, and the ancestry that was followed.
+fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String, String)> {
     let parent = |pid: u32| -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
@@ -751,7 +763,10 @@ fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String)> {
         };
         let mut cursor = pid;
         let mut inside = false;
+        let mut chain = vec![];
         for _ in 0..64 {
+            let comm = std::fs::read_to_string(format!("/proc/{cursor}/comm")).unwrap_or_default();
+            chain.push(format!("{cursor}:{}", comm.trim()));
             match parent(cursor) {
                 Some(p) if agent_pids.contains(&p) => {
                     inside = true;
@@ -762,7 +777,7 @@ fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String)> {
             }
         }
         if !inside {
-            strays.push((pid, String::from_utf8_lossy(id).into_owned()));
+            strays.push((pid, String::from_utf8_lossy(id).into_owned(), chain.join(" < ")));
         }
     }
     strays
@@ -774,7 +789,7 @@ async fn final_checks(chaos: &Chaos) {
     let mut stuck = vec![];
     for _ in 0..200 {
         stuck = chaos
-            .query(&format!("SELECT sess_id, status::text AS status FROM kernels WHERE status::text NOT IN ('RUNNING', 'TERMINATED', 'ERROR')"))
+            .query("SELECT sess_id, status::text AS status FROM kernels WHERE status::text NOT IN ('RUNNING', 'TERMINATED', 'ERROR')")
             .await
             .iter()
             .map(|r| format!("{} {}", r.try_get::<String>("", "sess_id").unwrap(), r.try_get::<String>("", "status").unwrap()))
@@ -835,7 +850,11 @@ async fn final_checks(chaos: &Chaos) {
     for agent in &chaos.agents {
         agent_pids.extend(agent.lock().await.pid());
     }
-    let strays = stray_kernel_processes(&agent_pids);
+    // Seen twice a second apart: not a process starting or exiting at that moment.
+    let first = stray_kernel_processes(&agent_pids);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again: HashSet<u32> = stray_kernel_processes(&agent_pids).into_iter().map(|(pid, _, _)| pid).collect();
+    let strays: Vec<_> = first.into_iter().filter(|(pid, _, _)| again.contains(pid)).collect();
     if !strays.is_empty() {
         chaos.violation(format!("kernel processes outside any agent: {strays:?}"));
     }
@@ -980,6 +999,9 @@ async fn the_cluster_survives_the_kill_of_any_process() {
         eprintln!("chaos: {what}: {n}");
     }
     eprintln!("chaos: a killed agent's sessions ended within {worst:.2} s of its kill (worst of {})", ends.len());
+    let lost = chaos.lost_times.lock().unwrap().clone();
+    let worst_lost = lost.iter().copied().fold(0.0, f64::max);
+    eprintln!("chaos: a killed agent was declared LOST within {worst_lost:.2} s of its kill (worst of {})", lost.len());
 
     for manager in &chaos.managers {
         manager.lock().await.stop(Duration::from_secs(10)).await;

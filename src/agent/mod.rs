@@ -50,6 +50,10 @@ use self::rpc::{RpcState, Slots};
 use self::runtime::process::{ProcessRuntime, Settings};
 use self::runtime::{KernelTerminated, Runtime};
 
+/// Seconds the RPC server keeps an idle connection open: longer than managers keep
+/// theirs idle (30 s), so that the manager side always closes first.
+pub const RPC_KEEP_ALIVE_SECS: u64 = 75;
+
 /// A built agent: its RPC server is bound, its runtime ready.
 pub struct Agent {
     /// The configuration it was built from.
@@ -97,6 +101,10 @@ impl Agent {
             .workers(2)
             .disable_signals()
             .shutdown_timeout(5)
+            // Longer than the managers keep an idle connection (30 s): the manager
+            // always closes first, so a call never goes out on a connection the agent is
+            // closing at that moment (which fails it, sent or not).
+            .keep_alive(Duration::from_secs(RPC_KEEP_ALIVE_SECS))
             .listen(listener)?
             .run();
         let events = Events::start(&config, sink.clone());

@@ -10,7 +10,10 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use protocol::{bus, Envelope};
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadOptions,
+    StreamReadReply,
+};
 use redis::AsyncCommands;
 
 use super::{Applier, Delivery};
@@ -29,6 +32,11 @@ const HEARTBEAT_CLAIM_IDLE: Duration = Duration::from_secs(2);
 const EVENT_CLAIM_IDLE: Duration = Duration::from_secs(10);
 /// How often unacknowledged entries are looked for.
 const CLAIM_EVERY: Duration = Duration::from_secs(1);
+/// How often the group is rid of consumers gone for good.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// A consumer idle this long with nothing pending is a manager that is not coming back
+/// (a restarted manager keeps its name, `manager-<host>-<port>`).
+const GONE_CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 
 fn redis_error(error: impl std::fmt::Display) -> Error {
     Error::Redis(error.to_string())
@@ -150,6 +158,7 @@ impl Consumer {
         // Entries this consumer (a previous life of this manager) read and did not acknowledge.
         let mut pending = true;
         let mut last_claim = tokio::time::Instant::now();
+        let mut last_prune = tokio::time::Instant::now();
         while !self.stopping.load(Ordering::Acquire) {
             let start = if pending { "0" } else { ">" };
             let options = StreamReadOptions::default()
@@ -181,6 +190,10 @@ impl Consumer {
                     tracing::info!(stream = %self.stream, entries = claimed.claimed.len(), "claimed entries another manager left");
                 }
                 self.apply(&mut conn, claimed.claimed).await?;
+            }
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                prune_consumers(&mut conn, &self.stream, &self.consumer, GONE_CONSUMER_IDLE).await?;
             }
         }
         Ok(())
@@ -232,5 +245,88 @@ impl Consumer {
             let _: i64 = conn.xack(&self.stream, bus::CONSUMER_GROUP, &done).await.map_err(redis_error)?;
         }
         Ok(())
+    }
+}
+
+/// Removes from the group of `stream` the consumers (other than `keep`) idle for more
+/// than `idle` with nothing pending: managers gone for good, whose entries the others
+/// claimed long ago. Returns their names.
+async fn prune_consumers(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    keep: &str,
+    idle: Duration,
+) -> Result<Vec<String>, Error> {
+    let info: StreamInfoConsumersReply =
+        conn.xinfo_consumers(stream, bus::CONSUMER_GROUP).await.map_err(redis_error)?;
+    let mut removed = Vec::new();
+    for gone in
+        info.consumers.into_iter().filter(|c| c.name != keep && c.pending == 0 && c.idle as u128 >= idle.as_millis())
+    {
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(stream)
+            .arg(bus::CONSUMER_GROUP)
+            .arg(&gone.name)
+            .query_async(conn)
+            .await
+            .map_err(redis_error)?;
+        tracing::info!(stream, consumer = %gone.name, "removed a consumer gone for good");
+        removed.push(gone.name);
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn consumers_gone_for_good_are_pruned_and_no_other() {
+        let Ok(url) = std::env::var("BACKENDAI_TEST_REDIS_URL") else {
+            let required = std::env::var("BACKENDAI_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+            assert!(!required, "BACKENDAI_REQUIRE_SERVICES=1 but BACKENDAI_TEST_REDIS_URL is not set");
+            eprintln!("SKIPPED (set BACKENDAI_TEST_REDIS_URL): consumer pruning");
+            return;
+        };
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = connection(&client, CALL_TIMEOUT).await.unwrap();
+        let stream = format!("backendai-test-prune-{}", uuid::Uuid::new_v4().simple());
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg(bus::CONSUMER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for name in ["me", "gone", "busy"] {
+            let _: i64 = redis::cmd("XGROUP")
+                .arg("CREATECONSUMER")
+                .arg(&stream)
+                .arg(bus::CONSUMER_GROUP)
+                .arg(name)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        // "busy" read an entry it has not acknowledged.
+        let _: String = conn.xadd(&stream, "*", &[(bus::BODY_FIELD, "{}")]).await.unwrap();
+        let options = StreamReadOptions::default().group(bus::CONSUMER_GROUP, "busy").count(1);
+        let _: StreamReadReply = conn.xread_options(&[&stream], &[">"], &options).await.unwrap();
+
+        let idle = Duration::from_millis(50);
+        tokio::time::sleep(idle * 2).await;
+        let removed = prune_consumers(&mut conn, &stream, "me", idle).await.unwrap();
+        assert_eq!(removed, vec!["gone".to_owned()]);
+        let left: StreamInfoConsumersReply = conn.xinfo_consumers(&stream, bus::CONSUMER_GROUP).await.unwrap();
+        let mut names: Vec<String> = left.consumers.into_iter().map(|c| c.name).collect();
+        names.sort();
+        assert_eq!(names, vec!["busy".to_owned(), "me".to_owned()]);
+        // Nothing is removed before it has been idle long enough.
+        assert!(prune_consumers(&mut conn, &stream, "busy", Duration::from_secs(3600)).await.unwrap().is_empty());
+        let _: i64 = conn.del(&stream).await.unwrap();
     }
 }
