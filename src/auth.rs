@@ -143,8 +143,9 @@ pub fn parse_date(value: &str) -> Result<DateTime<FixedOffset>, ApiError> {
 
 /// Checks that `date` is within `max_skew_secs` of `now`.
 pub fn check_skew(date: DateTime<FixedOffset>, now: DateTime<Utc>, max_skew_secs: i64) -> Result<(), ApiError> {
-    let skew = (now - date.with_timezone(&Utc)).num_seconds().abs();
-    if skew > max_skew_secs {
+    // Exact to the millisecond: 15 min + 1 ms is out, on either side.
+    let skew_ms = (now - date.with_timezone(&Utc)).num_milliseconds().abs();
+    if skew_ms > max_skew_secs.saturating_mul(1000) {
         return Err(invalid("date is too far from the server time"));
     }
     Ok(())
@@ -257,8 +258,10 @@ fn verify_with_mac(mac: &KeyedMac, parts: &SignedParts<'_>, signature: &str) -> 
     let digest = mac.signature(parts);
     let mut sent = [0u8; 64];
     let sent = &mut sent[..digest.len];
-    // The length is public (it follows from the algorithm); the bytes are compared in constant time.
-    if signature.len() != digest.len * 2 || hex::decode_to_slice(signature, sent).is_err() {
+    // The length is public (it follows from the algorithm); the bytes are compared in
+    // constant time. Only the lower-case hex the contract defines is a signature.
+    let lower_hex = signature.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if signature.len() != digest.len * 2 || !lower_hex || hex::decode_to_slice(signature, sent).is_err() {
         return false;
     }
     digest.as_slice().ct_eq(sent).into()

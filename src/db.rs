@@ -69,6 +69,29 @@ pub fn is_retryable(error: &Error) -> bool {
     matches!(error.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517" | "262"))
 }
 
+/// Whether `error` means the database cannot be reached (no connection could be made or
+/// kept), as opposed to a failed statement: answered 503, not 500.
+pub fn is_unavailable(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::sqlx::Error as Sqlx;
+    let runtime = match error {
+        sea_orm::DbErr::ConnectionAcquire(_) => return true,
+        sea_orm::DbErr::Exec(e) | sea_orm::DbErr::Query(e) | sea_orm::DbErr::Conn(e) => e,
+        _ => return false,
+    };
+    match runtime {
+        sea_orm::RuntimeErr::SqlxError(error) => matches!(
+            error,
+            Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed
+                | Sqlx::Protocol(_)
+        ),
+        _ => matches!(error, sea_orm::DbErr::Conn(_)),
+    }
+}
+
 /// Runs `work` (a whole transaction) until it does not lose a race with another, at
 /// most [`MAX_ATTEMPTS`] times, waiting a random few milliseconds in between. Every
 /// transaction that locks keypairs, agents or kernels goes through here (see

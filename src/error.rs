@@ -192,6 +192,10 @@ impl From<Error> for ApiError {
                 tracing::error!(error = %error, "backing service failed");
                 ApiError::new(Problem::ServiceUnavailable)
             }
+            Error::Db(db) if crate::db::is_unavailable(&db) => {
+                tracing::error!(error = %db, "the database is unreachable");
+                ApiError::new(Problem::ServiceUnavailable)
+            }
             // Actors only close their mailboxes while the process shuts down.
             Error::Mailbox(actix::MailboxError::Closed) => {
                 tracing::warn!("request refused: shutting down");

@@ -6,5 +6,5 @@
 mod gateway;
 mod problem;
 
-pub use gateway::{gateway, Authenticated, FailureWatch, OriginalMethod};
+pub use gateway::{gateway, Authenticated, FailureWatch};
 pub use problem::frame;

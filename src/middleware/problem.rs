@@ -10,7 +10,6 @@ use actix_web::{HttpMessage, ResponseError};
 
 use futures_util::FutureExt;
 
-use super::OriginalMethod;
 use crate::error::{problem_for_status, ApiError, Problem, PROBLEM_JSON};
 
 /// The outer layer of every request, in one middleware (each layer costs a boxed
@@ -66,8 +65,8 @@ impl RequestLog {
     }
 }
 
-/// Re-routes a POST carrying `X-Method-Override: DELETE` (etc.) as that method.
-/// The method as sent stays available to the signature check.
+/// Re-routes a POST carrying `X-Method-Override: DELETE` (etc.) as that method. The
+/// signature is checked against the method dispatched, so it must be signed as that.
 fn method_override(req: &mut ServiceRequest) -> Result<(), ApiError> {
     static X_METHOD_OVERRIDE: header::HeaderName = header::HeaderName::from_static("x-method-override");
     let requested = req.headers().get(&X_METHOD_OVERRIDE).map(|v| v.to_str().map(str::trim));
@@ -80,7 +79,6 @@ fn method_override(req: &mut ServiceRequest) -> Result<(), ApiError> {
                 .ok_or_else(|| {
                     ApiError::new(Problem::GenericBadRequest).with_detail("unsupported X-Method-Override")
                 })?;
-            req.extensions_mut().insert(OriginalMethod(Method::POST));
             req.head_mut().method = method;
         }
     }

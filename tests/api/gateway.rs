@@ -291,3 +291,97 @@ async fn a_body_sent_with_a_non_websocket_upgrade_is_signed() {
     assert_problem(response, 401, "auth-failed").await;
     app.stop().await;
 }
+
+/// Sends `request` as signed, but as a POST carrying `X-Method-Override: <override_to>`.
+async fn send_overridden(
+    app: &crate::helpers::TestApp,
+    request: crate::helpers::Signed<'_>,
+    override_to: &str,
+) -> reqwest::Response {
+    let mut builder =
+        app.client.post(format!("{}{}", app.address, request.path)).header("X-Method-Override", override_to);
+    for (name, value) in app.signature_headers(&request) {
+        builder = builder.header(name, value);
+    }
+    builder.body(request.body).send().await.unwrap()
+}
+
+/// The signature binds the operation: a request signed as POST (a captured execute)
+/// cannot be replayed as a DELETE through `X-Method-Override`; signed as the method
+/// it is dispatched as, the override works.
+#[actix_web::test]
+async fn a_signature_binds_the_method_dispatched_not_the_one_sent() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let token = crate::helpers::unique("override");
+    let created = crate::helpers::create_session(&app, "python3", &token).await;
+    assert_eq!(created.status().as_u16(), 201);
+    let path = format!("/v3/kernel/{token}");
+    let execute = json!({"mode": "query", "code": "print(1)", "runId": "r1"});
+    for method in ["DELETE", "GET", "PATCH"] {
+        let captured = app.signed("POST", &path, Some(execute.clone()));
+        assert_problem(send_overridden(&app, captured, method).await, 401, "auth-failed").await;
+    }
+    let rows = crate::helpers::sessions_named(&app, &token).await;
+    assert_eq!(rows[0].status, entity::kernels::KernelStatus::Running, "the session was not destroyed");
+
+    // Signed as DELETE, sent as POST + override: destroyed.
+    let signed = app.signed("DELETE", &path, None);
+    assert_eq!(send_overridden(&app, signed, "DELETE").await.status().as_u16(), 200);
+    let rows = crate::helpers::sessions_named(&app, &token).await;
+    assert_eq!(rows[0].status, entity::kernels::KernelStatus::Terminated);
+    app.stop().await;
+}
+
+/// Only the lower-case hex signature the contract defines is accepted.
+#[actix_web::test]
+async fn an_upper_case_signature_is_refused() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let request = app.signed("GET", "/v3/authorize", None);
+    let mut builder = app.client.get(format!("{}/v3/authorize", app.address));
+    for (name, value) in app.signature_headers(&request) {
+        let value = if name == "Authorization" {
+            let (head, signature) = value.rsplit_once(':').unwrap();
+            format!("{head}:{}", signature.to_ascii_uppercase())
+        } else {
+            value
+        };
+        builder = builder.header(name, value);
+    }
+    assert_problem(builder.send().await.unwrap(), 401, "auth-failed").await;
+    // The same request in lower case passes.
+    assert_eq!(app.send(app.signed("GET", "/v3/authorize", None)).await.status().as_u16(), 200);
+    app.stop().await;
+}
+
+/// An unknown key, a wrong signature and an inactive key get the same answer: which
+/// keys exist is not told.
+#[actix_web::test]
+async fn refused_credentials_all_get_the_same_answer() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    let mut unknown = app.signed("GET", "/v3/authorize", None);
+    unknown.access_key = "AKIANOSUCHKEY0000000";
+    let mut wrong = app.signed("GET", "/v3/authorize", None);
+    wrong.secret_key = "not the secret";
+    let unknown: Value = app.send(unknown).await.json().await.unwrap();
+    let wrong: Value = app.send(wrong).await.json().await.unwrap();
+    assert_eq!(unknown, wrong);
+    assert_eq!(unknown["title"], "Credential/signature mismatch", "{unknown}");
+    app.stop().await;
+}
+
+/// The date window is exactly 15 minutes on either side.
+#[actix_web::test]
+async fn the_date_window_is_fifteen_minutes_at_the_boundary() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    for (offset_ms, accepted) in [(-901_000, false), (901_000, false), (-899_000, true), (899_000, true)] {
+        let mut request = app.signed("GET", "/v3/authorize", None);
+        request.date = (Utc::now() + chrono::Duration::milliseconds(offset_ms)).fixed_offset();
+        let response = app.send(request).await;
+        if accepted {
+            assert_eq!(response.status().as_u16(), 200, "{offset_ms} ms");
+        } else {
+            assert_problem(response, 400, "invalid-auth-params").await;
+        }
+    }
+    app.stop().await;
+}
