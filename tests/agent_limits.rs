@@ -304,7 +304,7 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
     let code = format!(
         "import os, socket\n\
          print(os.path.exists({host:?}))\n\
-         try:\n    open('/var/tmp/bai-escape', 'w')\n    print('wrote')\nexcept OSError as e:\n    print('ro', e.errno)\n\
+         try:\n    open('/usr/bai-escape', 'w')\n    print('wrote')\nexcept OSError as e:\n    print('ro', e.errno)\n\
          s = socket.socket()\n\
          try:\n    s.connect(('127.0.0.1', {port}))\n    print('net')\nexcept OSError:\n    print('no net')\n\
          _ = open('inside.txt', 'w').write('ok')",
@@ -315,6 +315,49 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
     assert_eq!(stream(&results, "stdout"), "False\nro 30\nno net\n", "{results:?}");
     assert!(agent.scratch_root.join(&id).join("inside.txt").exists());
     std::fs::remove_file(&host_file).unwrap();
+    agent.stop().await;
+}
+
+/// Inside bubblewrap the kernel's root is a minimal tree: the system directories and a
+/// few files of /etc; nothing else of the host exists there (not the directory the
+/// manager keeps its database and config in, not /root, /home, /srv, /opt, /var, nor
+/// /etc/shadow or the host's accounts), and the kernel's user has a name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_root_holds_nothing_of_the_host_but_the_system() {
+    if !std::path::Path::new("/usr/bin/bwrap").exists() {
+        assert!(std::env::var("BACKENDAI_REQUIRE_SERVICES").is_err(), "bwrap is required");
+        eprintln!("SKIPPED: bwrap is not installed");
+        return;
+    }
+    let mut config = test_config();
+    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::On;
+    let agent = TestAgent::spawn_with(config).await;
+    let k = agent.create("python", json!({})).await;
+    // A secret where a manager keeps its data: next to the sources, not under /tmp or /home.
+    let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bai-secret-data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let secret = data_dir.join(format!("backend.ai-{}.db", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&secret, "secret keys").unwrap();
+    let code = format!(
+        "import os, pwd\n\
+         print(sorted(os.listdir('/')))\n\
+         print([p for p in [{secret:?}, {dir:?}, '/etc/shadow', '/etc/hostname', '/root', '/srv', '/opt', '/var/lib', '/run'] if os.path.exists(p)])\n\
+         print(pwd.getpwuid(os.getuid()).pw_name, os.path.expanduser('~'), os.getcwd())\n\
+         print(len(pwd.getpwall()) > 0 and all(p.pw_name in ('root', 'work', 'nobody') for p in pwd.getpwall()))",
+        secret = secret.to_str().unwrap(),
+        dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).to_str().unwrap(),
+    );
+    let results = run_until_done(&agent, &k, &code, Duration::from_secs(10)).await;
+    let out = stream(&results, "stdout");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{results:?}");
+    let root: Vec<String> = serde_json::from_str(&lines[0].replace('\'', "\"")).unwrap();
+    let allowed = ["bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr", "var"];
+    assert!(root.iter().all(|entry| allowed.contains(&entry.as_str())), "{root:?}");
+    assert_eq!(lines[1], "[]", "host paths visible inside the kernel");
+    assert_eq!(lines[2], "work /home/work /home/work");
+    assert_eq!(lines[3], "True", "only the sandbox's own accounts");
+    std::fs::remove_file(&secret).unwrap();
     agent.stop().await;
 }
 

@@ -84,6 +84,10 @@ pub struct SandboxConfig {
     pub default_mem_mib: u64,
     /// Lowest memory limit in MiB ever applied (an interpreter needs some to start).
     pub min_mem_mib: u64,
+    /// Host directories kernels see read-only inside bubblewrap, besides /usr, /bin,
+    /// /sbin, /lib* and a few files of /etc (e.g. an interpreter installed under /opt).
+    /// Never list a directory that holds secrets.
+    pub read_only_paths: Vec<PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -99,6 +103,7 @@ impl Default for SandboxConfig {
             max_file_size: 1 << 30,
             default_mem_mib: 1024,
             min_mem_mib: 128,
+            read_only_paths: Vec::new(),
         }
     }
 }

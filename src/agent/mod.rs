@@ -223,6 +223,7 @@ fn settings(config: &AgentConfig) -> Settings {
         kernel_uid_count: s.kernel_uid_count,
         uid_lock_dir: s.uid_lock_dir.clone(),
         warm_kernels: config.warm_kernels,
+        read_only_paths: s.read_only_paths.clone(),
     }
 }
 

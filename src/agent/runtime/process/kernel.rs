@@ -151,8 +151,8 @@ pub struct Kernel {
     pub lease: Option<UidLease>,
     /// Agent-wide runtime settings.
     settings: Arc<Settings>,
-    /// The bubblewrap binary, when the kernel runs inside it.
-    bwrap: Option<Arc<PathBuf>>,
+    /// bubblewrap, when the kernel runs inside it.
+    bwrap: Option<Arc<sandbox::Bwrap>>,
     /// The runtime on which processes and drivers live.
     rt: tokio::runtime::Handle,
     /// Orders new runs first come, first served.
@@ -178,7 +178,7 @@ impl Kernel {
         scratch: PathBuf,
         lease: Option<UidLease>,
         settings: Arc<Settings>,
-        bwrap: Option<Arc<PathBuf>>,
+        bwrap: Option<Arc<sandbox::Bwrap>>,
         rt: tokio::runtime::Handle,
         deaths: mpsc::UnboundedSender<Death>,
     ) -> Self {
@@ -624,7 +624,7 @@ impl Kernel {
             program: runner_program(&self.spec.image),
             kernel_id: &self.id,
             scratch: &self.scratch,
-            bwrap: self.bwrap.as_deref().map(|p| p.as_path()),
+            bwrap: self.bwrap.as_deref(),
             owner: self.lease.as_ref().map(|l| (l.uid, l.gid)),
             limits: self.rlimits(),
             kill_leftovers: first,
@@ -712,7 +712,7 @@ impl Kernel {
     /// `program args`, inside bubblewrap when enabled.
     fn sandboxed(&self, program: String, args: Vec<String>) -> (String, Vec<String>) {
         match &self.bwrap {
-            Some(bwrap) => sandbox::bwrap_command(bwrap, &self.scratch, &program, &args),
+            Some(bwrap) => bwrap.command(&self.scratch, &program, &args),
             None => (program, args),
         }
     }
@@ -1189,7 +1189,7 @@ pub struct RunnerSpawn<'a> {
     /// The scratch dir on the host.
     pub scratch: &'a std::path::Path,
     /// The bubblewrap binary, when used.
-    pub bwrap: Option<&'a std::path::Path>,
+    pub bwrap: Option<&'a sandbox::Bwrap>,
     /// The kernel uid and gid.
     pub owner: Option<(u32, u32)>,
     /// Resource limits.
@@ -1283,7 +1283,7 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     let (program, args, home) = match spec.bwrap {
         Some(bwrap) => {
-            let (p, a) = sandbox::bwrap_command(bwrap, spec.scratch, &spec.program, &args);
+            let (p, a) = bwrap.command(spec.scratch, &spec.program, &args);
             (p, a, sandbox::SANDBOX_HOME.to_owned())
         }
         None => (spec.program.clone(), args, spec.scratch.to_string_lossy().into_owned()),

@@ -56,7 +56,12 @@ pub struct Settings {
     pub uid_lock_dir: PathBuf,
     /// Interpreters kept started ahead of time per image (0: none).
     pub warm_kernels: usize,
+    /// More host directories kernels see read-only inside bubblewrap.
+    pub read_only_paths: Vec<PathBuf>,
 }
+
+/// The directory of the scratch root that holds the `passwd` and `group` kernels see.
+const SANDBOX_ETC: &str = ".sandbox-etc";
 
 /// The process runtime.
 #[derive(Clone)]
@@ -67,8 +72,8 @@ pub struct ProcessRuntime {
 struct Inner {
     /// Runtime settings.
     settings: Arc<Settings>,
-    /// The bubblewrap binary, when kernels run inside it.
-    bwrap: Option<Arc<PathBuf>>,
+    /// bubblewrap, when kernels run inside it.
+    bwrap: Option<Arc<sandbox::Bwrap>>,
     /// The live kernels by id.
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     /// Kernel uids, when the agent runs as root.
@@ -129,10 +134,21 @@ impl ProcessRuntime {
             }
             None
         };
-        let bwrap = sandbox::find_bwrap(settings.use_bwrap)?;
-        if let Some(path) = &bwrap {
-            tracing::info!(bwrap = %path.display(), "kernels run inside bubblewrap");
-        }
+        let bwrap = match sandbox::find_bwrap(settings.use_bwrap)? {
+            Some(program) => {
+                tracing::info!(bwrap = %program.display(), "kernels run inside bubblewrap");
+                // Written after the leftovers are cleaned (it lives in the scratch root).
+                let kernel_uids = match &uids {
+                    Some(_) => {
+                        (settings.kernel_uid_start..settings.kernel_uid_start + settings.kernel_uid_count).collect()
+                    }
+                    None => vec![nix::unistd::getuid().as_raw()],
+                };
+                let etc = sandbox::SandboxEtc::write(&settings.scratch_root.join(SANDBOX_ETC), kernel_uids)?;
+                Some(sandbox::Bwrap::new(program, etc, settings.read_only_paths.clone()))
+            }
+            None => None,
+        };
         let (deaths, mut death_rx) = mpsc::unbounded_channel::<Death>();
         let inner = Arc::new(Inner {
             settings: Arc::new(settings),
@@ -403,7 +419,7 @@ impl Inner {
             program: key.1.clone(),
             kernel_id: "",
             scratch: &scratch,
-            bwrap: self.bwrap.as_deref().map(|p| p.as_path()),
+            bwrap: self.bwrap.as_deref(),
             owner,
             limits: sandbox::Rlimits {
                 // Set by the adopting kernel's first command (see `Kernel::adopt`).

@@ -261,40 +261,124 @@ pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Optio
 /// Where the scratch dir appears inside bubblewrap.
 pub const SANDBOX_HOME: &str = "/home/work";
 
-/// Wraps `program args` in bubblewrap: the host file system read-only, the scratch dir the
-/// only writable place (at [`SANDBOX_HOME`]) besides a private /tmp, /home hidden, fresh /dev
-/// and /proc, and every namespace unshared (network included). The process group stays the
-/// agent's handle on the kernel.
-pub fn bwrap_command(bwrap: &Path, scratch: &Path, program: &str, args: &[String]) -> (String, Vec<String>) {
-    let scratch = scratch.to_string_lossy().into_owned();
-    let mut out: Vec<String> = [
-        "--unshare-all",
+/// Host directories a kernel sees, read-only: the interpreters and their libraries. A
+/// top-level entry that is a symlink on the host (merged /usr: `/bin -> usr/bin`) is
+/// recreated as that symlink.
+const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+/// Files of the host's /etc a kernel sees (none holds a secret): the dynamic linker's
+/// cache, the time zone, the alternatives' symlinks, and name-service, mime and
+/// certificate tables. Everything else of /etc is absent; `passwd` and `group` are the
+/// agent's own ([`SandboxEtc`]).
+const ETC_FILES: &[&str] = &[
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "alternatives",
+    "nsswitch.conf",
+    "mime.types",
+    "protocols",
+    "services",
+    "ssl/certs",
+    "ca-certificates",
+    "terminfo",
+    "inputrc",
+    "debian_version",
+    "os-release",
+];
+
+/// The size of a kernel's private /tmp (a tmpfs, so memory), in bytes.
+const TMP_SIZE: u64 = 64 << 20;
+
+/// bubblewrap, and what a kernel's root is made of.
+#[derive(Debug)]
+pub struct Bwrap {
+    /// The `bwrap` binary.
+    pub program: PathBuf,
+    /// The agent's generated `passwd` and `group` (see [`SandboxEtc`]).
+    etc: SandboxEtc,
+    /// More host directories to show read-only (`sandbox.read_only_paths`).
+    extra: Vec<PathBuf>,
+}
+
+impl Bwrap {
+    /// bubblewrap at `program`, with the agent's `/etc` files in `etc` and `extra` host
+    /// directories shown read-only.
+    pub fn new(program: PathBuf, etc: SandboxEtc, extra: Vec<PathBuf>) -> Self {
+        Self { program, etc, extra }
+    }
+
+    /// Wraps `program args` in bubblewrap. The kernel's root is a fresh, minimal tree:
+    /// the system directories ([`SYSTEM_DIRS`]) and a few files of /etc ([`ETC_FILES`])
+    /// read-only, its scratch dir read-write at [`SANDBOX_HOME`], a private /tmp of
+    /// [`TMP_SIZE`], fresh /dev and /proc, the rest read-only; no other host path exists inside (not the manager's data, not
+    /// /root, /home, /srv or /opt). Every namespace is unshared (network included), and
+    /// the sandbox dies with the agent. The process group stays the agent's handle on
+    /// the kernel.
+    pub fn command(&self, scratch: &Path, program: &str, args: &[String]) -> (String, Vec<String>) {
+        let mut out: Vec<String> = Vec::with_capacity(64);
+        let mut push = |items: &[&str]| out.extend(items.iter().map(|s| (*s).to_owned()));
         // The sandbox (its pid namespace, so every process in it) dies with the agent.
-        "--die-with-parent",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/home",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    out.extend([
-        "--bind".to_owned(),
-        scratch,
-        SANDBOX_HOME.to_owned(),
-        "--chdir".to_owned(),
-        SANDBOX_HOME.to_owned(),
-        "--".to_owned(),
-        program.to_owned(),
-    ]);
-    out.extend(args.iter().cloned());
-    (bwrap.to_string_lossy().into_owned(), out)
+        push(&["--unshare-all", "--die-with-parent"]);
+        for dir in SYSTEM_DIRS {
+            match std::fs::read_link(dir) {
+                Ok(target) => push(&["--symlink", &target.to_string_lossy(), dir]),
+                Err(_) => push(&["--ro-bind-try", dir, dir]),
+            }
+        }
+        for path in &self.extra {
+            let path = path.to_string_lossy();
+            push(&["--ro-bind-try", &path, &path]);
+        }
+        push(&["--dir", "/etc"]);
+        for name in ETC_FILES {
+            let path = format!("/etc/{name}");
+            push(&["--ro-bind-try", &path, &path]);
+        }
+        let passwd = self.etc.passwd.to_string_lossy();
+        let group = self.etc.group.to_string_lossy();
+        push(&["--ro-bind", &passwd, "/etc/passwd", "--ro-bind", &group, "/etc/group"]);
+        // A private /tmp, bounded: it is memory.
+        let tmp_size = TMP_SIZE.to_string();
+        push(&["--dev", "/dev", "--proc", "/proc", "--size", &tmp_size, "--tmpfs", "/tmp", "--dir", "/home"]);
+        push(&["--bind", &scratch.to_string_lossy(), SANDBOX_HOME]);
+        // The root itself (a tmpfs of bwrap's) is read-only: nothing is written outside
+        // the scratch dir and /tmp.
+        push(&["--remount-ro", "/", "--chdir", SANDBOX_HOME, "--", program]);
+        out.extend(args.iter().cloned());
+        (self.program.to_string_lossy().into_owned(), out)
+    }
+}
+
+/// The `passwd` and `group` files kernels see: `root`, `nobody`, and the user `work`
+/// (home [`SANDBOX_HOME`]) for every uid a kernel may run as, so that `whoami` and
+/// `~` work; nothing of the host's accounts.
+#[derive(Debug)]
+pub struct SandboxEtc {
+    passwd: PathBuf,
+    group: PathBuf,
+}
+
+impl SandboxEtc {
+    /// Writes the files into `dir` (created 0755) for the kernel `uids`.
+    pub fn write(dir: &Path, uids: impl IntoIterator<Item = u32>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        set_mode(dir, 0o755)?;
+        let mut passwd = String::from("root:x:0:0:root:/root:/usr/sbin/nologin\n");
+        let mut group = String::from("root:x:0:\n");
+        for uid in uids {
+            passwd.push_str(&format!("work:x:{uid}:{uid}:work:{SANDBOX_HOME}:/bin/bash\n"));
+            group.push_str(&format!("work:x:{uid}:\n"));
+        }
+        passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+        group.push_str("nogroup:x:65534:\n");
+        let etc = Self { passwd: dir.join("passwd"), group: dir.join("group") };
+        for (path, text) in [(&etc.passwd, passwd), (&etc.group, group)] {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            set_mode(path, 0o644)?;
+        }
+        Ok(etc)
+    }
 }
