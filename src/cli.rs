@@ -213,6 +213,29 @@ enum EtcdCommand {
     },
 }
 
+/// Warns when the configuration file holds a secret (a cluster secret or a database
+/// password) and users other than its owner may read it.
+fn warn_if_secrets_are_exposed(file: Option<&std::path::Path>) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = file.map(PathBuf::from).or_else(|| std::env::var_os("BACKENDAI_CONFIG").map(PathBuf::from));
+    let Some(file) = file else { return };
+    let (Ok(meta), Ok(text)) = (std::fs::metadata(&file), std::fs::read_to_string(&file)) else { return };
+    let mode = meta.permissions().mode();
+    let secret = text.parse::<toml::Table>().ok().is_some_and(|table| {
+        let set = |section: &str, key: &str| {
+            table.get(section).and_then(|s| s.get(key)).and_then(|v| v.as_str()).is_some_and(|v| !v.is_empty())
+        };
+        set("manager", "cluster_secret") || set("db", "password") || set("db", "url")
+    });
+    if secret && mode & 0o044 != 0 {
+        tracing::warn!(
+            file = %file.display(),
+            mode = format!("{:o}", mode & 0o7777),
+            "the configuration file holds secrets and other users can read it (chmod 600 it)"
+        );
+    }
+}
+
 /// Runs the command line; the process exits with the returned code
 /// (2 for bad usage or configuration, 1 for other failures).
 pub fn main() -> ExitCode {
@@ -227,6 +250,7 @@ pub fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.logging);
+    warn_if_secrets_are_exposed(cli.overrides.config.as_deref());
     let system = actix_web::rt::System::new();
     match system.block_on(run(cli.command, settings)) {
         Ok(()) => ExitCode::SUCCESS,

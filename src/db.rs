@@ -1,5 +1,7 @@
 //! The relational database: connecting within a deadline, and the schema.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -14,7 +16,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connects to the configured database (creating the SQLite file's folder).
 pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, Error> {
     if settings.is_embedded() {
-        std::fs::create_dir_all(&settings.data_dir)
+        private_dir(&settings.data_dir)
             .map_err(|e| sea_orm::DbErr::Custom(format!("cannot create {}: {e}", settings.data_dir.display())))?;
     }
     let mut options = ConnectOptions::new(settings.connection_url().expose().to_owned());
@@ -39,8 +41,37 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, Error>
     if sqlite {
         // Persistent in the file: other processes (the CLI) read while serve writes.
         connection.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        // Every secret key is in these files: the owner's only.
+        if let Some(file) = settings.connection_url().expose().strip_prefix("sqlite://") {
+            let file = file.split('?').next().unwrap_or(file);
+            for suffix in ["", "-wal", "-shm"] {
+                let path = PathBuf::from(format!("{file}{suffix}"));
+                if path.exists() {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| sea_orm::DbErr::Custom(format!("cannot restrict {}: {e}", path.display())))?;
+                }
+            }
+        }
     }
     Ok(connection)
+}
+
+/// Creates `dir` (and its parents) readable by its owner only; an existing one that
+/// others can read is left as it is, with a warning (it may be shared on purpose).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o7777),
+                "the data dir is open to other users; it holds secrets (chmod 700 it)"
+            );
+        }
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// The migrations not applied yet, by name.

@@ -282,7 +282,7 @@ async fn wait_for_signal() {
 /// The agent `serve` runs in the same process: the same RPC and events over loopback.
 async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
     let settings = &state.settings;
-    std::fs::create_dir_all(&settings.db.data_dir)?;
+    db::private_dir(&settings.db.data_dir)?;
     let data_dir = std::fs::canonicalize(&settings.db.data_dir)?;
     let mut config = crate::agent::AgentConfig {
         agent_id: format!("i-{}-local", hostname()),
@@ -291,7 +291,9 @@ async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
         namespace: settings.manager.namespace.clone(),
         redis_addr: settings.redis.addr.clone(),
         cluster_secret: settings.manager.cluster_secret.clone(),
-        scratch_root: data_dir.join("scratch"),
+        // Not in the data dir: that is the owner's only (it holds the secrets), while
+        // kernels run as other uids and must reach their scratch dirs.
+        scratch_root: local_scratch_root(&data_dir),
         // At least three heartbeats per timeout.
         heartbeat_interval: (settings.manager.heartbeat_timeout / 3.0).clamp(0.1, 3.0),
         ..Default::default()
@@ -303,6 +305,13 @@ async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
     let agent = crate::agent::Agent::build_with_sink(config, Some(sink)).await?;
     tracing::info!(addr = %agent.addr(), "built-in agent ready");
     Ok(agent)
+}
+
+/// The built-in agent's scratch root: in the system's temporary dir, one per data dir.
+fn local_scratch_root(data_dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    std::env::temp_dir().join(format!("backendai-scratch-{}", hex::encode(&digest[..6])))
 }
 
 fn hostname() -> String {

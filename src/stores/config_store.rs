@@ -207,11 +207,22 @@ impl MemoryConfigStore {
         })?;
         let text = text.map_err(|e| self.file_error("cannot encode", e))?;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| self.file_error("cannot create the folder of", e))?;
+            crate::db::private_dir(dir).map_err(|e| self.file_error("cannot create the folder of", e))?;
         }
-        // Write and rename, so a reader never sees half a file.
+        // Write and rename, so a reader never sees half a file; the owner's only.
         let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&temporary, text).map_err(|e| self.file_error("cannot write", e))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temporary)
+                .map_err(|e| self.file_error("cannot write", e))?;
+            file.write_all(text.as_bytes()).map_err(|e| self.file_error("cannot write", e))?;
+        }
         std::fs::rename(&temporary, path).map_err(|e| self.file_error("cannot write", e))?;
         let mut state = self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))?;
         state.seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();

@@ -192,3 +192,95 @@ fn etcd_commands_work_on_etcd() {
     assert_eq!(text(&run(&["etcd", "get", "nodes/redis"])).trim(), "127.0.0.1:6379");
     assert_eq!(run(&["etcd", "delete", "--prefix", ""]).status.code(), Some(0));
 }
+
+/// `serve` from a directory only its owner can enter (a clone under /root): the
+/// embedded default works, kernels (unprivileged uids) included; the data dir and the
+/// files holding secrets are the owner's only.
+#[actix_web::test]
+async fn serve_works_from_a_private_directory_and_keeps_its_secrets_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let events = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_backendai-manager"))
+        .current_dir(home.path())
+        .args(["--service-port", &port.to_string(), "--events-port", &events.to_string(), "serve"])
+        .env_remove("BACKENDAI_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..150 {
+        if http.get(format!("http://127.0.0.1:{port}/v3")).send().await.is_ok_and(|r| r.status().is_success()) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "serve did not start: {:?}", server.try_wait());
+
+    // The example key, signed as the SDK does.
+    let sign = |method: &str, path: &str, body: &[u8]| {
+        use backendai_manager::auth::{self, HashAlgorithm, SignedParts};
+        let date = chrono::Utc::now().fixed_offset();
+        let date_header = date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+        let host = format!("127.0.0.1:{port}");
+        let body_hash = HashAlgorithm::Sha256.hex_digest(body);
+        let parts = SignedParts {
+            method,
+            path_and_query: path,
+            date_header: &date_header,
+            date,
+            host: &host,
+            content_type: "application/json",
+            version_header: "x-backendai-version",
+            version: "v3.20170615",
+            body_hash: &body_hash,
+        };
+        let signature = auth::sign(HashAlgorithm::Sha256, "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", &parts);
+        http.request(method.parse().unwrap(), format!("http://{host}{path}"))
+            .header("Date", date_header)
+            .header("X-BackendAI-Version", "v3.20170615")
+            .header("Content-Type", "application/json")
+            .header(
+                "Authorization",
+                format!("BackendAI signMethod=HMAC-SHA256, credential=AKIAIOSFODNN7EXAMPLE:{signature}"),
+            )
+            .body(body.to_vec())
+    };
+    let token = unique("private");
+    let create = serde_json::json!({"lang": "python3", "clientSessionToken": token}).to_string();
+    // The built-in agent registers a moment after the API is up.
+    let mut created = sign("POST", "/v3/kernel/create", create.as_bytes()).send().await.unwrap();
+    for _ in 0..50 {
+        if created.status().as_u16() != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        created = sign("POST", "/v3/kernel/create", create.as_bytes()).send().await.unwrap();
+    }
+    assert_eq!(created.status().as_u16(), 201, "{:?}", created.text().await);
+    let run = serde_json::json!({"mode": "query", "code": "print(6 * 7)", "runId": "r1"}).to_string();
+    let path = format!("/v3/kernel/{token}");
+    let result: serde_json::Value = sign("POST", &path, run.as_bytes()).send().await.unwrap().json().await.unwrap();
+    assert!(result.to_string().contains("42"), "{result}");
+    assert_eq!(sign("DELETE", &path, b"").send().await.unwrap().status().as_u16(), 200);
+
+    let data = home.path().join("data");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data dir");
+    assert_eq!(mode(&data.join("backend.ai.db")), 0o600, "the database");
+    if data.join("config-store.json").exists() {
+        assert_eq!(mode(&data.join("config-store.json")), 0o600, "the config store");
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -120,6 +120,7 @@ impl ProcessRuntime {
     pub fn new(settings: Settings, terminated: mpsc::UnboundedSender<KernelTerminated>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&settings.scratch_root)
             .with_context(|| format!("creating scratch root {}", settings.scratch_root.display()))?;
+        sandbox::check_owned_dir(&settings.scratch_root)?;
         clean_leftovers(&settings.scratch_root);
         let uids = if settings.drop_privileges && sandbox::is_root() {
             sandbox::set_mode(&settings.scratch_root, 0o711)?;

@@ -223,6 +223,24 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Checks that `dir` is a directory of the agent's own, not a symlink: the agent removes
+/// and chmods what is inside it, so one planted by another user (say in /tmp) is refused.
+pub fn check_owned_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        anyhow::bail!("{} is not a directory (a symlink?); refusing it as the scratch root", dir.display());
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        anyhow::bail!(
+            "{} belongs to uid {}, not to the agent; refusing it as the scratch root",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(())
+}
+
 /// Checks that an unprivileged uid can reach `dir` (every ancestor searchable by others).
 pub fn check_traversable(dir: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
