@@ -147,6 +147,35 @@ async fn uploads_land_in_the_scratch_dir_and_never_leave_it() {
     agent.stop().await;
 }
 
+/// User code cannot freeze the agent through an upload target: a FIFO (with or
+/// without a reader) is refused at once, never blocking an agent thread, and hundreds of
+/// such uploads leave the agent serving other kernels' uploads and destroys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_onto_a_fifo_is_refused_at_once_and_blocks_nothing() {
+    let agent = TestAgent::spawn().await;
+    let k = agent.create("python", json!({})).await;
+    let other = agent.create("python", json!({})).await;
+    agent.run_to_end(&k, "import os\nos.mkfifo('pipe')\nos.mkdir('d')\nos.mkfifo('d/pipe')").await;
+    let started = std::time::Instant::now();
+    let attempts = (0..300).map(|i| {
+        let target = if i % 2 == 0 { "pipe" } else { "d/pipe" };
+        put_file(&agent, &k, target, b"x".to_vec())
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    assert!(statuses.iter().all(|s| *s == 400), "{statuses:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "refused, not timed out");
+    // Another kernel's upload and destroy are served as usual.
+    assert_eq!(put_file(&agent, &other, "fine.txt", b"ok".to_vec()).await, 204);
+    let (status, _) = agent.call(reqwest::Method::DELETE, &format!("/kernels/{other}"), None).await;
+    assert_eq!(status, 200);
+    // A FIFO the kernel is reading from is refused too (open would not block, the type does).
+    let reader =
+        "import threading, os\nt = threading.Thread(target=lambda: open('pipe').read(), daemon=True)\nt.start()";
+    agent.run_to_end(&k, reader).await;
+    assert_eq!(put_file(&agent, &k, "pipe", b"x".to_vec()).await, 400);
+    agent.stop().await;
+}
+
 /// A minimal WebSocket client: enough for text frames to and from the PTY endpoint.
 struct Ws {
     stream: tokio::net::TcpStream,

@@ -174,9 +174,17 @@ impl Handler<UploadFile> for SessionActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
     fn handle(&mut self, msg: UploadFile, _ctx: &mut Self::Context) -> Self::Result {
-        self.relay_call(Problem::InvalidApiParams, move |agent, id| async move {
-            agent.upload_file(&id, &msg.path, msg.data).await
-        })
+        // A file the agent refuses (its name or type) is the client's error; an agent
+        // that fails or does not answer is not.
+        let relayed = self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
+            match agent.upload_file(&id, &msg.path, msg.data).await {
+                Err(AgentError::InvalidInput(why)) => Ok(Err(why)),
+                other => other.map(Ok),
+            }
+        });
+        Box::pin(relayed.map(|result, _, _| {
+            result?.map_err(|why| ApiError::new(Problem::InvalidApiParams).with_detail(why).into())
+        }))
     }
 }
 

@@ -169,7 +169,13 @@ pub struct Kernel {
     deaths: mpsc::UnboundedSender<Death>,
     /// Pids of the PTY shells (session leaders) of the kernel.
     ptys: Mutex<Vec<u32>>,
+    /// Bounds the blocking file work (uploads) done for this kernel at once: one kernel
+    /// cannot take the agent's blocking threads from the others.
+    pub file_work: tokio::sync::Semaphore,
 }
+
+/// How many uploads of one kernel are written at once.
+const FILE_WORK_PER_KERNEL: usize = 4;
 
 impl Kernel {
     /// A kernel that has no interpreter yet; call [`Kernel::start`].
@@ -207,6 +213,7 @@ impl Kernel {
             rearm: Notify::new(),
             deaths,
             ptys: Mutex::new(Vec::new()),
+            file_work: tokio::sync::Semaphore::new(FILE_WORK_PER_KERNEL),
         }
     }
 

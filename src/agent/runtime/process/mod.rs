@@ -514,6 +514,7 @@ impl Runtime for ProcessRuntime {
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
             let scratch = kernel.scratch.clone();
             let path = path.to_owned();
+            let _permit = kernel.file_work.acquire().await.map_err(|e| anyhow::anyhow!("upload gate closed: {e}"))?;
             tokio::task::spawn_blocking(move || upload::write(&scratch, &path, &data, owner))
                 .await
                 .map_err(|e| anyhow::anyhow!("upload task failed: {e}"))?

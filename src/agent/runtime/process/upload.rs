@@ -62,7 +62,9 @@ pub fn write(scratch: &Path, path: &str, data: &[u8], owner: Option<(u32, u32)>)
         }
         e => RuntimeError::Failure(anyhow::anyhow!("writing {path}: {e}")),
     };
-    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY;
+    // Nothing the kernel controls is opened in a way that can block: O_NONBLOCK (a FIFO
+    // would block open() until a reader comes), O_NOFOLLOW, and a type check by fstat.
+    let dir_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_RDONLY | OFlag::O_NONBLOCK;
     let mut dir: OwnedFd = nix::fcntl::open(scratch, dir_flags, Mode::empty()).map_err(escape)?;
     let chown = |fd: &OwnedFd| {
         if let Some((uid, gid)) = owner {
@@ -87,10 +89,16 @@ pub fn write(scratch: &Path, path: &str, data: &[u8], owner: Option<(u32, u32)>)
     let file = openat(
         dir.as_fd(),
         name.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o644),
     )
-    .map_err(escape)?;
+    .map_err(|e| match e {
+        // A FIFO without a reader, or a device that refuses the open.
+        nix::Error::ENXIO | nix::Error::EAGAIN | nix::Error::EISDIR => {
+            RuntimeError::InvalidInput("bad file path: not a plain file".into())
+        }
+        e => escape(e),
+    })?;
     // A hard link to a file elsewhere would be written through: refuse non-regular or
     // multiply linked targets (before truncating anything).
     let meta = nix::sys::stat::fstat(&file).map_err(escape)?;
