@@ -361,6 +361,87 @@ async fn the_kernel_root_holds_nothing_of_the_host_but_the_system() {
     agent.stop().await;
 }
 
+/// Every kernel runs under a seccomp filter, with or without bubblewrap: calls a
+/// code-execution sandbox never needs fail with EPERM (ENOSYS for clone3), and ordinary
+/// work (threads, subprocesses, files) is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_denies_what_a_sandbox_never_needs() {
+    let bwrap = std::path::Path::new("/usr/bin/bwrap").exists();
+    let modes: &[backendai_manager::agent::config::BwrapMode] = if bwrap {
+        &[backendai_manager::agent::config::BwrapMode::On, backendai_manager::agent::config::BwrapMode::Off]
+    } else {
+        &[backendai_manager::agent::config::BwrapMode::Off]
+    };
+    // x86_64 numbers: io_uring_setup, keyctl, add_key, bpf, perf_event_open, ptrace,
+    // mount, unshare (CLONE_NEWUSER), setns, userfaultfd, init_module, reboot, clock_settime,
+    // sethostname, clone3.
+    let code = r#"import ctypes, os, subprocess, threading
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {'io_uring_setup': (425, 1, 0), 'keyctl': (250, 0, 0), 'add_key': (248, 0, 0), 'bpf': (321, 0, 0),
+         'perf_event_open': (298, 0, 0), 'ptrace': (101, 16, 1), 'mount': (165, 0, 0),
+         'unshare': (272, 0x10000000, 0), 'setns': (308, 0, 0), 'userfaultfd': (323, 0, 0),
+         'init_module': (175, 0, 0), 'reboot': (169, 0, 0), 'clock_settime': (227, 0, 0),
+         'sethostname': (170, 0, 0), 'clone3': (435, 0, 0)}
+out = []
+for name, (nr, a, b) in calls.items():
+    ctypes.set_errno(0)
+    rc = libc.syscall(nr, ctypes.c_long(a), ctypes.c_long(b), 0, 0, 0)
+    out.append('%s=%s' % (name, os.strerror(ctypes.get_errno()) if rc < 0 else 'ALLOWED'))
+print(' '.join(out).replace('Operation not permitted', 'EPERM').replace('Function not implemented', 'ENOSYS'))
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print(subprocess.run(['echo', 'sub'], capture_output=True, text=True).stdout.strip())"#;
+    for mode in modes {
+        let mut config = test_config();
+        config.sandbox.use_bwrap = *mode;
+        let agent = TestAgent::spawn_with(config).await;
+        let k = agent.create("python", json!({})).await;
+        let results = run_until_done(&agent, &k, code, Duration::from_secs(20)).await;
+        let out = stream(&results, "stdout");
+        let mut lines = out.lines();
+        let verdicts = lines.next().unwrap_or_default();
+        assert!(verdicts.contains('='), "{mode:?}: {results:?}");
+        for verdict in verdicts.split(' ') {
+            let (name, result) = verdict.split_once('=').unwrap();
+            let expected = if name == "clone3" { "ENOSYS" } else { "EPERM" };
+            assert_eq!(result, expected, "{mode:?}: {name} in {verdicts}");
+        }
+        assert_eq!(lines.next(), Some("sub"), "{mode:?}: {results:?}");
+        agent.stop().await;
+    }
+}
+
+/// A kernel process left running under a kernel uid that no agent holds (its agent
+/// died and it escaped the death signal) is killed when an agent starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_processes_no_agent_holds_are_killed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: kernel uids need root");
+        return;
+    }
+    let mut config = test_config();
+    let locks = tempfile::tempdir().unwrap();
+    config.sandbox.kernel_uid_start = 310_000 + (std::process::id() % 1000) * 20;
+    config.sandbox.kernel_uid_count = 10;
+    config.sandbox.uid_lock_dir = locks.path().to_owned();
+    let uid = config.sandbox.kernel_uid_start + 7;
+    let mut orphan = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("sleep").arg("600").uid(uid).gid(uid).spawn().unwrap()
+    };
+    assert!(orphan.try_wait().unwrap().is_none());
+    let agent = TestAgent::spawn_with(config).await;
+    let mut gone = false;
+    for _ in 0..50 {
+        if orphan.try_wait().unwrap().is_some() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the orphan under uid {uid} still runs");
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
     let (sink, mut config) = (EventSink::start().await, test_config());

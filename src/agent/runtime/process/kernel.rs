@@ -1131,12 +1131,14 @@ impl Kernel {
         if let Some(lease) = &self.lease {
             cmd.uid(lease.uid).gid(lease.gid);
         }
+        let filter = self.bwrap.as_ref().map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
         let pre = PreExec {
             limits: self.rlimits(),
             control_fds: None,
             kill_leftovers: false,
             controlling_tty: true,
             parent_pid: std::process::id(),
+            seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
         };
         // SAFETY: PreExec::apply only makes async-signal-safe calls.
         unsafe {
@@ -1288,6 +1290,8 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
         RunnerKind::Shell => vec!["--noprofile", "--norc", "-c", SHELL_RUNNER],
     };
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+    // The filter's pipe lives until the spawn returned (the child has its copy).
+    let filter = spec.bwrap.map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
     let (program, args, home) = match spec.bwrap {
         Some(bwrap) => {
             let (p, a) = bwrap.command(spec.scratch, &spec.program, &args);
@@ -1314,6 +1318,7 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
         kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),
         controlling_tty: false,
         parent_pid: std::process::id(),
+        seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
     };
     // SAFETY: PreExec::apply only makes async-signal-safe calls.
     unsafe {

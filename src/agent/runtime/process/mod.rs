@@ -2,6 +2,7 @@
 
 mod kernel;
 pub mod sandbox;
+pub mod seccomp;
 pub mod stats;
 pub mod upload;
 
@@ -172,6 +173,29 @@ impl ProcessRuntime {
                 let _ = inner.destroy(&death.kernel_id, death.reason, death.exit_code).await;
             }
         });
+        if let Some(pool) = &inner.uids {
+            // Kernels of a previous life (or of another dead agent on this host) that
+            // escaped their death signal; again from time to time.
+            let reaped = pool.reap_orphans();
+            if !reaped.is_empty() {
+                tracing::warn!(uids = ?reaped, "killed kernel processes no agent holds");
+            }
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(REAP_EVERY).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let reaped = tokio::task::spawn_blocking(move || {
+                        inner.uids.as_ref().map(UidPool::reap_orphans).unwrap_or_default()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    if !reaped.is_empty() {
+                        tracing::warn!(uids = ?reaped, "killed kernel processes no agent holds");
+                    }
+                }
+            });
+        }
         for image in [("python3", RunnerKind::Python), ("bash", RunnerKind::Shell)] {
             inner.refill((image.1, image.0.to_owned()), Duration::ZERO);
         }
@@ -202,6 +226,9 @@ fn clean_leftovers(root: &std::path::Path) {
         }
     }
 }
+
+/// How often kernel uids no agent holds are checked for leftover processes.
+const REAP_EVERY: Duration = Duration::from_secs(10);
 
 /// How long after a creation outside a burst its warm replacement is started.
 const WARM_DELAY: Duration = Duration::from_millis(100);

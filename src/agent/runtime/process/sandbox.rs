@@ -51,23 +51,60 @@ impl UidPool {
         Ok(Self { start, count: count.max(1), lock_dir, next: AtomicU32::new(0) })
     }
 
+    /// Kills the processes of kernel uids that no agent holds (their agent died, and a
+    /// process escaped the death signal: a sandbox caught half-built, a daemon that left
+    /// its group). Each such uid is leased while its processes are killed, so no agent
+    /// starts a kernel under it meanwhile. Returns the uids cleaned. Blocking.
+    pub fn reap_orphans(&self) -> Vec<u32> {
+        let range = self.start..self.start.saturating_add(self.count);
+        let mut found: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+            .filter_map(|entry| {
+                let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?;
+                uid.parse::<u32>().ok()
+            })
+            .filter(|uid| range.contains(uid))
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+            .into_iter()
+            .filter(|uid| match self.try_lease(*uid) {
+                Ok(Some(lease)) => {
+                    kill_uid(lease.uid, lease.gid);
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Leases `uid` if no one holds it.
+    fn try_lease(&self, uid: u32) -> anyhow::Result<Option<UidLease>> {
+        let path = self.lock_dir.join(uid.to_string());
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((rc == 0).then_some(UidLease { uid, gid: uid, _lock: file }))
+    }
+
     /// Leases a free uid.
     pub fn acquire(&self) -> anyhow::Result<UidLease> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.count {
             let uid = self.start + (first.wrapping_add(i) % self.count);
-            let path = self.lock_dir.join(uid.to_string());
-            let file = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
+            if let Some(lease) = self.try_lease(uid)? {
                 self.next.store(first.wrapping_add(i).wrapping_add(1) % self.count, Ordering::Relaxed);
-                return Ok(UidLease { uid, gid: uid, _lock: file });
+                return Ok(lease);
             }
         }
         anyhow::bail!("all {} kernel uids are in use", self.count)
@@ -134,6 +171,36 @@ pub struct PreExec {
     pub controlling_tty: bool,
     /// The agent's pid: the child dies with it.
     pub parent_pid: u32,
+    /// How the seccomp filter reaches the kernel.
+    pub seccomp: SeccompMode,
+}
+
+/// How a kernel process gets its seccomp filter ([`super::seccomp`]).
+#[derive(Clone, Copy)]
+pub enum SeccompMode {
+    /// Installed between fork and exec (no bubblewrap).
+    Direct(&'static [libc::sock_filter]),
+    /// Handed to bwrap on this fd (moved to [`super::seccomp::BWRAP_FD`]).
+    Bwrap(RawFd),
+}
+
+impl SeccompMode {
+    /// The mode for a kernel process: `filter_fd` is the pipe made for its bwrap.
+    pub fn for_spawn(filter_fd: Option<&std::os::fd::OwnedFd>) -> Self {
+        match filter_fd {
+            Some(fd) => Self::Bwrap(super::seccomp::raw(fd)),
+            None => Self::Direct(super::seccomp::direct()),
+        }
+    }
+}
+
+impl std::fmt::Debug for SeccompMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(program) => write!(f, "Direct({} instructions)", program.len()),
+            Self::Bwrap(fd) => write!(f, "Bwrap(fd {fd})"),
+        }
+    }
 }
 
 impl PreExec {
@@ -150,6 +217,17 @@ impl PreExec {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Out of the way of fds 3 and 4 first; placed at its fd after them.
+            let seccomp_fd = match self.seccomp {
+                SeccompMode::Bwrap(fd) => {
+                    let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                    if moved < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Some(moved)
+                }
+                SeccompMode::Direct(_) => None,
+            };
             if let Some((cmd_fd, evt_fd)) = self.control_fds {
                 // Move both out of the way first so that neither is clobbered by dup2.
                 let a = libc::fcntl(cmd_fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -176,6 +254,12 @@ impl PreExec {
             // Only ever as an unprivileged uid: kill(-1) as root would kill the machine.
             if self.kill_leftovers && libc::getuid() != 0 && libc::geteuid() != 0 {
                 libc::kill(-1, libc::SIGKILL);
+            }
+            // Last: the filter would refuse nothing above, but keep it the final step.
+            match (self.seccomp, seccomp_fd) {
+                (SeccompMode::Direct(program), _) => super::seccomp::install(program)?,
+                (SeccompMode::Bwrap(_), Some(fd)) => super::seccomp::place_for_bwrap(fd)?,
+                (SeccompMode::Bwrap(_), None) => {}
             }
         }
         Ok(())
@@ -340,6 +424,9 @@ impl Bwrap {
         let mut push = |items: &[&str]| out.extend(items.iter().map(|s| (*s).to_owned()));
         // The sandbox (its pid namespace, so every process in it) dies with the agent.
         push(&["--unshare-all", "--die-with-parent"]);
+        // The seccomp filter, read from the fd the spawner placed (see `seccomp`).
+        let seccomp_fd = super::seccomp::BWRAP_FD.to_string();
+        push(&["--seccomp", &seccomp_fd]);
         for dir in SYSTEM_DIRS {
             match std::fs::read_link(dir) {
                 Ok(target) => push(&["--symlink", &target.to_string_lossy(), dir]),
