@@ -67,6 +67,9 @@ pub struct ManagerSettings {
     pub cluster_secret: Secret,
     /// The largest request body accepted, in bytes (uploads excepted).
     pub max_body_size: usize,
+    /// Upload bytes all requests together may hold at once (each holds at most 20 MiB
+    /// while its files are checked); past it an upload answers 503 with Retry-After.
+    pub upload_memory: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Accept unsigned PTY WebSocket upgrades, as 1.0.x did (the SDK 1.0.6 does not
@@ -90,6 +93,7 @@ impl Default for ManagerSettings {
             docker_registry: "lablup".to_owned(),
             cluster_secret: Secret::default(),
             max_body_size: 1 << 20,
+            upload_memory: 64 << 20,
             workers: 0,
             allow_unsigned_pty: false,
         }
@@ -276,6 +280,9 @@ impl Settings {
         }
         if self.manager.namespace.is_empty() || self.manager.namespace.contains('/') {
             return bad("manager.namespace", "must be a non-empty name without '/'");
+        }
+        if self.manager.upload_memory < 1024 || self.manager.upload_memory > (1 << 40) {
+            return bad("manager.upload_memory", "must be from 1024 bytes to 1 TiB");
         }
         if self.manager.max_body_size < 1024 {
             return bad("manager.max_body_size", "must be at least 1024 bytes");

@@ -58,6 +58,9 @@ pub struct AppState {
     pub liveness: Addr<LivenessChecker>,
     /// When this process last refused an authentication.
     pub auth_failures: Arc<crate::middleware::FailureWatch>,
+    /// KiB of upload bodies all requests together may hold at once
+    /// (`manager.upload_memory`).
+    pub upload_budget: tokio::sync::Semaphore,
 }
 
 /// A built, bound, not yet running manager.
@@ -138,6 +141,7 @@ impl Application {
             })
         };
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
+        let upload_budget = tokio::sync::Semaphore::new(settings.manager.upload_memory / 1024);
         let state = web::Data::new(AppState {
             settings,
             db,
@@ -153,6 +157,7 @@ impl Application {
             images,
             liveness,
             auth_failures: Arc::default(),
+            upload_budget,
         });
         let events = crate::events::server(state.clone(), events_listener)?;
         let local_agent = match state.settings.local_agent.enabled {

@@ -9,7 +9,8 @@
 //! - any GraphQL error (syntax, validation, limits, a bad argument): 400
 //!   `invalid-api-params` problem+json, the first message in the title and every
 //!   error under `errors`; never partial data;
-//! - a server failure inside a resolver: 500 `internal-server-error`.
+//! - a server failure inside a resolver: 500 `internal-server-error` (503
+//!   `service-unavailable` when the database does not answer).
 //!
 //! A client that asks for `Accept: application/graphql-response+json` (the
 //! GraphQL-over-HTTP media type) gets the standard `{"data": ..., "errors": [...]}`
@@ -77,6 +78,10 @@ async fn graphql_handler(
     }
     let errors: Vec<Value> = response.errors.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
     if errors.iter().any(|e| e["extensions"]["code"] == INTERNAL) {
+        // The usual cause: the database does not answer.
+        if state.db.ping().await.is_err() {
+            return Err(ApiError::new(Problem::ServiceUnavailable));
+        }
         // Already logged with its cause by the resolver.
         return Err(ApiError::new(Problem::InternalServerError));
     }

@@ -307,6 +307,8 @@ async fn upload(
     // Every file is checked before any is sent to the kernel, so that a refused upload
     // changes nothing: at most MAX_UPLOAD_FILES of MAX_UPLOAD_FILE_SIZE are held.
     let mut files = Vec::new();
+    // What this request holds counts against the process-wide budget until it ends.
+    let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
     while let Some(field) = payload.next().await {
         let mut field = field.map_err(|e| bad_params(format!("malformed multipart body: {e}")))?;
         if field.name() != Some("src") {
@@ -328,6 +330,16 @@ async fn upload(
             let chunk = chunk.map_err(|e| bad_params(format!("malformed multipart body: {e}")))?;
             if data.len() + chunk.len() > MAX_UPLOAD_FILE_SIZE {
                 return Err(bad_params(format!("{name:?} is larger than {MAX_UPLOAD_FILE_SIZE} bytes")));
+            }
+            let kib = u32::try_from(chunk.len().div_ceil(1024)).unwrap_or(u32::MAX);
+            let more = state.upload_budget.try_acquire_many(kib).map_err(|_| {
+                let mut error = ApiError::new(Problem::ServiceUnavailable).with_detail("too many uploads at once");
+                error.headers.push((header::RETRY_AFTER, HeaderValue::from_static("1")));
+                error
+            })?;
+            match held.as_mut() {
+                Some(permit) => permit.merge(more),
+                None => held = Some(more),
             }
             data.extend_from_slice(&chunk);
         }

@@ -416,6 +416,65 @@ async fn uploads_are_checked() {
     app.stop().await;
 }
 
+/// Opens an upload to `token` and sends its head and `bytes` of a file, not the rest.
+async fn start_upload(app: &crate::helpers::TestApp, token: &str, bytes: usize) -> tokio::net::TcpStream {
+    let path = format!("/v3/kernel/{token}/upload");
+    let mut request = app.signed("POST", &path, None);
+    request.content_type = "multipart/form-data";
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", app.host);
+    for (name, value) in app.signature_headers(&request) {
+        if name != "Content-Type" {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("Content-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: 8388608\r\n\r\n");
+    head.push_str("--B0undary\r\nContent-Disposition: form-data; name=\"src\"; filename=\"part.bin\"\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(&app.host).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&vec![b'x'; bytes]).await.unwrap();
+    stream
+}
+
+/// What all uploads hold at once is bounded (`manager.upload_memory`): past it an
+/// upload answers 503 with Retry-After at once, and the budget comes back when the
+/// uploads holding it end.
+#[actix_web::test]
+async fn uploads_together_hold_a_bounded_amount_of_memory() {
+    let app = spawn_app_with(Backend::Embedded, |s| s.manager.upload_memory = 1 << 20).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("budget");
+    assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
+    let holding = start_upload(&app, &token, 900 << 10).await;
+    // Let the server read what was sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut refused = start_upload(&app, &token, 300 << 10).await;
+    let mut buf = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(30), refused.read(&mut buf)).await;
+    let read = read.expect("an answer before the body ends").unwrap();
+    let answer = String::from_utf8_lossy(&buf[..read]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("service-unavailable"), "{answer}");
+
+    // The upload holding the budget goes away: the budget comes back.
+    drop(holding);
+    drop(refused);
+    let mut accepted = false;
+    for _ in 0..50 {
+        let mut small = start_upload(&app, &token, 0).await;
+        small.write_all(&vec![b'y'; 600 << 10]).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_millis(300), small.read(&mut buf)).await;
+        // No answer yet: the server waits for the rest of the body, having accepted this much.
+        if read.is_err() {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted, "the budget did not come back");
+    app.stop().await;
+}
+
 /// An agent killed during an execute: that call fails with a 5xx; after the
 /// heartbeat timeout the agent is LOST, its session ends and the quota returns;
 /// a restarted agent is ALIVE again.

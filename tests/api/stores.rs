@@ -9,7 +9,9 @@ use backendai_manager::stores::{
 };
 use futures_util::future::join_all;
 
-use crate::helpers::{services, unique};
+use serde_json::json;
+
+use crate::helpers::{assert_problem, create_session, services, start_app, test_settings, unique, Backend};
 
 async fn config_stores() -> Vec<Box<dyn ConfigStore>> {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -118,4 +120,65 @@ async fn kernel_stats_are_stored_and_expire() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
     }
+}
+
+/// A TCP forwarder to PostgreSQL that can be cut: the database "goes down" for the app
+/// behind it, while the server itself stays up for the other tests.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Cuttable {
+    async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
+        let registry = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let pipe = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                registry.lock().unwrap().push(pipe);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Self { addr, tasks }
+    }
+
+    /// Every connection is dropped and no new one is accepted.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// While PostgreSQL is unreachable every route answers 503 service-unavailable (as for
+/// Redis and etcd), never a 500.
+#[actix_web::test]
+async fn a_database_outage_answers_503_not_500() {
+    let Some((mut settings, _dir)) = test_settings(Backend::Services).await else { return };
+    let url = settings.db.url.as_ref().unwrap().expose().to_owned();
+    let (head, rest) = url.split_once('@').unwrap();
+    let (host, name) = rest.split_once('/').unwrap();
+    let proxy = Cuttable::to(host.to_owned()).await;
+    settings.db.url = Some(backendai_manager::config::Secret::new(format!("{head}@{}/{name}", proxy.addr)));
+    let app = start_app(settings).await;
+    app.wait_for_agent().await;
+    let token = unique("outage");
+    assert_eq!(create_session(&app, "python3", &token).await.status().as_u16(), 201);
+
+    proxy.cut();
+    let other = unique("outage");
+    assert_problem(create_session(&app, "python3", &other).await, 503, "service-unavailable").await;
+    let query = json!({"query": "{ compute_sessions { sess_id } }"});
+    assert_problem(app.send(app.signed("POST", "/v3/admin/graphql", Some(query))).await, 503, "service-unavailable")
+        .await;
+    // Its shutdown cannot write to the database: do not wait for it long.
+    let _ = tokio::time::timeout(Duration::from_secs(15), app.stop()).await;
 }
