@@ -743,8 +743,10 @@ async fn reported_kernels(chaos: &Chaos) -> HashMap<String, Vec<String>> {
     out
 }
 
-/// Kernel processes (with `BACKENDAI_KERNEL_ID` in their environment) that run outside
-/// any of `agent_pids`: pid, kernel id, and the ancestry that was followed.
+/// Kernel processes (with `BACKENDAI_KERNEL_ID` in their environment) orphaned outside
+/// any of `agent_pids` (their ancestry reaches init without passing an agent; those of
+/// other programs on the machine, such as other tests, are left out): pid, kernel id,
+/// and the ancestry that was followed.
 fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String, String)> {
     let parent = |pid: u32| -> Option<u32> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -763,6 +765,7 @@ fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String, String
         };
         let mut cursor = pid;
         let mut inside = false;
+        let mut orphaned = false;
         let mut chain = vec![];
         for _ in 0..64 {
             let comm = std::fs::read_to_string(format!("/proc/{cursor}/comm")).unwrap_or_default();
@@ -773,10 +776,14 @@ fn stray_kernel_processes(agent_pids: &HashSet<u32>) -> Vec<(u32, String, String
                     break;
                 }
                 Some(p) if p > 1 => cursor = p,
-                _ => break,
+                Some(_) => {
+                    orphaned = true;
+                    break;
+                }
+                None => break,
             }
         }
-        if !inside {
+        if !inside && orphaned {
             strays.push((pid, String::from_utf8_lossy(id).into_owned(), chain.join(" < ")));
         }
     }

@@ -424,7 +424,7 @@ impl Inner {
                         warm.discard().await;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not start a warm interpreter"),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "could not start a warm interpreter"),
             }
         });
     }

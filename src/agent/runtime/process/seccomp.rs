@@ -199,17 +199,16 @@ pub unsafe fn install(filter: &[libc::sock_filter]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Moves `fd` to [`BWRAP_FD`] in the child, kept open across exec.
+/// Puts `fd` (already moved above the fds the child sets up) at [`BWRAP_FD`] in the
+/// child, kept open across exec. No new fd number is allocated: the child's open-file
+/// limit may already be lower than the agent's highest fd.
 ///
 /// # Safety
 /// Async-signal-safe; between fork and exec.
 pub unsafe fn place_for_bwrap(fd: i32) -> std::io::Result<()> {
-    // SAFETY: plain system calls on fds valid in the child.
-    unsafe {
-        let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-        if moved < 0 || libc::dup2(moved, BWRAP_FD) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // SAFETY: a plain system call on fds valid in the child.
+    if unsafe { libc::dup2(fd, BWRAP_FD) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
