@@ -1020,6 +1020,11 @@ async fn the_cluster_survives_the_kill_of_any_process() {
     let violations = chaos.violations.lock().unwrap().clone();
     if violations.is_empty() {
         std::fs::remove_dir_all(&chaos.dir).ok();
+        if let Ok(admin) = Database::connect(std::env::var("BACKENDAI_TEST_DB_URL").unwrap_or_default()).await {
+            let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", chaos.db_name);
+            admin.execute_unprepared(&drop).await.ok();
+            admin.close().await.ok();
+        }
     } else {
         for manager in &chaos.managers {
             let manager = manager.lock().await;
