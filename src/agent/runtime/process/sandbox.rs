@@ -64,6 +64,11 @@ impl UidPool {
             .filter(|entry| entry.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
             .filter_map(|entry| {
                 let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+                // A zombie is already dead (its parent reaps it).
+                let state = status.lines().find_map(|l| l.strip_prefix("State:"))?.trim_start();
+                if state.starts_with('Z') || state.starts_with('X') {
+                    return None;
+                }
                 let uid = status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?;
                 uid.parse::<u32>().ok()
             })
