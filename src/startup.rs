@@ -193,6 +193,7 @@ impl Application {
                 }))
         })
         .disable_signals()
+        .on_connect(crate::streams::peer::remember_socket)
         .shutdown_timeout(10);
         if settings.manager.workers > 0 {
             server = server.workers(settings.manager.workers);

@@ -2,6 +2,7 @@
 //! terminals over WebSocket.
 
 pub mod hub;
+pub mod peer;
 pub mod pty;
 mod sse;
 

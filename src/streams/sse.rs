@@ -84,7 +84,7 @@ async fn key_events(
     query: web::Query<ResumeQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let filter = Filter { access_key: auth.keypair.access_key.clone(), token: None };
-    stream(&state, filter, resume_point(&req, &query)?).await
+    stream(&req, &state, filter, resume_point(&req, &query)?).await
 }
 
 async fn session_events(
@@ -105,7 +105,7 @@ async fn session_events(
         return Err(ApiError::new(Problem::KernelNotFound));
     }
     let filter = Filter { access_key, token: Some(path.token.clone()) };
-    stream(&state, filter, resume_point(&req, &query)?).await
+    stream(&req, &state, filter, resume_point(&req, &query)?).await
 }
 
 /// The newest event id of the filter (streams without `Last-Event-ID` start after it).
@@ -188,16 +188,26 @@ impl Stream {
     }
 }
 
-async fn stream(state: &AppState, filter: Filter, resume_after: Option<i64>) -> Result<HttpResponse, ApiError> {
+async fn stream(
+    req: &HttpRequest,
+    state: &AppState,
+    filter: Filter,
+    resume_after: Option<i64>,
+) -> Result<HttpResponse, ApiError> {
     let live = state.event_hub.subscribe();
     let sent = match resume_after {
         Some(id) => id,
         None => newest_id(&state.db, &filter).await?,
     };
     let stream = Stream { db: state.db.clone(), filter, backlog: VecDeque::new(), live, sent, catching_up: true };
-    let body = futures_util::stream::unfold(stream, |mut stream| async move {
-        let chunk = stream.next_chunk().await?;
-        Some((chunk, stream))
+    // Ends as soon as the client goes away, not at the next write.
+    let peer = super::peer::PeerWatch::of(req);
+    let body = futures_util::stream::unfold((stream, peer), |(mut stream, peer)| async move {
+        let chunk = tokio::select! {
+            () = peer.gone() => return None,
+            chunk = stream.next_chunk() => chunk?,
+        };
+        Some((chunk, (stream, peer)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

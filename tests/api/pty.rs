@@ -236,6 +236,41 @@ async fn streams_free_their_sockets() {
     app.stop().await;
 }
 
+/// Terminal clients whose connection goes away mid-stream (without a WebSocket close)
+/// are noticed at once: every socket of those
+/// streams, the client's and the agent's, is released within a couple of seconds.
+#[actix_web::test]
+async fn dropped_terminal_streams_are_released_at_once() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    app.wait_for_agent().await;
+    let token = unique("pty");
+    create(&app, &token).await;
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let mut socket = open(&app, &token).await.unwrap();
+    socket.close().await.ok();
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = fds();
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        let mut socket = open(&app, &token).await.unwrap();
+        socket.send(stdin("echo hi\n")).await.unwrap();
+        sockets.push(socket);
+    }
+    // The TCP connection goes away, without a WebSocket close.
+    drop(sockets);
+    let mut after = fds();
+    for _ in 0..30 {
+        if after <= before + 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = fds();
+    }
+    assert!(after <= before + 5, "file descriptors went from {before} to {after} and stayed");
+    app.stop().await;
+}
+
 /// The agent refuses the proxied upgrade (its kernel is gone): the client gets a
 /// plain error, never an upgraded socket, and later streams are unaffected.
 #[actix_web::test]

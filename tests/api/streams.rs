@@ -195,3 +195,53 @@ async fn idle_streams_get_keep_alive_comments() {
     drop(response);
     app.stop().await;
 }
+
+/// Clients that go away mid-stream (half closing, half resetting the connection) are
+/// noticed at once: the manager releases every socket, task and buffer of those
+/// streams within a second or two, not at the next keep-alive write (15 s).
+#[actix_web::test]
+async fn dropped_event_streams_are_released_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::helpers::spawn_app(Backend::Embedded).await.unwrap();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let open = || async {
+        let request = app.signed("GET", "/v3/stream/events", None);
+        let mut head = format!("GET /v3/stream/events HTTP/1.1\r\nHost: {}\r\n", app.host);
+        for (name, value) in app.signature_headers(&request) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = tokio::net::TcpStream::connect(&app.host).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stream
+    };
+    // Warm up.
+    drop(open().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = fds();
+    let mut streams = Vec::new();
+    // 500: the test key's rate limit is 1,000 requests per window.
+    for _ in 0..500 {
+        streams.push(open().await);
+    }
+    for (i, stream) in streams.into_iter().enumerate() {
+        if i % 2 == 0 {
+            stream.set_linger(Some(Duration::ZERO)).unwrap();
+        }
+        drop(stream);
+    }
+    let mut after = fds();
+    for _ in 0..30 {
+        if after <= before + 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = fds();
+    }
+    assert!(after <= before + 5, "file descriptors went from {before} to {after} and stayed");
+    app.stop().await;
+}
