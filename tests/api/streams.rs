@@ -230,7 +230,7 @@ async fn dropped_event_streams_are_released_at_once() {
     }
     for (i, stream) in streams.into_iter().enumerate() {
         if i % 2 == 0 {
-            stream.set_linger(Some(Duration::ZERO)).unwrap();
+            stream.set_zero_linger().unwrap();
         }
         drop(stream);
     }
