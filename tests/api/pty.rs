@@ -259,15 +259,17 @@ async fn dropped_terminal_streams_are_released_at_once() {
     }
     // The TCP connection goes away, without a WebSocket close.
     drop(sockets);
+    // Other tests run in this process too: a margin well below the 100 to 200 fds a
+    // late release would leave.
     let mut after = fds();
     for _ in 0..30 {
-        if after <= before + 5 {
+        if after <= before + 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = fds();
     }
-    assert!(after <= before + 5, "file descriptors went from {before} to {after} and stayed");
+    assert!(after <= before + 20, "file descriptors went from {before} to {after} and stayed");
     app.stop().await;
 }
 

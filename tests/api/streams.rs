@@ -234,14 +234,16 @@ async fn dropped_event_streams_are_released_at_once() {
         }
         drop(stream);
     }
+    // Other tests run in this process too: a margin well below the 250 to 500 fds a
+    // late release would leave.
     let mut after = fds();
     for _ in 0..30 {
-        if after <= before + 5 {
+        if after <= before + 50 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = fds();
     }
-    assert!(after <= before + 5, "file descriptors went from {before} to {after} and stayed");
+    assert!(after <= before + 50, "file descriptors went from {before} to {after} and stayed");
     app.stop().await;
 }
