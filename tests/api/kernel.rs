@@ -392,20 +392,7 @@ async fn uploads_are_checked() {
 
     // Checked as the body streams in: a file past the limit is refused while the rest of
     // the body (declared, never sent) is still to come.
-    let path = format!("/v3/kernel/{token}/upload");
-    let mut request = app.signed("POST", &path, None);
-    request.content_type = "multipart/form-data";
-    let mut head = format!("POST {path} HTTP/1.1\r\nHost: {}\r\n", app.host);
-    for (name, value) in app.signature_headers(&request) {
-        if name != "Content-Type" {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-    }
-    head.push_str("Content-Type: multipart/form-data; boundary=B0undary\r\nContent-Length: 8388608\r\n\r\n");
-    head.push_str("--B0undary\r\nContent-Disposition: form-data; name=\"src\"; filename=\"big.bin\"\r\n\r\n");
-    let mut stream = tokio::net::TcpStream::connect(&app.host).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&vec![b'x'; (1 << 20) + 4096]).await.unwrap();
+    let mut stream = start_upload(&app, &token, (1 << 20) + 4096).await;
     let mut answer = vec![0u8; 4096];
     // Generous: a server that waited for the whole body would never answer.
     let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut answer)).await;

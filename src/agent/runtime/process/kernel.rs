@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
@@ -21,35 +20,16 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::sandbox::{self, PreExec, Rlimits, UidLease};
+mod pty;
+
+pub use self::pty::resize_pty;
+use super::runner::{runner_program, spawn_runner, RunnerSpawn, SpawnedRunner};
 use super::Settings;
 use crate::agent::runtime::console::{Console, RunStatus, Stream};
 use crate::agent::runtime::{
     ExecMode, ExecRequest, KernelSpec, KernelStats, RunResult, RunnerKind, RuntimeError, RuntimeResult,
     TerminationReason,
 };
-
-const PYTHON_RUNNER: &str = include_str!("runner.py");
-
-/// The persistent bash of shell kernels: reads NUL-terminated `<seq>\n<code>` commands from
-/// fd 3, evaluates them in the shell itself (state persists), reports on fd 4. An interrupt
-/// returns from the running snippet (`return` in the INT trap) and keeps the shell alive.
-const SHELL_RUNNER: &str = r#"exec 0</dev/null
-trap 'return 130 2>/dev/null' INT
-__bai_run() { eval "$1"; }
-printf 'ready 0\n' >&4
-while :; do
-  IFS= read -r -d '' __bai_cmd <&3
-  __bai_rc=$?
-  if [ "$__bai_rc" -ne 0 ]; then
-    if [ "$__bai_rc" -gt 128 ]; then continue; fi
-    exit 0
-  fi
-  __bai_seq=${__bai_cmd%%$'\n'*}
-  __bai_run "${__bai_cmd#*$'\n'}" 3<&- 4>&-
-  __bai_done="$__bai_seq $?"
-  printf 'done %d\n%s' "${#__bai_done}" "$__bai_done" >&4
-done
-"#;
 
 /// Longest frame accepted from a runner (a media item, typically).
 const MAX_FRAME: usize = 16 << 20;
@@ -1063,7 +1043,7 @@ fn drain_events(pipe: &pipe::Receiver, lines: &mut Vec<u8>, buf: &mut [u8]) {
     }
 }
 
-fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
 }
 
@@ -1095,247 +1075,4 @@ fn result(status: RunStatus, console: Vec<Value>, options: Option<Value>) -> Run
 /// Quotes a string for bash.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-impl Kernel {
-    /// Starts `bash -i` on a new pseudo terminal in the scratch dir, as the kernel's uid and
-    /// under its limits. The shell is reaped by a task on the agent's runtime and killed
-    /// with the kernel.
-    pub async fn spawn_pty(self: &Arc<Self>) -> RuntimeResult<crate::agent::runtime::PtyHandle> {
-        if self.status() == KernelStatus::Terminating {
-            return Err(RuntimeError::KernelNotFound);
-        }
-        let this = self.clone();
-        self.rt
-            .spawn(async move { this.spawn_pty_inner() })
-            .await
-            .map_err(|e| anyhow::anyhow!("pty task failed: {e}"))?
-    }
-
-    fn spawn_pty_inner(self: &Arc<Self>) -> RuntimeResult<crate::agent::runtime::PtyHandle> {
-        let pty = nix::pty::openpty(None, None).context("openpty")?;
-        let slave = pty.slave;
-        let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
-            Ok(std::process::Stdio::from(fd.try_clone().context("dup pty")?))
-        };
-        let (program, args) = self.sandboxed("bash".to_owned(), vec!["-i".to_owned()]);
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.inner_scratch()))
-            .current_dir(&self.scratch)
-            .stdin(stdio(&slave)?)
-            .stdout(stdio(&slave)?)
-            .stderr(stdio(&slave)?)
-            .kill_on_drop(true);
-        if let Some(lease) = &self.lease {
-            cmd.uid(lease.uid).gid(lease.gid);
-        }
-        let filter = self.bwrap.as_ref().map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
-        let pre = PreExec {
-            limits: self.rlimits(),
-            control_fds: None,
-            kill_leftovers: false,
-            controlling_tty: true,
-            parent_pid: std::process::id(),
-            seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
-        };
-        // SAFETY: PreExec::apply only makes async-signal-safe calls.
-        unsafe {
-            cmd.pre_exec(move || pre.apply());
-        }
-        let mut child = cmd.spawn().context("spawning the pty shell")?;
-        drop(cmd);
-        drop(slave);
-        let pid = child.id().unwrap_or(0);
-        self.ptys.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-            this.ptys.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
-        });
-        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).context("fcntl")?;
-        Ok(crate::agent::runtime::PtyHandle { master: pty.master, pid })
-    }
-
-    /// Kills the PTY shells of the kernel (their sessions).
-    fn kill_ptys(&self) {
-        let pids = std::mem::take(&mut *self.ptys.lock().unwrap_or_else(|e| e.into_inner()));
-        for pid in pids {
-            signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
-}
-
-/// Sets the window size of a pty.
-pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> std::io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
-    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer; the fd is a pty master.
-    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The interpreter program of an image.
-pub fn runner_program(image: &crate::agent::runtime::ImageSpec) -> String {
-    match image.runner {
-        RunnerKind::Python => image.command.clone().unwrap_or_else(|| "python3".to_owned()),
-        RunnerKind::Shell => image.command.clone().filter(|c| c.ends_with("bash")).unwrap_or_else(|| "bash".to_owned()),
-    }
-}
-
-/// How to spawn a runner.
-pub struct RunnerSpawn<'a> {
-    /// Which runner.
-    pub runner: RunnerKind,
-    /// The interpreter program.
-    pub program: String,
-    /// Kernel id for the environment (a placeholder for runners spawned ahead of time).
-    pub kernel_id: &'a str,
-    /// The scratch dir on the host.
-    pub scratch: &'a std::path::Path,
-    /// The bubblewrap binary, when used.
-    pub bwrap: Option<&'a sandbox::Bwrap>,
-    /// The kernel uid and gid.
-    pub owner: Option<(u32, u32)>,
-    /// Resource limits.
-    pub limits: Rlimits,
-    /// Kill leftover processes of the uid first.
-    pub kill_leftovers: bool,
-}
-
-/// A runner process with its pipes, not yet driven.
-#[derive(Debug)]
-pub struct SpawnedRunner {
-    child: tokio::process::Child,
-    /// The runner's `ready` frame was already read (see [`SpawnedRunner::poll_ready`]).
-    ready: bool,
-    /// Pid of the process (group leader).
-    pub pid: u32,
-    out: pipe::Receiver,
-    err: pipe::Receiver,
-    evt: pipe::Receiver,
-    commands: pipe::Sender,
-}
-
-impl SpawnedRunner {
-    /// Whether the runner has reported `ready` (reads it without waiting). Until then a
-    /// runner inside bubblewrap may not have bound its scratch dir yet.
-    pub fn poll_ready(&mut self) -> bool {
-        match self.read_ready() {
-            Ok(ready) => ready,
-            Err(e) => {
-                // Left in the pool: adopting it reports the failure and starts a fresh one.
-                tracing::warn!(pid = self.pid, error = %e, "a warm runner failed to start");
-                false
-            }
-        }
-    }
-
-    /// Whether the runner's `ready` frame was read.
-    pub fn is_ready(&self) -> bool {
-        self.ready
-    }
-
-    /// Waits for the runner's `ready` frame, at most `limit`. Must run on the agent's
-    /// runtime, which owns the pipes.
-    pub async fn wait_ready(&mut self, limit: Duration) -> RuntimeResult<()> {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !self.read_ready()? {
-            tokio::time::timeout_at(deadline, self.evt.readable())
-                .await
-                .map_err(|_| anyhow::anyhow!("a warm runner did not start in time"))?
-                .context("event pipe")?;
-        }
-        Ok(())
-    }
-
-    /// Reads the `ready` frame if it has come (`false`: not yet). The frame is 8 bytes
-    /// written at once: a pipe delivers it whole or not at all.
-    fn read_ready(&mut self) -> RuntimeResult<bool> {
-        const READY: &[u8] = b"ready 0\n";
-        if self.ready {
-            return Ok(true);
-        }
-        let mut buf = [0u8; READY.len()];
-        match self.evt.try_read(&mut buf) {
-            Ok(n) if n == READY.len() && buf == READY => self.ready = true,
-            Ok(0) => return Err(anyhow::anyhow!("a warm runner exited at start").into()),
-            Ok(_) => return Err(anyhow::anyhow!("unexpected first frame from a warm runner").into()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(anyhow::Error::from(e).context("event pipe").into()),
-        }
-        Ok(self.ready)
-    }
-
-    /// Kills the runner's process group and reaps it.
-    pub async fn kill(mut self) {
-        signal_group(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait().await;
-    }
-}
-
-/// Spawns a runner in its own process group, sandboxed, with fds 1-4 as pipes. Must run on
-/// the agent's runtime, which then owns the child and the pipes.
-pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
-    let (out_r, out_w) = pipe_pair()?;
-    let (err_r, err_w) = pipe_pair()?;
-    let (cmd_r, cmd_w) = pipe_pair()?;
-    let (evt_r, evt_w) = pipe_pair()?;
-    let args = match spec.runner {
-        RunnerKind::Python => vec!["-u", "-I", "-c", PYTHON_RUNNER],
-        RunnerKind::Shell => vec!["--noprofile", "--norc", "-c", SHELL_RUNNER],
-    };
-    let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-    // The filter's pipe lives until the spawn returned (the child has its copy).
-    let filter = spec.bwrap.map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
-    let (program, args, home) = match spec.bwrap {
-        Some(bwrap) => {
-            let (p, a) = bwrap.command(spec.scratch, &spec.program, &args);
-            (p, a, sandbox::SANDBOX_HOME.to_owned())
-        }
-        None => (spec.program.clone(), args, spec.scratch.to_string_lossy().into_owned()),
-    };
-    let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(&args)
-        .env_clear()
-        .envs(sandbox::kernel_env(spec.kernel_id, &home))
-        .current_dir(spec.scratch)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(out_w))
-        .stderr(std::process::Stdio::from(err_w))
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some((uid, gid)) = spec.owner {
-        cmd.uid(uid).gid(gid);
-    }
-    let pre = PreExec {
-        limits: spec.limits,
-        control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
-        kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),
-        controlling_tty: false,
-        parent_pid: std::process::id(),
-        seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
-    };
-    // SAFETY: PreExec::apply only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(move || pre.apply());
-    }
-    let child = cmd.spawn().with_context(|| format!("spawning {program}"))?;
-    drop(cmd); // closes our copies of the child's ends
-    drop(cmd_r);
-    drop(evt_w);
-    let pid = child.id().unwrap_or(0);
-    Ok(SpawnedRunner {
-        child,
-        ready: false,
-        pid,
-        out: pipe::Receiver::from_owned_fd(out_r).context("stdout pipe")?,
-        err: pipe::Receiver::from_owned_fd(err_r).context("stderr pipe")?,
-        evt: pipe::Receiver::from_owned_fd(evt_r).context("event pipe")?,
-        commands: pipe::Sender::from_owned_fd(cmd_w).context("command pipe")?,
-    })
 }

@@ -1,6 +1,7 @@
 //! The process runtime: kernels as sandboxed local process trees (see [`sandbox`]).
 
 mod kernel;
+mod runner;
 pub mod sandbox;
 pub mod seccomp;
 pub mod stats;
@@ -16,7 +17,8 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use self::kernel::{Death, Kernel, RunnerSpawn, SpawnedRunner};
+use self::kernel::{Death, Kernel};
+use self::runner::{RunnerSpawn, SpawnedRunner};
 use self::sandbox::UidPool;
 use super::RunnerKind;
 use super::{
@@ -78,7 +80,7 @@ struct Inner {
     /// The live kernels by id.
     kernels: Mutex<HashMap<String, Arc<Kernel>>>,
     /// Kernel uids, when the agent runs as root.
-    uids: Option<UidPool>,
+    uids: Option<Arc<UidPool>>,
     /// The runtime on which kernel processes and their drivers live.
     rt: tokio::runtime::Handle,
     /// Kernel deaths, consumed by the reaper task.
@@ -126,7 +128,9 @@ impl ProcessRuntime {
         let uids = if settings.drop_privileges && sandbox::is_root() {
             sandbox::set_mode(&settings.scratch_root, 0o711)?;
             sandbox::check_traversable(&settings.scratch_root)?;
-            Some(UidPool::new(settings.kernel_uid_start, settings.kernel_uid_count, settings.uid_lock_dir.clone())?)
+            let pool =
+                UidPool::new(settings.kernel_uid_start, settings.kernel_uid_count, settings.uid_lock_dir.clone())?;
+            Some(Arc::new(pool))
         } else {
             if settings.drop_privileges {
                 tracing::warn!(
@@ -176,25 +180,8 @@ impl ProcessRuntime {
         if let Some(pool) = &inner.uids {
             // Kernels of a previous life (or of another dead agent on this host) that
             // escaped their death signal; again from time to time.
-            let reaped = pool.reap_orphans();
-            if !reaped.is_empty() {
-                tracing::warn!(uids = ?reaped, "killed kernel processes no agent holds");
-            }
-            let weak = Arc::downgrade(&inner);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(REAP_EVERY).await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    let reaped = tokio::task::spawn_blocking(move || {
-                        inner.uids.as_ref().map(UidPool::reap_orphans).unwrap_or_default()
-                    })
-                    .await
-                    .unwrap_or_default();
-                    if !reaped.is_empty() {
-                        tracing::warn!(uids = ?reaped, "killed kernel processes no agent holds");
-                    }
-                }
-            });
+            pool.reap_and_report();
+            UidPool::reap_periodically(pool, REAP_EVERY);
         }
         for image in [("python3", RunnerKind::Python), ("bash", RunnerKind::Shell)] {
             inner.refill((image.1, image.0.to_owned()), Duration::ZERO);
@@ -260,7 +247,7 @@ impl Inner {
         if self.get(&spec.kernel_id).is_ok() {
             return Err(RuntimeError::KernelExists);
         }
-        let key: WarmKey = (spec.image.runner, kernel::runner_program(&spec.image));
+        let key: WarmKey = (spec.image.runner, runner::runner_program(&spec.image));
         let warm = self.take_warm(&key);
         // In a burst of creations the replacement starts at once, to be ready for the next
         // one; when creations are spaced it waits until this kernel's first run is over,
@@ -442,7 +429,7 @@ impl Inner {
         let owner = lease.as_ref().map(|l| (l.uid, l.gid));
         prepare_scratch(&scratch, owner)?;
         let s = &self.settings;
-        let spawned = kernel::spawn_runner(&RunnerSpawn {
+        let spawned = runner::spawn_runner(&RunnerSpawn {
             runner: key.0,
             program: key.1.clone(),
             kernel_id: "",

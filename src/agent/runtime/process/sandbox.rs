@@ -88,6 +88,26 @@ impl UidPool {
             .collect()
     }
 
+    /// [`UidPool::reap_orphans`], logging the uids it cleaned.
+    pub fn reap_and_report(&self) {
+        let reaped = self.reap_orphans();
+        if !reaped.is_empty() {
+            tracing::warn!(uids = ?reaped, "killed kernel processes no agent holds");
+        }
+    }
+
+    /// Reaps orphans every `every` (on the blocking pool) while the pool is in use.
+    pub fn reap_periodically(pool: &std::sync::Arc<Self>, every: std::time::Duration) {
+        let weak = std::sync::Arc::downgrade(pool);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(pool) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || pool.reap_and_report()).await;
+            }
+        });
+    }
+
     /// Leases `uid` if no one holds it.
     fn try_lease(&self, uid: u32) -> anyhow::Result<Option<UidLease>> {
         let path = self.lock_dir.join(uid.to_string());
