@@ -7,7 +7,7 @@
 # flight on a killed process or aimed at a killed agent's sessions, no false LOST, no
 # session lost on a surviving agent, slots and quota equal to the live sessions,
 # nothing stuck, no stray kernel process, no deadlock) and prints its figures.
-# The same harness runs one round in `cargo test` (tests/chaos.rs).
+# The same harness runs one round in `cargo test` (tests/chaos/).
 #   BACKENDAI_CHAOS_SECS=600 BACKENDAI_CHAOS_CLIENTS=4 scripts/chaos.sh
 # Needs etcd on PATH (apt-get install etcd-server); PostgreSQL and Redis default to
 # the local ones (BACKENDAI_TEST_DB_URL, BACKENDAI_TEST_REDIS_URL).
