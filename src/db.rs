@@ -123,6 +123,68 @@ pub fn is_unavailable(error: &sea_orm::DbErr) -> bool {
     }
 }
 
+/// How often [`Reachability`] probes the database, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the database answers, probed in the background over a connection of its
+/// own (so a busy pool is not taken for an outage). While it does not, the gateway
+/// answers 503 at once instead of letting each request wait out the pool's timeout.
+pub struct Reachability {
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Reachability {
+    /// Starts probing the database at `url` (until the returned value is dropped).
+    pub fn start(url: &str) -> std::sync::Arc<Self> {
+        let this = std::sync::Arc::new(Self { down: Default::default() });
+        let watched = std::sync::Arc::downgrade(&this);
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(1)
+            .min_connections(0)
+            .connect_timeout(PROBE_TIMEOUT)
+            .acquire_timeout(PROBE_TIMEOUT)
+            .sqlx_logging(false);
+        tokio::spawn(async move {
+            let mut probe: Option<DatabaseConnection> = None;
+            let mut ticks = tokio::time::interval(PROBE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(this) = watched.upgrade() else { return };
+                let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
+                    if probe.is_none() {
+                        probe = Some(Database::connect(options.clone()).await?);
+                    }
+                    match &probe {
+                        Some(connection) => connection.ping().await,
+                        None => Ok(()),
+                    }
+                })
+                .await;
+                let up = matches!(answered, Ok(Ok(())));
+                if !up {
+                    // A fresh connection next time: this one may be half-open.
+                    probe = None;
+                }
+                let was_down = this.down.swap(!up, std::sync::atomic::Ordering::Relaxed);
+                match (was_down, up) {
+                    (false, false) => tracing::warn!("the database does not answer; requests get 503 until it does"),
+                    (true, true) => tracing::info!("the database answers again"),
+                    _ => {}
+                }
+            }
+        });
+        this
+    }
+
+    /// Whether the latest probe failed.
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Runs `work` (a whole transaction) until it does not lose a race with another, at
 /// most [`MAX_ATTEMPTS`] times, waiting a random few milliseconds in between. Every
 /// transaction that locks keypairs, agents or kernels goes through here (see

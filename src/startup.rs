@@ -61,6 +61,8 @@ pub struct AppState {
     /// KiB of upload bodies all requests together may hold at once
     /// (`manager.upload_memory`).
     pub upload_budget: tokio::sync::Semaphore,
+    /// Whether the database answers.
+    pub db_reachability: Arc<db::Reachability>,
 }
 
 /// A built, bound, not yet running manager.
@@ -142,6 +144,7 @@ impl Application {
         };
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
         let upload_budget = tokio::sync::Semaphore::new(settings.manager.upload_memory / 1024);
+        let db_reachability = db::Reachability::start(settings.db.connection_url().expose());
         let state = web::Data::new(AppState {
             settings,
             db,
@@ -158,6 +161,7 @@ impl Application {
             liveness,
             auth_failures: Arc::default(),
             upload_budget,
+            db_reachability,
         });
         let events = crate::events::server(state.clone(), events_listener)?;
         let local_agent = match state.settings.local_agent.enabled {

@@ -53,6 +53,9 @@ pub async fn gateway(
     }
     let state =
         req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::new(Problem::InternalServerError))?;
+    if state.db_reachability.is_down() {
+        return Err(ApiError::new(Problem::ServiceUnavailable).with_detail("the database does not answer").into());
+    }
     let keypair = authenticate(&state, &mut req).await?;
     let window = state
         .stores

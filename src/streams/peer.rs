@@ -16,8 +16,9 @@ use tokio::io::Interest;
 #[derive(Clone, Copy)]
 struct PeerSocket(RawFd);
 
-/// `HttpServer::on_connect`: remembers the socket of a plain-TCP connection. (TLS
-/// connections are not watched: their streams end at a failed write.)
+/// `HttpServer::on_connect`: remembers the socket of a plain-TCP connection. (A TLS
+/// connection needs no watch: its TLS layer reads the peer's close or reset at once,
+/// and the stream ends; see the streams tests.)
 pub fn remember_socket(connection: &dyn Any, data: &mut Extensions) {
     if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
         data.insert(PeerSocket(tcp.as_raw_fd()));
@@ -48,6 +49,10 @@ impl PeerWatch {
         let Some(socket) = &self.socket else { return std::future::pending().await };
         loop {
             let Ok(mut ready) = socket.readable().await else { return };
+            // The peer's FIN, even behind bytes nobody read yet (a TLS close_notify).
+            if ready.ready().is_read_closed() {
+                return;
+            }
             let mut byte = [0u8; 1];
             // SAFETY: a peek into a local buffer on a socket we hold.
             let n = unsafe {

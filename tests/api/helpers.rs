@@ -136,6 +136,26 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 }
 
 /// Like [`spawn_app`], with settings changed by `customize`.
+/// A self-signed certificate and key for 127.0.0.1 in `dir` (skipped without openssl).
+pub async fn test_certificate(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = tokio::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    if !made.is_ok_and(|s| s.success()) {
+        skip("openssl is not installed to make a test certificate");
+        return None;
+    }
+    Some((cert, key))
+}
+
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let (mut settings, data_dir) = test_settings(backend).await?;
     customize(&mut settings);

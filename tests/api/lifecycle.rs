@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use entity::keypairs;
 use sea_orm::{Database, EntityTrait};
 
-use crate::helpers::{skip, spawn_app, spawn_app_with, Backend, BACKENDS};
+use crate::helpers::{spawn_app, spawn_app_with, test_certificate, Backend, BACKENDS};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -15,21 +15,7 @@ fn free_port() -> u16 {
 #[actix_web::test]
 async fn serves_https_with_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = tokio::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    if !made.is_ok_and(|s| s.success()) {
-        skip("openssl is not installed to make a test certificate");
-        return;
-    }
+    let Some((cert, key)) = test_certificate(dir.path()).await else { return };
     let (cert_path, key_path) = (cert.clone(), key.clone());
     let app = spawn_app_with(Backend::Embedded, move |s| {
         s.manager.ssl_cert = Some(cert_path);

@@ -133,8 +133,13 @@ impl Cuttable {
     async fn to(target: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let tasks: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Default::default();
-        let registry = tasks.clone();
+        let this = Self { addr, tasks: Default::default() };
+        this.forward(listener, target);
+        this
+    }
+
+    fn forward(&self, listener: tokio::net::TcpListener, target: String) {
+        let registry = self.tasks.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let target = target.clone();
@@ -146,8 +151,13 @@ impl Cuttable {
                 registry.lock().unwrap().push(pipe);
             }
         });
-        tasks.lock().unwrap().push(accept);
-        Self { addr, tasks }
+        self.tasks.lock().unwrap().push(accept);
+    }
+
+    /// Connections are accepted again, at the same address.
+    async fn restore(&self, target: String) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.forward(listener, target);
     }
 
     /// Every connection is dropped and no new one is accepted.
@@ -176,9 +186,29 @@ async fn a_database_outage_answers_503_not_500() {
     proxy.cut();
     let other = unique("outage");
     assert_problem(create_session(&app, "python3", &other).await, 503, "service-unavailable").await;
+    // Once the outage is known, every route answers at once, well before the pool's
+    // 5 s acquire timeout: a client is not kept waiting for a database that is gone.
     let query = json!({"query": "{ compute_sessions { sess_id } }"});
+    let started = std::time::Instant::now();
     assert_problem(app.send(app.signed("POST", "/v3/admin/graphql", Some(query))).await, 503, "service-unavailable")
         .await;
+    assert_problem(app.send(app.signed("GET", &format!("/v3/kernel/{token}"), None)).await, 503, "service-unavailable")
+        .await;
+    assert_problem(create_session(&app, "python3", &unique("outage")).await, 503, "service-unavailable").await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "three requests in the outage took {waited:?}");
+
+    // And the gate opens again once the database answers.
+    proxy.restore(host.to_owned()).await;
+    let mut answer = 0;
+    for _ in 0..100 {
+        answer = app.send(app.signed("GET", &format!("/v3/kernel/{token}"), None)).await.status().as_u16();
+        if answer == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer, 200, "the session's info after the database came back");
     // Its shutdown cannot write to the database: do not wait for it long.
     let _ = tokio::time::timeout(Duration::from_secs(15), app.stop()).await;
 }
