@@ -168,12 +168,20 @@ pub struct EtcdSettings {
 }
 
 /// The stat and rate-limit stores. Without `addr`, in-process stores.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// `host:port` of Redis (database 0: stats, database 1: rate limits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub addr: Option<String>,
+    /// Seconds any one call may take; past it, the request answers 503.
+    pub call_timeout: f64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self { addr: None, call_timeout: 1.0 }
+    }
 }
 
 /// Log format.
@@ -270,6 +278,7 @@ impl Settings {
         for (key, seconds, least) in [
             ("manager.agent_create_timeout", self.manager.agent_create_timeout, 0.1),
             ("manager.agent_call_timeout", self.manager.agent_call_timeout, 3.0),
+            ("redis.call_timeout", self.redis.call_timeout, 0.01),
         ] {
             if !(seconds.is_finite() && (least..=86_400.0).contains(&seconds)) {
                 return bad(key, &format!("must be {least} to 86400 seconds"));

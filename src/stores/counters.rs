@@ -1,14 +1,12 @@
-//! Counters and live stats: Redis in production, a process-local map embedded.
+//! Counters and live stats: Redis in production (see `redis`), a process-local map
+//! embedded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, AsyncCommands};
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
 
-use super::CONNECT_TIMEOUT;
 use crate::error::Error;
 
 /// The state of one rate-limit window after a request was counted.
@@ -58,153 +56,8 @@ pub trait TicketStore: Send + Sync {
     async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, Error>;
 }
 
-/// Counts and returns the window in one atomic step: no lost updates between
-/// managers, and a key never outlives its window.
-const HIT_SCRIPT: &str = r"
-local count = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {count, ttl}
-";
-
-/// One Redis database through a connection pool.
-pub struct RedisStore {
-    pool: Pool,
-    hit: redis::Script,
-}
-
-fn redis_error(error: impl std::fmt::Display) -> Error {
-    Error::Redis(error.to_string())
-}
-
-impl RedisStore {
-    /// Connects to database `db` of the Redis at `addr` and checks it answers.
-    pub async fn connect(addr: &str, db: u8) -> Result<Self, Error> {
-        let url = if addr.contains("://") {
-            format!("{}/{db}", addr.trim_end_matches('/'))
-        } else {
-            format!("redis://{addr}/{db}")
-        };
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: 32,
-            timeouts: Timeouts {
-                wait: Some(CONNECT_TIMEOUT),
-                create: Some(CONNECT_TIMEOUT),
-                recycle: Some(CONNECT_TIMEOUT),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config.create_pool(Some(Runtime::Tokio1)).map_err(redis_error)?;
-        let store = Self { pool, hit: redis::Script::new(HIT_SCRIPT) };
-        RateLimitStore::ping(&store)
-            .await
-            .map_err(|e| Error::Redis(format!("redis at {addr} (database {db}): {e}")))?;
-        Ok(store)
-    }
-
-    async fn connection(&self) -> Result<deadpool_redis::Connection, Error> {
-        self.pool.get().await.map_err(redis_error)
-    }
-
-    fn stats_key(kernel_id: &str) -> String {
-        kernel_id.to_owned()
-    }
-}
-
-#[async_trait]
-impl RateLimitStore for RedisStore {
-    async fn hit(&self, key: &str, window_ms: u64) -> Result<Window, Error> {
-        let mut connection = self.connection().await?;
-        let (count, ttl): (u64, i64) =
-            self.hit.key(key).arg(window_ms).invoke_async(&mut connection).await.map_err(redis_error)?;
-        Ok(Window { count, reset_ms: ttl.max(0) as u64 })
-    }
-
-    async fn peek(&self, key: &str) -> Result<Window, Error> {
-        let mut connection = self.connection().await?;
-        let (count, ttl): (Option<u64>, i64) =
-            redis::pipe().get(key).pttl(key).query_async(&mut connection).await.map_err(redis_error)?;
-        Ok(Window { count: count.unwrap_or(0), reset_ms: ttl.max(0) as u64 })
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        let mut connection = self.connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut connection).await.map_err(redis_error)?;
-        Ok(())
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-}
-
-#[async_trait]
-impl StatStore for RedisStore {
-    async fn kernel_stats(&self, kernel_id: &str) -> Result<HashMap<String, i64>, Error> {
-        let mut connection = self.connection().await?;
-        connection.hgetall(Self::stats_key(kernel_id)).await.map_err(redis_error)
-    }
-
-    async fn kernel_stat_fields(&self, kernel_id: &str, fields: &[&str]) -> Result<Vec<Option<i64>>, Error> {
-        let mut connection = self.connection().await?;
-        redis::cmd("HMGET")
-            .arg(Self::stats_key(kernel_id))
-            .arg(fields)
-            .query_async(&mut connection)
-            .await
-            .map_err(redis_error)
-    }
-
-    async fn set_kernel_stats(
-        &self,
-        kernel_id: &str,
-        stats: &HashMap<String, i64>,
-        ttl: Duration,
-    ) -> Result<(), Error> {
-        let mut connection = self.connection().await?;
-        let key = Self::stats_key(kernel_id);
-        let fields: Vec<(&String, &i64)> = stats.iter().collect();
-        redis::pipe()
-            .atomic()
-            .del(&key)
-            .hset_multiple(&key, &fields)
-            .pexpire(&key, ttl.as_millis() as i64)
-            .query_async::<()>(&mut connection)
-            .await
-            .map_err(redis_error)
-    }
-
-    async fn remove_kernel_stats(&self, kernel_id: &str) -> Result<(), Error> {
-        let mut connection = self.connection().await?;
-        connection.del::<_, ()>(Self::stats_key(kernel_id)).await.map_err(redis_error)
-    }
-
-    async fn ping(&self) -> Result<(), Error> {
-        RateLimitStore::ping(self).await
-    }
-}
-
 /// Stats of one kernel and when they expire.
 type ExpiringStats = (HashMap<String, i64>, Instant);
-
-#[async_trait]
-impl TicketStore for RedisStore {
-    async fn put_ticket(&self, ticket: &str, value: &str, ttl: Duration) -> Result<(), Error> {
-        let mut connection = self.connection().await?;
-        let key = format!("ticket:{ticket}");
-        connection.pset_ex::<_, _, ()>(key, value, ttl.as_millis() as u64).await.map_err(redis_error)
-    }
-
-    async fn take_ticket(&self, ticket: &str) -> Result<Option<String>, Error> {
-        let mut connection = self.connection().await?;
-        // GETDEL: two managers cannot both redeem it.
-        redis::cmd("GETDEL").arg(format!("ticket:{ticket}")).query_async(&mut connection).await.map_err(redis_error)
-    }
-}
 
 /// Process-local counters and stats for the embedded deployment.
 #[derive(Default)]

@@ -7,9 +7,11 @@
 mod config_store;
 mod counters;
 pub mod mirror;
+mod redis;
 
+pub use self::redis::RedisStore;
 pub use config_store::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
-pub use counters::{MemoryCounters, RateLimitStore, RedisStore, StatStore, TicketStore, Window};
+pub use counters::{MemoryCounters, RateLimitStore, StatStore, TicketStore, Window};
 pub use mirror::ConfigMirror;
 
 use std::sync::Arc;
@@ -43,10 +45,11 @@ impl Stores {
             Some(addr) => Arc::new(EtcdConfigStore::connect(addr, namespace).await?),
             None => Arc::new(MemoryConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
         };
+        let call_timeout = Duration::from_secs_f64(settings.redis.call_timeout);
         Ok(match &settings.redis.addr {
             Some(addr) => {
-                let stats = Arc::new(RedisStore::connect(addr, 0).await?);
-                let ratelimit = Arc::new(RedisStore::connect(addr, 1).await?);
+                let stats = Arc::new(RedisStore::connect(addr, 0, call_timeout).await?);
+                let ratelimit = Arc::new(RedisStore::connect(addr, 1, call_timeout).await?);
                 Self { config, ratelimit, stats: stats.clone(), tickets: stats }
             }
             None => {

@@ -135,7 +135,6 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |_| {}).await
 }
 
-/// Like [`spawn_app`], with settings changed by `customize`.
 /// A self-signed certificate and key for 127.0.0.1 in `dir` (skipped without openssl).
 pub async fn test_certificate(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -156,6 +155,7 @@ pub async fn test_certificate(dir: &std::path::Path) -> Option<(std::path::PathB
     Some((cert, key))
 }
 
+/// Like [`spawn_app`], with settings changed by `customize`.
 pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut Settings)) -> Option<TestApp> {
     let (mut settings, data_dir) = test_settings(backend).await?;
     customize(&mut settings);

@@ -15,5 +15,6 @@ mod lifecycle;
 mod pty;
 mod ratelimit;
 mod sdk;
+mod slow_redis;
 mod stores;
 mod streams;

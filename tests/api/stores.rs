@@ -69,8 +69,8 @@ async fn counters() -> Vec<(Arc<dyn RateLimitStore>, Arc<dyn StatStore>)> {
     let mut stores: Vec<(Arc<dyn RateLimitStore>, Arc<dyn StatStore>)> = vec![(memory.clone(), memory)];
     if let Some(services) = services() {
         stores.push((
-            Arc::new(RedisStore::connect(&services.redis_addr, 1).await.unwrap()),
-            Arc::new(RedisStore::connect(&services.redis_addr, 0).await.unwrap()),
+            Arc::new(RedisStore::connect(&services.redis_addr, 1, Duration::from_secs(1)).await.unwrap()),
+            Arc::new(RedisStore::connect(&services.redis_addr, 0, Duration::from_secs(1)).await.unwrap()),
         ));
     }
     stores

@@ -1,0 +1,136 @@
+//! A slow or silent Redis: requests slow down but lose nothing, and none waits past the
+//! call timeout (503 instead).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::helpers::{assert_problem, services, spawn_app_with, Backend, TestApp};
+
+/// A TCP forwarder that adds latency to every chunk, in both directions, and can
+/// freeze (hold every byte, keep every connection).
+struct Laggy {
+    addr: String,
+    delay_ms: Arc<AtomicU64>,
+    frozen: Arc<AtomicBool>,
+}
+
+impl Laggy {
+    async fn to(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (delay_ms, frozen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+        let (delay, freeze) = (delay_ms.clone(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::spawn(Self::pipe(in_read, out_write, delay.clone(), freeze.clone()));
+                tokio::spawn(Self::pipe(out_read, in_write, delay.clone(), freeze.clone()));
+            }
+        });
+        Self { addr, delay_ms, frozen }
+    }
+
+    /// Copies `from` to `to`, each chunk `delay` after it was read (in order).
+    async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Arc<AtomicU64>, frozen: Arc<AtomicBool>) {
+        let (chunks, mut queue) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((due, chunk)) = queue.recv().await {
+                tokio::time::sleep_until(due.into()).await;
+                while frozen.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            let due = Instant::now() + Duration::from_millis(delay.load(Ordering::Relaxed));
+            if chunks.send((due, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        drop(chunks);
+        let _ = writer.await;
+    }
+}
+
+async fn app_behind(proxy: &Laggy, call_timeout: f64) -> TestApp {
+    let addr = proxy.addr.clone();
+    spawn_app_with(Backend::Services, move |s| {
+        s.redis.addr = Some(addr);
+        s.redis.call_timeout = call_timeout;
+    })
+    .await
+    .unwrap()
+}
+
+/// Signed requests at once; their answers' statuses and remaining-request counts.
+async fn burst(app: &TestApp, n: usize) -> Vec<(u16, Option<u64>)> {
+    join_all((0..n).map(|_| async {
+        let response = app.send(app.signed("GET", "/v3/authorize", None)).await;
+        let remaining = response
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        (response.status().as_u16(), remaining)
+    }))
+    .await
+}
+
+/// With 50 ms added to every Redis exchange, concurrent requests all succeed, and the
+/// rate limit still counts each of them exactly once.
+#[actix_web::test]
+async fn a_slow_redis_slows_requests_but_loses_no_count() {
+    let Some(services) = services() else { return };
+    let proxy = Laggy::to(services.redis_addr).await;
+    let app = app_behind(&proxy, 1.0).await;
+    proxy.delay_ms.store(50, Ordering::Relaxed);
+    let answers = burst(&app, 200).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    let mut remaining: Vec<u64> = answers.iter().map(|(_, remaining)| remaining.unwrap()).collect();
+    remaining.sort_unstable();
+    // The test key allows 1,000 a window: 200 requests take the counts 1 to 200.
+    assert_eq!(remaining, (800..1000).collect::<Vec<_>>());
+    app.stop().await;
+}
+
+/// A Redis that stops answering (the connection stays open, nothing comes back) costs
+/// each request at most the call timeout: 503 service-unavailable, never a hang; and
+/// requests succeed again once it answers.
+#[actix_web::test]
+async fn a_silent_redis_answers_503_within_the_call_timeout() {
+    let Some(services) = services() else { return };
+    let proxy = Laggy::to(services.redis_addr).await;
+    let app = app_behind(&proxy, 0.5).await;
+    assert!(burst(&app, 1).await.iter().all(|(status, _)| *status == 200));
+    proxy.frozen.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let answers = join_all((0..20).map(|_| app.send(app.signed("GET", "/v3/authorize", None)))).await;
+    let waited = started.elapsed();
+    for response in answers {
+        assert_problem(response, 503, "service-unavailable").await;
+    }
+    // 0.5 s each, at once: far from the minutes a client would wait without a timeout.
+    assert!(waited < Duration::from_secs(5), "20 requests to a silent Redis took {waited:?}");
+    proxy.frozen.store(false, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for _ in 0..50 {
+        answered = burst(&app, 1).await;
+        if answered[0].0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered[0].0, 200, "requests after Redis answers again");
+    let _ = tokio::time::timeout(Duration::from_secs(15), app.stop()).await;
+}
