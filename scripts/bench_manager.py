@@ -6,18 +6,12 @@ import json
 import os
 import re
 import secrets
-import statistics
 import subprocess
 import time
-from datetime import datetime
 
 import requests
-from ai.backend.client.auth import generate_signature
-from dateutil.tz import tzutc
 
-ACCESS_KEY = 'AKIABENCHMARK0000001'
-SECRET_KEY = 'bench-secret-key-not-for-production-use0'
-VERSION = 'v2.20170315'
+from bench_common import VERSION, percentiles, record, rss_kib, signed_headers as _signed
 
 parser = argparse.ArgumentParser()
 parser.add_argument('--endpoint', required=True)
@@ -36,17 +30,13 @@ PARTS = set(os.environ.get('BENCH_PARTS', 'execute,throughput,memory,pty').split
 PERF_OUT = os.environ.get('BENCH_PERF')
 # Alternating wrk runs of the gateway and the bare endpoint.
 ROUNDS = int(os.environ.get('BENCH_ROUNDS', 5))
+# wrk's connections (closed loop: at most CONNECTIONS / round trip requests/s).
+CONNECTIONS = int(os.environ.get('BENCH_CONNECTIONS', 64))
 http = requests.Session()
 
 
 def signed_headers(method, path, content, content_type='application/json', date=None, version=VERSION):
-    date = date or datetime.now(tzutc())
-    headers, _ = generate_signature(method, version, args.endpoint, date, path, content_type, content,
-                                    ACCESS_KEY, SECRET_KEY, 'sha256')
-    headers.update({'Date': date.isoformat(), 'X-BackendAI-Version': version})
-    if content_type:
-        headers['Content-Type'] = content_type
-    return headers
+    return _signed(args.endpoint, method, path, content, content_type, date, version)
 
 
 def call(method, path, body=None):
@@ -58,16 +48,6 @@ def call(method, path, body=None):
     return response.json() if response.content else None
 
 
-def percentiles(samples):
-    samples = sorted(samples)
-    return statistics.median(samples), samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-
-
-def rss_kib(pid):
-    with open(f'/proc/{pid}/status') as f:
-        return int(re.search(r'VmRSS:\s+(\d+)', f.read()).group(1))
-
-
 for _ in range(100):
     try:
         if http.get(f'http://{args.agent}/health', headers={'Authorization': f'Bearer {args.secret}'}).ok:
@@ -75,11 +55,18 @@ for _ in range(100):
     except requests.ConnectionError:
         pass
     time.sleep(0.1)
-time.sleep(1)  # the agent's first report reaches the manager
 
 # 1. Execute round trip of print(1): through the gateway, and straight to the agent.
 token = 'bench-exec-' + secrets.token_hex(4)
-call('POST', 'kernel/create', {'lang': 'python3', 'clientSessionToken': token})
+for attempt in range(100):  # until the agent's first heartbeat registered it
+    body = json.dumps({'lang': 'python3', 'clientSessionToken': token}).encode()
+    created = http.post(f'{args.endpoint}/v2/kernel/create', data=body,
+                        headers=signed_headers('POST', 'kernel/create', body))
+    if created.status_code != 503:
+        break
+    time.sleep(0.2)
+if created.status_code != 201:
+    raise SystemExit(f'POST kernel/create: {created.status_code} {created.text}')
 agent_kernels = http.get(f'http://{args.agent}/kernels', headers={'Authorization': f'Bearer {args.secret}'}).json()
 kernel_id = agent_kernels['kernels'][0]['id']
 
@@ -112,6 +99,8 @@ def execute_bench():
     print(f'  agent RPC round trip   p50 {ag50:.3f} ms  p99 {ag99:.3f} ms')
     print(f'  through the gateway    p50 {gw50:.3f} ms  p99 {gw99:.3f} ms  '
           f'(p50 overhead {gw50 - ag50:+.3f} ms, target <= +1 ms)')
+    record('execute print(1) p50 through the gateway (ms)', f'{gw50:.3f}')
+    record('  overhead over the agent RPC (ms)', f'{gw50 - ag50:+.3f}')
 
 
 if 'execute' in PARTS:
@@ -127,7 +116,7 @@ def cpu_seconds(pid):
 
 def wrk(url, headers, pid=None):
     """Requests/s, p50 latency, and the CPU time `pid` spent per request (us)."""
-    command = ['wrk', '-t2', '-c64', f'-d{SECONDS}s', '--latency', url]
+    command = ['wrk', '-t2', f'-c{CONNECTIONS}', f'-d{SECONDS}s', '--latency', url]
     for name, value in headers.items():
         command[1:1] = ['-H', f'{name}: {value}']
     cpu_before = cpu_seconds(pid) if pid else 0
@@ -139,7 +128,20 @@ def wrk(url, headers, pid=None):
         raise SystemExit(f'wrk saw {errors.group(1)} failed responses:\n{output}')
     p50 = re.search(r'\s50%\s+(\S+)', output).group(1)
     requests_done = int(re.search(r'(\d+) requests in', output).group(1))
-    return rate, p50, cpu * 1e6 / requests_done
+    return rate, p50, cpu * 1e6 / requests_done, requests_done
+
+
+REDIS_ADDR = os.environ.get('BENCH_REDIS_ADDR')
+
+
+def redis_calls():
+    """Commands Redis has run (all databases), or None embedded."""
+    if not REDIS_ADDR:
+        return None
+    host, port = REDIS_ADDR.rsplit(':', 1)
+    stats = subprocess.run(['redis-cli', '-h', host, '-p', port, 'INFO', 'commandstats'],
+                           capture_output=True, text=True, check=True).stdout
+    return sum(int(m) for m in re.findall(r'calls=(\d+)', stats))
 
 
 def throughput_bench():
@@ -151,24 +153,27 @@ def throughput_bench():
                                  '--', 'sleep', str(SECONDS)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = args.manager_pid
     # Alternating runs, medians: both sides see the same machine noise.
-    gateway_runs, bare_runs = [], []
+    gateway_runs, bare_runs, redis_per_request = [], [], []
     for i in range(ROUNDS):
         if perf and i == 0:
             gateway_runs.append(wrk(f'{args.endpoint}/v3/kernel/{token}', headers, pid))
             perf.wait()
             continue
+        calls_before = redis_calls()
         gateway_runs.append(wrk(f'{args.endpoint}/v3/kernel/{token}', headers, pid))
+        if calls_before is not None:
+            redis_per_request.append((redis_calls() - calls_before) / gateway_runs[-1][3])
         bare_runs.append(wrk(args.bare, {}, args.bare_pid))
     if not bare_runs:
         bare_runs.append(wrk(args.bare, {}, args.bare_pid))
-    gateway_rate, gateway_p50, gateway_cpu = sorted(gateway_runs)[len(gateway_runs) // 2]
-    bare_rate, bare_p50, bare_cpu = sorted(bare_runs)[len(bare_runs) // 2]
+    gateway_rate, gateway_p50, gateway_cpu, _ = sorted(gateway_runs)[len(gateway_runs) // 2]
+    bare_rate, bare_p50, bare_cpu, _ = sorted(bare_runs)[len(bare_runs) // 2]
     ratios = sorted(g[0] / b[0] for g, b in zip(gateway_runs, bare_runs))
     # Where the time goes: the middleware alone, then authentication alone.
-    root_rate, _, root_cpu = wrk(f'{args.endpoint}/v3', {}, pid)
-    auth_rate, _, auth_cpu = wrk(f'{args.endpoint}/v2/authorize',
+    root_rate, _, root_cpu, _ = wrk(f'{args.endpoint}/v3', {}, pid)
+    auth_rate, _, auth_cpu, _ = wrk(f'{args.endpoint}/v2/authorize',
                                  signed_headers('GET', 'authorize', b'', content_type=''), pid)
-    print(f'requests/s under wrk -t2 -c64 -d{SECONDS}s (and server CPU time per request); '
+    print(f'requests/s under wrk -t2 -c{CONNECTIONS} -d{SECONDS}s (and server CPU time per request); '
           f'medians of {ROUNDS} alternating runs for the last two:')
     print(f'  unsigned GET /v3       {root_rate:10.0f} req/s  {root_cpu:5.1f} us  (middleware only)')
     print(f'  signed GET /authorize  {auth_rate:10.0f} req/s  {auth_cpu:5.1f} us  (plus signature and rate limit)')
@@ -176,6 +181,16 @@ def throughput_bench():
     print(f'  signed GET /kernel/id  {gateway_rate:10.0f} req/s  {gateway_cpu:5.1f} us  p50 {gateway_p50}  '
           f'({gateway_rate / bare_rate:.2f}x, target >= 0.5x)')
     print('  ratio of each run pair: ' + ', '.join(f'{r:.2f}' for r in ratios))
+    record('wrk connections', CONNECTIONS)
+    record('bare actix-web JSON (req/s)', f'{bare_rate:.0f}')
+    record('signed GET /v3/kernel/{id} (req/s)', f'{gateway_rate:.0f}')
+    record('  of the bare endpoint', f'{gateway_rate / bare_rate:.2f}x')
+    record('  p50 latency', gateway_p50)
+    record('  manager CPU per request (us)', f'{gateway_cpu:.1f}')
+    if redis_per_request:
+        median = sorted(redis_per_request)[len(redis_per_request) // 2]
+        print(f'  Redis commands per signed request: {median:.3f}')
+        record('  Redis commands per request', f'{median:.3f}')
 
 
 def memory_bench():
@@ -189,6 +204,7 @@ def memory_bench():
     after = rss_kib(args.manager_pid)
     print(f'manager RSS: {before} KiB before, {after} KiB with {SESSIONS} more live sessions: '
           f'{(after - before) / SESSIONS:.1f} KiB per session (target <= 64 KiB)')
+    record('manager RSS per live session (KiB)', f'{(after - before) / SESSIONS:.1f}')
     for t in tokens:
         call('DELETE', f'kernel/{t}')
 

@@ -237,54 +237,66 @@ impl TicketStore for RedisStore {
 /// A request waiting for its count.
 type Waiter = oneshot::Sender<Result<Window, Error>>;
 
-/// Group commit of rate-limit counts: while one script call for a key is out, the
-/// requests that arrive for that key wait together, and the next call adds them all
-/// at once (`INCRBY n`). The count stays exact: the call returns the window's total,
-/// and the `n` requests of the batch take the `n` counts that end at it, in arrival
-/// order. At most one call per key is out at a time, so under load a key costs one
-/// round trip per batch, not per request.
+/// Script calls one key may have out at once.
+const MAX_CALLS_OUT: usize = 8;
+/// While a call for the key is out, a new one goes out only this long after the last:
+/// with a fast Redis the requests of a burst join one batch, and with a slow one they
+/// do not wait a whole round trip behind the call that is out.
+const SEND_AGAIN_AFTER: Duration = Duration::from_millis(1);
+
+/// Group commit of rate-limit counts: while a script call for a key is out, the
+/// requests that arrive for that key wait together, and the next call adds them all at
+/// once (`INCRBY n`). The count stays exact: a call returns the window's total after
+/// its own `INCRBY` (atomic in Redis), and the `n` requests of its batch take the `n`
+/// counts that end there, in arrival order. Under load a key costs one round trip per
+/// batch, not per request.
 #[derive(Default)]
 struct Coalescer {
-    /// Requests waiting for the next call, by key; a key is present while a task
-    /// sends its calls.
-    waiting: Mutex<HashMap<String, Vec<(Waiter, u64)>>>,
+    keys: Mutex<HashMap<String, KeyQueue>>,
+}
+
+/// The requests of one key waiting for the next call, and the calls out.
+struct KeyQueue {
+    waiting: Vec<(Waiter, u64)>,
+    calls_out: usize,
+    last_sent: Instant,
 }
 
 impl Coalescer {
     async fn hit(shared: &Arc<Shared>, key: &str, window_ms: u64) -> Result<Window, Error> {
         let (sender, receiver) = oneshot::channel();
-        let start = {
-            let mut waiting = shared.coalescer.waiting.lock().map_err(|_| Error::Redis("poisoned".to_owned()))?;
-            match waiting.get_mut(key) {
-                Some(batch) => {
-                    batch.push((sender, window_ms));
-                    false
-                }
-                None => {
-                    waiting.insert(key.to_owned(), vec![(sender, window_ms)]);
-                    true
-                }
+        let batch = {
+            let mut keys = shared.coalescer.keys.lock().map_err(|_| Error::Redis("poisoned".to_owned()))?;
+            let now = Instant::now();
+            let queue = match keys.get_mut(key) {
+                Some(queue) => queue,
+                None => keys.entry(key.to_owned()).or_insert_with(|| KeyQueue {
+                    waiting: Vec::new(),
+                    calls_out: 0,
+                    last_sent: now,
+                }),
+            };
+            queue.waiting.push((sender, window_ms));
+            let send = queue.calls_out == 0
+                || (queue.calls_out < MAX_CALLS_OUT && now.duration_since(queue.last_sent) >= SEND_AGAIN_AFTER);
+            if send {
+                queue.calls_out += 1;
+                queue.last_sent = now;
+                Some(std::mem::take(&mut queue.waiting))
+            } else {
+                None
             }
         };
-        if start {
+        if let Some(batch) = batch {
             // A task of its own: the batch is sent even if this request goes away.
-            tokio::spawn(Self::send_batches(shared.clone(), key.to_owned()));
+            tokio::spawn(Self::send_batches(shared.clone(), key.to_owned(), batch));
         }
         receiver.await.map_err(|_| Error::Redis("the rate-limit call was dropped".to_owned()))?
     }
 
-    /// Sends the batches of `key` until none waits.
-    async fn send_batches(shared: Arc<Shared>, key: String) {
+    /// Sends `batch`, then the batches that gathered meanwhile, until none waits.
+    async fn send_batches(shared: Arc<Shared>, key: String, mut batch: Vec<(Waiter, u64)>) {
         loop {
-            let batch = {
-                let Ok(mut waiting) = shared.coalescer.waiting.lock() else { return };
-                let batch = waiting.get_mut(&key).map(std::mem::take).unwrap_or_default();
-                if batch.is_empty() {
-                    waiting.remove(&key);
-                    return;
-                }
-                batch
-            };
             let n = batch.len();
             let window_ms = batch.iter().map(|(_, window_ms)| *window_ms).max().unwrap_or(0);
             match shared.add(&key, n, window_ms).await {
@@ -300,6 +312,17 @@ impl Coalescer {
                     }
                 }
             }
+            let Ok(mut keys) = shared.coalescer.keys.lock() else { return };
+            let Some(queue) = keys.get_mut(&key) else { return };
+            if queue.waiting.is_empty() {
+                queue.calls_out -= 1;
+                if queue.calls_out == 0 {
+                    keys.remove(&key);
+                }
+                return;
+            }
+            queue.last_sent = Instant::now();
+            batch = std::mem::take(&mut queue.waiting);
         }
     }
 }
