@@ -48,8 +48,11 @@ fn redis_error(error: impl std::fmt::Display) -> Error {
 pub struct RedisStore {
     shared: Arc<Shared>,
     /// Stats read lately, by kernel id.
-    stats_cache: Mutex<HashMap<String, (Instant, Arc<HashMap<String, i64>>)>>,
+    stats_cache: Mutex<HashMap<String, ReadStats>>,
 }
+
+/// A kernel's stats and when they were read.
+type ReadStats = (Instant, Arc<HashMap<String, i64>>);
 
 /// What the store's calls and its coalescing tasks share.
 struct Shared {
