@@ -135,6 +135,13 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     spawn_app_with(backend, |_| {}).await
 }
 
+/// Held by the tests that count this process's open files: they open and drop
+/// hundreds of sockets each, so they must not run while another one counts.
+pub async fn fd_counting() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A self-signed certificate and key for 127.0.0.1 in `dir` (skipped without openssl).
 pub async fn test_certificate(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

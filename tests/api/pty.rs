@@ -207,6 +207,7 @@ async fn unsigned_upgrades_work_only_with_the_compatibility_setting() {
 /// Connect and disconnect many times: no file descriptor is left behind.
 #[actix_web::test]
 async fn streams_free_their_sockets() {
+    let _counting = crate::helpers::fd_counting().await;
     let app = spawn_app(Backend::Embedded).await.unwrap();
     app.wait_for_agent().await;
     let token = unique("pty");
@@ -226,13 +227,15 @@ async fn streams_free_their_sockets() {
     }
     let mut after = fds();
     for _ in 0..50 {
-        if after <= before + 5 {
+        if after <= before + 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = fds();
     }
-    assert!(after <= before + 5, "file descriptors grew from {before} to {after}");
+    // Other tests run in this process too: a margin well below the 100 to 200 fds
+    // that 100 leaked streams would leave.
+    assert!(after <= before + 20, "file descriptors grew from {before} to {after}");
     app.stop().await;
 }
 
@@ -241,6 +244,7 @@ async fn streams_free_their_sockets() {
 /// streams, the client's and the agent's, is released within a couple of seconds.
 #[actix_web::test]
 async fn dropped_terminal_streams_are_released_at_once() {
+    let _counting = crate::helpers::fd_counting().await;
     const N: usize = 1000;
     let app = spawn_app(Backend::Embedded).await.unwrap();
     app.wait_for_agent().await;

@@ -302,6 +302,7 @@ async fn assert_dropped_streams_are_released(app: &TestApp, tls: Option<&tokio_r
 /// noticed at once.
 #[actix_web::test]
 async fn dropped_event_streams_are_released_at_once() {
+    let _counting = crate::helpers::fd_counting().await;
     let app = crate::helpers::spawn_app(Backend::Embedded).await.unwrap();
     assert_dropped_streams_are_released(&app, None).await;
     app.stop().await;
@@ -310,6 +311,7 @@ async fn dropped_event_streams_are_released_at_once() {
 /// The same over TLS: the watch peeks under the TLS layer.
 #[actix_web::test]
 async fn dropped_event_streams_over_tls_are_released_at_once() {
+    let _counting = crate::helpers::fd_counting().await;
     let dir = tempfile::tempdir().unwrap();
     let Some((cert, key)) = crate::helpers::test_certificate(dir.path()).await else { return };
     let connector = tls_connector(&cert);
