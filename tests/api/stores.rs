@@ -90,6 +90,24 @@ async fn rate_limit_counts_are_exact_under_concurrency() {
     }
 }
 
+/// Two managers count one key at once, each coalescing its concurrent requests: every
+/// request still gets a count of its own, and none is lost.
+#[actix_web::test]
+async fn rate_limit_counts_are_exact_across_managers() {
+    let Some(services) = services() else { return };
+    let a = RedisStore::connect(&services.redis_addr, 1, Duration::from_secs(1)).await.unwrap();
+    let b = RedisStore::connect(&services.redis_addr, 1, Duration::from_secs(1)).await.unwrap();
+    let key = unique("ratelimit:test:");
+    let hits = (0..300).map(|i| {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store.hit(&key, 60_000)
+    });
+    let mut counts: Vec<u64> = join_all(hits).await.into_iter().map(|w| w.unwrap().count).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=300).collect::<Vec<_>>());
+    assert_eq!(a.peek(&key).await.unwrap().count, 300);
+}
+
 #[actix_web::test]
 async fn a_rate_limit_window_resets() {
     for (store, _) in counters().await {

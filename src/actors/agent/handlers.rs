@@ -137,7 +137,12 @@ async fn reconcile(
         let ending = Ending { placed_before: Some(placed_before), ..Ending::new(status, info) };
         let done = scheduler::end_sessions(&core.db, &sessions, &ending, None).await?.unwrap_or_default();
         if !done.is_empty() {
-            tracing::warn!(agent = %agent_id, sessions = done.len(), info, "sessions ended: the agent no longer holds them");
+            if status == KernelStatus::Terminated {
+                // A destroy whose kernel the report already lacks: the usual race, not a fault.
+                tracing::debug!(agent = %agent_id, sessions = done.len(), info, "destroyed sessions settled by a report");
+            } else {
+                tracing::warn!(agent = %agent_id, sessions = done.len(), info, "sessions ended: the agent no longer holds them");
+            }
         }
         ended.extend(done);
     }
