@@ -17,6 +17,9 @@ struct Laggy {
     addr: String,
     delay_ms: Arc<AtomicU64>,
     frozen: Arc<AtomicBool>,
+    /// While set, connections are closed as they come, and cut when set.
+    refusing: Arc<AtomicBool>,
+    pipes: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Laggy {
@@ -24,17 +27,31 @@ impl Laggy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (delay_ms, frozen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (delay, freeze) = (delay_ms.clone(), frozen.clone());
+        type Pipes = Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+        let (refusing, pipes): (Arc<AtomicBool>, Pipes) = (Arc::new(AtomicBool::new(false)), Arc::default());
+        let (delay, freeze, refuse, piped) = (delay_ms.clone(), frozen.clone(), refusing.clone(), Arc::clone(&pipes));
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                if refuse.load(Ordering::Relaxed) {
+                    continue;
+                }
                 let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
                 let (in_read, in_write) = inbound.into_split();
                 let (out_read, out_write) = outbound.into_split();
-                tokio::spawn(Self::pipe(in_read, out_write, delay.clone(), freeze.clone()));
-                tokio::spawn(Self::pipe(out_read, in_write, delay.clone(), freeze.clone()));
+                let mut piped = piped.lock().unwrap();
+                piped.push(tokio::spawn(Self::pipe(in_read, out_write, delay.clone(), freeze.clone())));
+                piped.push(tokio::spawn(Self::pipe(out_read, in_write, delay.clone(), freeze.clone())));
             }
         });
-        Self { addr, delay_ms, frozen }
+        Self { addr, delay_ms, frozen, refusing, pipes }
+    }
+
+    /// Redis goes away: every connection is cut, and new ones are closed at once.
+    fn sever(&self) {
+        self.refusing.store(true, Ordering::Relaxed);
+        for pipe in self.pipes.lock().unwrap().drain(..) {
+            pipe.abort();
+        }
     }
 
     /// Copies `from` to `to`, each chunk `delay` after it was read (in order).
@@ -132,5 +149,30 @@ async fn a_silent_redis_answers_503_within_the_call_timeout() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(answered[0].0, 200, "requests after Redis answers again");
+    let _ = tokio::time::timeout(Duration::from_secs(15), app.stop()).await;
+}
+
+/// Redis goes away (connections cut, new ones closed) and comes back: requests answer
+/// 503 meanwhile, and the store reconnects by itself afterwards.
+#[actix_web::test]
+async fn the_store_reconnects_after_redis_comes_back() {
+    let Some(services) = services() else { return };
+    let proxy = Laggy::to(services.redis_addr).await;
+    let app = app_behind(&proxy, 0.5).await;
+    assert!(burst(&app, 1).await.iter().all(|(status, _)| *status == 200));
+    proxy.sever();
+    for response in join_all((0..10).map(|_| app.send(app.signed("GET", "/v3/authorize", None)))).await {
+        assert_problem(response, 503, "service-unavailable").await;
+    }
+    proxy.refusing.store(false, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for _ in 0..100 {
+        answered = burst(&app, 1).await;
+        if answered[0].0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered[0].0, 200, "requests after Redis came back");
     let _ = tokio::time::timeout(Duration::from_secs(15), app.stop()).await;
 }
