@@ -31,6 +31,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" 
 if [[ $PRODUCTION == 1 ]]; then
     command -v etcd >/dev/null || { echo "etcd is not installed: apt-get install etcd-server" >&2; exit 1; }
 fi
+BIN=${CARGO_TARGET_DIR:-target}/release
 cargo build --release --quiet --bin backendai-manager --bin backendai-agent --example bare_json --example latency_proxy
 
 WORK=$(mktemp -d /tmp/bench-manager.XXXXXX)
@@ -59,7 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 PORT=18500; EVENTS=18501; AGENT=18502; BARE=18503; ETCD=18504; SLOW_REDIS=18506
-target/release/examples/bare_json $BARE &
+$BIN/examples/bare_json $BARE &
 BARE_PID=$!
 
 if [[ $PRODUCTION == 1 ]]; then
@@ -68,7 +69,7 @@ if [[ $PRODUCTION == 1 ]]; then
         --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD + 1))" \
         --initial-cluster "bench=http://127.0.0.1:$((ETCD + 1))" >"$WORK/etcd.log" 2>&1 &
     ETCD_PID=$!
-    target/release/examples/latency_proxy "127.0.0.1:$SLOW_REDIS" "$REDIS" 50 &
+    $BIN/examples/latency_proxy "127.0.0.1:$SLOW_REDIS" "$REDIS" 50 &
     PROXY_PID=$!
 fi
 
@@ -91,7 +92,7 @@ run() {
     else
         agent_args+=(--event-addr "127.0.0.1:$EVENTS")
     fi
-    local M="target/release/backendai-manager"
+    local M="$BIN/backendai-manager"
     $M "${common[@]}" schema oneshot >/dev/null
     $M "${common[@]}" fixture populate scripts/bench_keypair.json >/dev/null
     if [[ -n $manager_redis ]]; then
@@ -104,7 +105,7 @@ run() {
     BACKENDAI_MANAGER__CLUSTER_SECRET=$secret BACKENDAI_LOCAL_AGENT__ENABLED=false \
         $M "${common[@]}" --service-port $PORT --events-port $EVENTS serve &
     local manager_pid=$!
-    BACKENDAI_AGENT_CLUSTER_SECRET=$secret target/release/backendai-agent "${agent_args[@]}" \
+    BACKENDAI_AGENT_CLUSTER_SECRET=$secret $BIN/backendai-agent "${agent_args[@]}" \
         >"$WORK/agent-$name.log" 2>&1 &
     local agent_pid=$!
     PIDS+=("$agent_pid" "$manager_pid")
