@@ -40,6 +40,8 @@ export BENCH_RESULTS=$WORK/results.jsonl
 PIDS=()
 DATABASES=()
 stop_all() {
+    # (`wait` without pids would wait for etcd and the bare endpoint too.)
+    [[ ${#PIDS[@]} -gt 0 ]] || return 0
     # The agent stops first: it reports its kernels' ends to the manager.
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; sleep 0.5; done
     wait "${PIDS[@]}" 2>/dev/null || true
@@ -54,7 +56,6 @@ cleanup() {
         psql "$DB_URL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     done
     cp "$WORK"/agent-*.log /tmp/ 2>/dev/null || true
-    wait 2>/dev/null || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
