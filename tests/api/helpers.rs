@@ -142,6 +142,25 @@ pub async fn fd_counting() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// This process's open files.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Polls this process's open files for up to `polls` tenths of a second until they are
+/// at most `before + margin`; the last count.
+pub async fn fds_settled(before: usize, margin: usize, polls: usize) -> usize {
+    let mut after = open_fds();
+    for _ in 0..polls {
+        if after <= before + margin {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        after = open_fds();
+    }
+    after
+}
+
 /// A self-signed certificate and key for 127.0.0.1 in `dir` (skipped without openssl).
 pub async fn test_certificate(dir: &std::path::Path) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));

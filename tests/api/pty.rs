@@ -212,27 +212,19 @@ async fn streams_free_their_sockets() {
     app.wait_for_agent().await;
     let token = unique("pty");
     create(&app, &token).await;
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     // Warm up pools and workers.
     for _ in 0..5 {
         let mut socket = open(&app, &token).await.unwrap();
         socket.close().await.ok();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = fds();
+    let before = crate::helpers::open_fds();
     for _ in 0..100 {
         let mut socket = open(&app, &token).await.unwrap();
         socket.send(stdin("true\n")).await.unwrap();
         socket.close().await.ok();
     }
-    let mut after = fds();
-    for _ in 0..50 {
-        if after <= before + 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = fds();
-    }
+    let after = crate::helpers::fds_settled(before, 20, 50).await;
     // Other tests run in this process too: a margin well below the 100 to 200 fds
     // that 100 leaked streams would leave.
     assert!(after <= before + 20, "file descriptors grew from {before} to {after}");
@@ -255,12 +247,11 @@ async fn dropped_terminal_streams_are_released_at_once() {
     add_keypair(&app.state, &key.access_key, &key.secret_key, 5000, true).await;
     let token = unique("pty");
     create(&key, &token).await;
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let mut socket = open(&key, &token).await.unwrap();
     socket.close().await.ok();
     drop(socket);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = fds();
+    let before = crate::helpers::open_fds();
     let mut sockets = Vec::new();
     for _ in 0..N {
         let mut socket = open(&key, &token).await.unwrap();
@@ -271,14 +262,7 @@ async fn dropped_terminal_streams_are_released_at_once() {
     drop(sockets);
     // Other tests run in this process too: a margin far below the 1,000 to 2,000 fds
     // a late release would leave.
-    let mut after = fds();
-    for _ in 0..30 {
-        if after <= before + 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = fds();
-    }
+    let after = crate::helpers::fds_settled(before, 100, 30).await;
     assert!(after <= before + 100, "file descriptors went from {before} to {after} and stayed");
     app.stop().await;
 }

@@ -273,11 +273,10 @@ async fn assert_dropped_streams_are_released(app: &TestApp, tls: Option<&tokio_r
     key.access_key = unique("AKDROP").chars().take(20).collect();
     key.secret_key = "drop-test-secret".to_owned();
     add_keypair(&app.state, &key.access_key, &key.secret_key, 5000, true).await;
-    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     // Warm up.
     drop(open_event_stream(app, &key, tls).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = fds();
+    let before = crate::helpers::open_fds();
     let mut streams = Vec::new();
     for _ in 0..1000 {
         streams.push(open_event_stream(app, &key, tls).await);
@@ -287,14 +286,7 @@ async fn assert_dropped_streams_are_released(app: &TestApp, tls: Option<&tokio_r
     }
     // Other tests run in this process too: a margin far below the 2,000 to 3,000 fds
     // (client, server and watch sockets) a late release would leave.
-    let mut after = fds();
-    for _ in 0..30 {
-        if after <= before + 100 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = fds();
-    }
+    let after = crate::helpers::fds_settled(before, 100, 30).await;
     assert!(after <= before + 100, "file descriptors went from {before} to {after} and stayed");
 }
 
