@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::error::{problem_type, ApiError, Problem};
-use protocol::{ImageSpec, KernelLimits, KernelSpec, Secret};
+use protocol::{KernelSpec, Secret};
 
 /// How an agent call failed, in the contract's terms (`agent-details.type`).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -127,19 +127,7 @@ impl AgentClient {
     }
 
     /// Starts a kernel; returns the agent's runtime information.
-    pub async fn create_kernel(
-        &self,
-        kernel_id: &str,
-        image: &ImageSpec,
-        limits: &KernelLimits,
-        mounts: &[String],
-    ) -> Result<Value, AgentError> {
-        let spec = KernelSpec {
-            kernel_id: kernel_id.to_owned(),
-            image: image.clone(),
-            limits: limits.clone(),
-            mounts: mounts.to_vec(),
-        };
+    pub async fn create_kernel(&self, spec: &KernelSpec) -> Result<Value, AgentError> {
         let body = serde_json::to_value(spec).map_err(|e| AgentError::InvalidInput(e.to_string()))?;
         self.call(reqwest::Method::POST, "/kernels", Some(Body::Json(body)), self.timeouts.create).await
     }
@@ -186,6 +174,31 @@ impl AgentClient {
         let url_path = format!("/kernels/{kernel_id}/files?path={}", percent_encode(path));
         self.call(reqwest::Method::PUT, &url_path, Some(Body::Raw(data)), self.timeouts.call).await?;
         Ok(())
+    }
+}
+
+impl AgentClient {
+    /// The kernel's recent console output.
+    pub async fn logs(&self, kernel_id: &str) -> Result<Value, AgentError> {
+        self.call(reqwest::Method::GET, &format!("/kernels/{kernel_id}/logs"), None, self.timeouts.call).await
+    }
+
+    /// The listing of a directory of the kernel.
+    pub async fn list_files(&self, kernel_id: &str, path: &str) -> Result<Value, AgentError> {
+        let url_path = format!("/kernels/{kernel_id}/files?path={}", percent_encode(path));
+        self.call(reqwest::Method::GET, &url_path, None, self.timeouts.call).await
+    }
+
+    /// A tar archive of a file or directory of the kernel.
+    pub async fn download(&self, kernel_id: &str, path: &str) -> Result<bytes::Bytes, AgentError> {
+        use base64::Engine;
+        let url_path = format!("/kernels/{kernel_id}/download?path={}", percent_encode(path));
+        let value = self.call(reqwest::Method::GET, &url_path, None, self.timeouts.call).await?;
+        let encoded = value.get("tar").and_then(Value::as_str).unwrap_or_default();
+        let tar = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| AgentError::Failure(format!("a malformed archive: {e}")))?;
+        Ok(bytes::Bytes::from(tar))
     }
 }
 

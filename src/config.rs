@@ -12,7 +12,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// The sections of the configuration; environment variables outside them are ignored.
-const SECTIONS: &[&str] = &["manager", "db", "etcd", "redis", "logging", "ratelimit", "local_agent"];
+const SECTIONS: &[&str] = &["manager", "db", "etcd", "redis", "logging", "ratelimit", "local_agent", "vfolder"];
 
 pub use protocol::Secret;
 
@@ -34,6 +34,8 @@ pub struct Settings {
     pub ratelimit: RateLimitSettings,
     /// The agent built into `serve`.
     pub local_agent: LocalAgentSettings,
+    /// Virtual folders.
+    pub vfolder: VfolderSettings,
 }
 
 /// The gateway and cluster settings (the seed's server flags).
@@ -241,6 +243,49 @@ impl Default for LocalAgentSettings {
     }
 }
 
+/// Virtual folders: where they live and how large they may grow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VfolderSettings {
+    /// The root of every folder: a folder lives at `<root>/<host>/<id hex>`. In
+    /// production a path every manager and agent shares (e.g. NFS); relative paths are
+    /// taken from the working directory. Empty: `<db.data_dir>/vfolders`.
+    pub root: PathBuf,
+    /// The storage host name new folders get (a directory under `root`).
+    pub host: String,
+    /// Most files a new folder may hold.
+    pub max_files: i32,
+    /// Most bytes a new folder may hold.
+    pub max_size: i64,
+    /// The group of the folders' files when the manager runs as root: the agents give
+    /// their kernels this supplementary group (their `sandbox.vfolder_gid`), so that a
+    /// kernel running as its own uid can write into the folders it mounts.
+    pub gid: u32,
+}
+
+impl Default for VfolderSettings {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::new(),
+            host: "local".into(),
+            max_files: 1000,
+            max_size: 1 << 30,
+            gid: protocol::DEFAULT_VFOLDER_GID,
+        }
+    }
+}
+
+impl Settings {
+    /// The root directory of the virtual folders.
+    pub fn vfolder_root(&self) -> PathBuf {
+        if self.vfolder.root.as_os_str().is_empty() {
+            self.db.data_dir.join("vfolders")
+        } else {
+            self.vfolder.root.clone()
+        }
+    }
+}
+
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -295,6 +340,13 @@ impl Settings {
         }
         if self.manager.max_body_size < 1024 {
             return bad("manager.max_body_size", "must be at least 1024 bytes");
+        }
+        let host = &self.vfolder.host;
+        if host.is_empty() || host.len() > 128 || host.starts_with('.') || host.contains(['/', '\0']) {
+            return bad("vfolder.host", "must be a directory name");
+        }
+        if self.vfolder.max_files < 1 || self.vfolder.max_size < 1 {
+            return bad("vfolder.max_files", "max_files and max_size must be positive");
         }
         if self.ratelimit.window == 0 {
             return bad("ratelimit.window", "must be at least one second");

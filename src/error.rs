@@ -77,6 +77,16 @@ problems! {
     KernelRestartFailed => ("kernel-restart-failed", INTERNAL_SERVER_ERROR, "Kernel restart has failed"),
     /// The agent failed to execute the code.
     KernelExecutionFailed => ("kernel-execution-failed", INTERNAL_SERVER_ERROR, "Executing user code in the kernel has failed"),
+    /// A live session of this key and token runs another image.
+    KernelAlreadyExists => ("kernel-already-exists", BAD_REQUEST, "The kernel already exists with a different runtime type (language)."),
+    /// No such virtual folder, or not visible to this key.
+    FolderNotFound => ("folder-not-found", NOT_FOUND, "No such virtual folder. (Your operation may be permission denied.)"),
+    /// The key already owns or shares a folder of that name.
+    FolderAlreadyExists => ("folder-already-exists", BAD_REQUEST, "The virtual folder already exists with the same name."),
+    /// No such file or directory inside a folder or a kernel.
+    PathNotFound => ("generic-not-found", NOT_FOUND, "No such file or directory"),
+    /// A GraphQL resolver failed.
+    GeneralError => ("general-error", INTERNAL_SERVER_ERROR, "General error"),
 }
 
 /// Builds the problem type URI for a problem name.
@@ -149,6 +159,25 @@ impl ResponseError for ApiError {
             response.insert_header((name.clone(), value.clone()));
         }
         response.body(self.body().to_string())
+    }
+}
+
+impl From<crate::beneath::BeneathError> for ApiError {
+    fn from(error: crate::beneath::BeneathError) -> Self {
+        use crate::beneath::BeneathError;
+        match error {
+            BeneathError::NotFound => ApiError::new(Problem::PathNotFound),
+            BeneathError::BadPath(why) => {
+                ApiError::new(Problem::InvalidApiParams).with_detail(format!("bad path: {why}"))
+            }
+            BeneathError::WrongKind(why) | BeneathError::TooLarge(why) => {
+                ApiError::new(Problem::InvalidApiParams).with_detail(why)
+            }
+            BeneathError::Io(error) => {
+                tracing::error!(error = %error, "file operation failed");
+                ApiError::new(Problem::InternalServerError)
+            }
+        }
     }
 }
 

@@ -27,7 +27,8 @@ pub struct Fixture {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeypairRow {
-    user_id: i32,
+    #[serde(deserialize_with = "user_id")]
+    user_id: String,
     access_key: String,
     secret_key: String,
     #[serde(default = "yes")]
@@ -44,6 +45,20 @@ pub struct KeypairRow {
     rate_limit: i32,
     #[serde(default)]
     num_queries: i64,
+}
+
+/// A user id: a string, or a number (as 1.0.x fixtures have them).
+fn user_id<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(i64),
+        Text(String),
+    }
+    Ok(match Id::deserialize(deserializer)? {
+        Id::Number(n) => n.to_string(),
+        Id::Text(s) => s,
+    })
 }
 
 fn yes() -> bool {

@@ -6,6 +6,7 @@ pub mod actors;
 pub mod agent;
 pub mod agent_client;
 pub mod auth;
+pub mod beneath;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -25,5 +26,6 @@ pub mod startup;
 pub mod stores;
 pub mod streams;
 pub mod telemetry;
+pub mod vfolders;
 
 pub use context::Core;

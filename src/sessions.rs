@@ -2,6 +2,8 @@
 //! talk to the session actors through the registry.
 
 use actix::Addr;
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 use entity::kernels;
 use sea_orm::EntityTrait;
@@ -10,30 +12,65 @@ use uuid::Uuid;
 
 use crate::actors::keypair;
 use crate::actors::messages::{
-    Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelTerminated, Restart, StartError,
-    StartKernel, UploadFile,
+    Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelRead, KernelTerminated, ReadKernel,
+    Restart, StartError, StartKernel, UploadFile,
 };
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
 use crate::error::{ApiError, Error, Problem};
-use crate::scheduler;
+use crate::scheduler::{self, ResolvedImage};
 use crate::startup::AppState;
-use protocol::KernelLimits;
+use crate::vfolders;
+use protocol::{KernelLimits, KernelSpec, MountSpec};
 
 /// What a client asks for when creating a session.
 pub struct CreateRequest {
     /// The image or alias.
     pub lang: String,
-    /// The client's session token (8 to 80 characters).
+    /// The client's session token (see [`validate_token`]).
     pub token: String,
+    /// The API major version of the call (it decides the token rule).
+    pub api_version: u8,
     /// Seconds a run may take; 0 for the default.
     pub exec_timeout: u64,
-    /// Virtual folders to mount.
+    /// Names of virtual folders to mount.
     pub mounts: Vec<String>,
+    /// Environment variables of the kernel.
+    pub environ: BTreeMap<String, String>,
+    /// Resources asked for, each clamped to the image's: CPU cores, memory (MiB), GPUs.
+    pub resources: Resources,
 }
 
-/// Checks a client session token: 8 to 80 printable characters without `/`.
-pub fn validate_token(token: &str) -> Result<(), ApiError> {
+/// Resources a create asks for; `None` takes the image's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    /// CPU cores.
+    pub cpu: Option<f64>,
+    /// Memory in MiB.
+    pub mem: Option<i64>,
+    /// GPUs.
+    pub gpu: Option<f64>,
+}
+
+/// Checks a client session token. API 4 (client 1.5): 4 to 64 ASCII word characters,
+/// `.` or `-`, starting and ending with a word character, as manager 1.4 checks.
+/// Earlier versions: 8 to 80 printable characters without `/`, as before.
+pub fn validate_token(token: &str, api_version: u8) -> Result<(), ApiError> {
+    if api_version >= 4 {
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        let bytes = token.as_bytes();
+        let ok = (4..=64).contains(&bytes.len())
+            && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-')
+            && bytes.first().is_some_and(|&b| word(b))
+            && bytes.last().is_some_and(|&b| word(b));
+        if !ok {
+            return Err(ApiError::new(Problem::InvalidApiParams).with_detail(
+                "clientSessionToken must be 4 to 64 letters, digits, '_', '.' or '-', \
+                 starting and ending with a letter, digit or '_'",
+            ));
+        }
+        return Ok(());
+    }
     let length = token.chars().count();
     if !(8..=80).contains(&length) || token.chars().any(|c| c.is_control() || c == '/') {
         return Err(ApiError::new(Problem::InvalidApiParams)
@@ -42,20 +79,50 @@ pub fn validate_token(token: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Gets or creates the session `token` of `access_key`; returns whether it was created.
-pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
-    validate_token(&request.token)?;
-    if let Some(existing) = scheduler::live_session(&state.db, access_key, &request.token).await? {
-        wait_until_started(&state.registry, existing).await?;
-        return Ok(false);
+/// Clamps the image's resources down to what the request asks for.
+fn clamp(image: &mut ResolvedImage, asked: Resources) {
+    if let Some(cpu) = asked.cpu {
+        image.cpu = image.cpu.min(cpu);
     }
-    let image = scheduler::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
-    let limits = KernelLimits {
-        cpu_slot: image.cpu,
-        mem_slot: image.mem,
-        gpu_slot: image.gpu,
-        exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout as f64),
-        max_output_bytes: None,
+    if let Some(mem) = asked.mem {
+        image.mem = image.mem.min(mem);
+    }
+    if let Some(gpu) = asked.gpu {
+        image.gpu = image.gpu.min(gpu);
+    }
+}
+
+/// Gets or creates the session `token` of `access_key`; returns whether it was created.
+/// A live session of that token with another image is refused (`kernel-already-exists`).
+pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
+    validate_token(&request.token, request.api_version)?;
+    protocol::validate_environ(&request.environ)
+        .map_err(|why| ApiError::new(Problem::InvalidApiParams).with_detail(why))?;
+    let mut image = scheduler::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
+    if let Some(existing) = scheduler::live_session(&state.db, access_key, &request.token).await? {
+        return reuse(&state.registry, existing, &image).await;
+    }
+    clamp(&mut image, request.resources);
+    let mounts = vfolders::mounts(&state.db, access_key, &request.mounts).await?;
+    let spec = KernelSpec {
+        kernel_id: String::new(),
+        image: image.spec.clone(),
+        limits: KernelLimits {
+            cpu_slot: image.cpu,
+            mem_slot: image.mem,
+            gpu_slot: image.gpu,
+            exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout as f64),
+            max_output_bytes: None,
+        },
+        mounts: mounts
+            .iter()
+            .map(|m| MountSpec {
+                name: m.folder.name.clone(),
+                path: vfolders::files::dir_of(&state.settings, &m.folder).to_string_lossy().into_owned(),
+                read_only: m.read_only,
+            })
+            .collect(),
+        environ: request.environ,
     };
     // Agents found unreachable: an agent that just died still looks alive for up to
     // two heartbeat intervals, and a create that never reached it is placed again.
@@ -64,13 +131,12 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
         let (kernel, created) =
             keypair::reserve(&state.registry, &state.directory, access_key, &request.token, &image, &avoid).await?;
         if !created {
-            wait_until_started(&state.registry, kernel).await?;
-            return Ok(false);
+            return reuse(&state.registry, kernel, &image).await;
         }
         let agent = kernel.agent.clone();
+        vfolders::attach(&state.db, kernel.id, &mounts).await?;
         let actor = session_actor(&state.registry, kernel).await?;
-        let start = StartKernel { image: image.spec.clone(), limits: limits.clone(), mounts: request.mounts.clone() };
-        match actor.send(start).await? {
+        match actor.send(StartKernel { spec: spec.clone() }).await? {
             Ok(()) => return Ok(true),
             Err(StartError { unreachable: true, .. }) if avoid.len() + 1 < MAX_PLACEMENTS => {
                 tracing::warn!(
@@ -82,6 +148,16 @@ pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) 
             Err(failed) => return Err(failed.error),
         }
     }
+}
+
+/// The answer to a create that found the session live: reused (once started) if it
+/// runs the same image, `kernel-already-exists` otherwise.
+async fn reuse(registry: &Addr<Registry>, existing: kernels::Model, image: &ResolvedImage) -> Result<bool, Error> {
+    if existing.lang != image.reference() {
+        return Err(ApiError::new(Problem::KernelAlreadyExists).into());
+    }
+    wait_until_started(registry, existing).await?;
+    Ok(false)
 }
 
 /// How many agents a create tries when the ones it was placed on cannot be reached.
@@ -213,6 +289,16 @@ pub async fn upload(
     data: bytes::Bytes,
 ) -> Result<(), Error> {
     ask(state, access_key, token, || UploadFile { path: path.clone(), data: data.clone() }).await
+}
+
+/// Reads the session's logs or files.
+pub async fn read(
+    state: &AppState,
+    access_key: &str,
+    token: &str,
+    what: impl Fn() -> ReadKernel,
+) -> Result<KernelRead, Error> {
+    ask(state, access_key, token, what).await
 }
 
 /// Destroys the session; its final stats.

@@ -26,7 +26,7 @@ use crate::stores::{ConfigMirror, Stores};
 use crate::{db, fixtures, images, scheduler, Core};
 
 /// The value of every response's `Server` header.
-pub const SERVER_HEADER: &str = "BackendAI-API/v3.20170615";
+pub const SERVER_HEADER: &str = "BackendAI-API/v4.20181215";
 
 /// What every handler can reach.
 pub struct AppState {
@@ -188,10 +188,19 @@ impl Application {
                 .route("/healthz", web::get().to(routes::healthz))
                 // One static scope per API version (no pattern to match on every request),
                 // and a catch-all whose gateway answers 400 for any other version.
-                .service(web::scope("/v1").wrap(from_fn(middleware::gateway)).configure(routes::configure))
-                .service(web::scope("/v2").wrap(from_fn(middleware::gateway)).configure(routes::configure))
-                .service(web::scope("/v3").wrap(from_fn(middleware::gateway)).configure(routes::configure))
+                .service(web::scope("/v1").wrap(from_fn(middleware::gateway)).configure(|c| routes::configure(c, 1)))
+                .service(web::scope("/v2").wrap(from_fn(middleware::gateway)).configure(|c| routes::configure(c, 2)))
+                .service(web::scope("/v3").wrap(from_fn(middleware::gateway)).configure(|c| routes::configure(c, 3)))
+                .service(web::scope("/v4").wrap(from_fn(middleware::gateway)).configure(|c| routes::configure(c, 4)))
                 .service(web::scope("/v{version}").wrap(from_fn(middleware::gateway)))
+                // API 4 without a prefix, for the paths of its modules (others are 404
+                // before any signature check, as they were).
+                .service(
+                    web::scope("")
+                        .guard(actix_web::guard::fn_guard(|ctx| routes::is_unprefixed_route(ctx.head().uri.path())))
+                        .wrap(from_fn(middleware::gateway))
+                        .configure(|c| routes::configure(c, 4)),
+                )
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::new(Problem::GenericNotFound))
                 }))

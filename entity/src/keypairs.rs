@@ -11,8 +11,8 @@ pub struct Model {
     /// The public half of the credential, e.g. `AKIAIOSFODNN7EXAMPLE`.
     #[sea_orm(primary_key, auto_increment = false)]
     pub access_key: String,
-    /// The user owning the key.
-    pub user_id: i32,
+    /// The user owning the key (an e-mail address, or a number written as a string).
+    pub user_id: String,
     /// The secret half; never logged nor shown in `Debug`.
     pub secret_key: String,
     /// Inactive keys are refused by the gateway.

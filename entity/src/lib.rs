@@ -6,6 +6,8 @@ pub mod kernels;
 pub mod keypairs;
 pub mod session_events;
 pub mod vfolder_attachment;
+pub mod vfolder_invitations;
+pub mod vfolder_permissions;
 pub mod vfolders;
 
 pub mod prelude {
@@ -15,5 +17,7 @@ pub mod prelude {
     pub use super::keypairs::Entity as Keypairs;
     pub use super::session_events::Entity as SessionEvents;
     pub use super::vfolder_attachment::Entity as VfolderAttachment;
+    pub use super::vfolder_invitations::Entity as VfolderInvitations;
+    pub use super::vfolder_permissions::Entity as VfolderPermissions;
     pub use super::vfolders::Entity as Vfolders;
 }

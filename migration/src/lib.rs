@@ -10,6 +10,7 @@ mod m20261128_000005_create_vfolder_attachment;
 mod m20261128_000006_add_agents_last_heartbeat;
 mod m20261128_000007_create_session_events;
 mod m20261201_000008_add_agents_heartbeat_interval;
+mod m20261201_000009_api_v4;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_add_agents_last_heartbeat::Migration),
             Box::new(m20261128_000007_create_session_events::Migration),
             Box::new(m20261201_000008_add_agents_heartbeat_interval::Migration),
+            Box::new(m20261201_000009_api_v4::Migration),
         ]
     }
 }

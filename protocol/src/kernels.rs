@@ -73,9 +73,68 @@ pub struct KernelSpec {
     /// Resources and limits.
     #[serde(default)]
     pub limits: KernelLimits,
-    /// Virtual folder mounts.
+    /// Virtual folders to mount at `/home/work/<name>`.
     #[serde(default)]
-    pub mounts: Vec<String>,
+    pub mounts: Vec<MountSpec>,
+    /// Environment variables of the kernel, on top of the agent's.
+    #[serde(default)]
+    pub environ: std::collections::BTreeMap<String, String>,
+}
+
+/// A virtual folder mounted into a kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// The folder's name: it appears at `/home/work/<name>`.
+    pub name: String,
+    /// The folder's directory on the agent's host (the shared folder root).
+    pub path: String,
+    /// Mounted read-only (a `ro` share).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The default group shared by kernels that run as their own uid and the virtual folders
+/// they mount (just below the default kernel uids): the agent's `sandbox.vfolder_gid`
+/// and the manager's `vfolder.gid`.
+pub const DEFAULT_VFOLDER_GID: u32 = 199_999;
+
+impl MountSpec {
+    /// Checks a mount: a plain name (letters, digits, `.`, `_`, `-`; not starting with
+    /// `.`; at most 64 bytes) and an absolute path.
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && !self.name.starts_with('.')
+            && self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !name_ok {
+            let shown: String = self.name.chars().take(64).collect();
+            return Err(format!("invalid mount name {shown:?}"));
+        }
+        if !self.path.starts_with('/') || self.path.contains('\0') {
+            return Err(format!("the mount {} needs an absolute path", self.name));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a kernel's environment: names of `[A-Za-z_][A-Za-z0-9_]*` (at most 256
+/// bytes), values without NUL (at most 32 KiB), at most 256 variables.
+pub fn validate_environ(environ: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if environ.len() > 256 {
+        return Err("at most 256 environment variables".into());
+    }
+    for (name, value) in environ {
+        let first_ok = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        let rest_ok = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !first_ok || !rest_ok || name.len() > 256 {
+            let shown: String = name.chars().take(64).collect();
+            return Err(format!("invalid environment variable name {shown:?}"));
+        }
+        if value.contains('\0') || value.len() > 32 << 10 {
+            return Err(format!("invalid value of environment variable {name}"));
+        }
+    }
+    Ok(())
 }
 
 /// Where a kernel stands on its agent (the `status` of the agent's kernel list).

@@ -9,7 +9,8 @@ mod kernels;
 
 pub use events::{AgentEvent, AgentReport, Envelope, EventSink, Slots};
 pub use kernels::{
-    ImageSpec, KernelLimits, KernelSpec, KernelStats, KernelStatus, KernelTerminated, RunnerKind, TerminationReason,
+    validate_environ, ImageSpec, KernelLimits, KernelSpec, KernelStats, KernelStatus, KernelTerminated, MountSpec,
+    RunnerKind, TerminationReason, DEFAULT_VFOLDER_GID,
 };
 
 /// A secret string (the cluster secret): never shown by `Debug`.

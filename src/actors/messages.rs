@@ -12,7 +12,7 @@ use super::registry::KeypairEntry;
 use super::session::SessionActor;
 use crate::error::Error;
 use crate::scheduler::ResolvedImage;
-use protocol::{ImageSpec, KernelLimits};
+use protocol::KernelSpec;
 
 /// Registry: the actor of an access key (and what it shares), started if it is not running.
 #[derive(Message)]
@@ -81,12 +81,8 @@ pub struct SessionActorStopped {
 #[derive(Message)]
 #[rtype(result = "Result<(), StartError>")]
 pub struct StartKernel {
-    /// The image to start.
-    pub image: ImageSpec,
-    /// Its resources.
-    pub limits: KernelLimits,
-    /// Virtual folders to mount.
-    pub mounts: Vec<String>,
+    /// What the agent starts (its `kernel_id` is the session's kernel).
+    pub spec: KernelSpec,
 }
 
 /// Why a session did not start (it has ended, its reservation released).
@@ -135,6 +131,27 @@ pub struct UploadFile {
     pub path: String,
     /// Its content (at most 1 MiB).
     pub data: bytes::Bytes,
+}
+
+/// Session: read the kernel's logs or files.
+#[derive(Message)]
+#[rtype(result = "Result<KernelRead, Error>")]
+pub enum ReadKernel {
+    /// The recent console output.
+    Logs,
+    /// The listing of a directory (a path as the kernel sees it).
+    Files(String),
+    /// A tar archive of a file or directory.
+    Download(String),
+}
+
+/// The answer to [`ReadKernel`].
+#[derive(Debug)]
+pub enum KernelRead {
+    /// Logs or a listing, as the agent answered.
+    Json(Value),
+    /// A tar archive.
+    Tar(bytes::Bytes),
 }
 
 /// Session: destroy the kernel; the answer is its final stats.

@@ -59,6 +59,8 @@ pub enum BusKind {
     Http,
 }
 
+pub use protocol::DEFAULT_VFOLDER_GID;
+
 /// Sandbox and limit settings of kernels.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -88,6 +90,10 @@ pub struct SandboxConfig {
     /// /sbin, /lib* and a few files of /etc (e.g. an interpreter installed under /opt).
     /// Never list a directory that holds secrets.
     pub read_only_paths: Vec<PathBuf>,
+    /// The group kernels with their own uid share with the virtual folders they mount
+    /// (a supplementary group; their umask keeps what they write group-writable). The
+    /// manager's `vfolder.gid` must be the same.
+    pub vfolder_gid: u32,
 }
 
 impl Default for SandboxConfig {
@@ -104,6 +110,7 @@ impl Default for SandboxConfig {
             default_mem_mib: 1024,
             min_mem_mib: 128,
             read_only_paths: Vec::new(),
+            vfolder_gid: DEFAULT_VFOLDER_GID,
         }
     }
 }

@@ -224,6 +224,7 @@ fn settings(config: &AgentConfig) -> Settings {
         uid_lock_dir: s.uid_lock_dir.clone(),
         warm_kernels: config.warm_kernels,
         read_only_paths: s.read_only_paths.clone(),
+        vfolder_gid: s.vfolder_gid,
     }
 }
 

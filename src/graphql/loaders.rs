@@ -106,7 +106,7 @@ impl Loader<SessionsOf> for Db {
         if let Some(statuses) = status_filter(keys.iter().map(|k| &k.status)) {
             select = select.filter(kernels::Column::Status.is_in(statuses));
         }
-        let rows = select.order_by_asc(kernels::Column::CreatedAt).all(&self.db).await.map_err(Arc::new)?;
+        let rows = select.order_by_desc(kernels::Column::CreatedAt).all(&self.db).await.map_err(Arc::new)?;
         Ok(keys
             .iter()
             .map(|key| {
@@ -117,6 +117,7 @@ impl Loader<SessionsOf> for Db {
                         Owner::Agent(agent) => row.agent.as_ref() == Some(agent),
                     })
                     .filter(|row| matches(key.status, row))
+                    .take(MAX_SESSIONS)
                     .cloned()
                     .collect();
                 (key.clone(), of_key)
@@ -124,6 +125,9 @@ impl Loader<SessionsOf> for Db {
             .collect())
     }
 }
+
+/// Most sessions one list answers (newest first), as manager 1.4 does.
+pub const MAX_SESSIONS: usize = 100;
 
 impl Loader<WorkersOf> for Db {
     type Value = Vec<kernels::Model>;

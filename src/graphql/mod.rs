@@ -13,6 +13,7 @@
 //!   the per-request [`loaders`], one batched query per field level.
 //! - Depth and complexity are limited ([`MAX_DEPTH`], [`MAX_COMPLEXITY`]).
 
+mod compat;
 pub mod loaders;
 mod mutation;
 mod query;
@@ -94,6 +95,7 @@ pub async fn execute(
     context: GqlContext,
     request: async_graphql::Request,
 ) -> async_graphql::Response {
+    let request = compat::user_id_as_string(request);
     let request = loaders::attach(request, &context).data(context.clone());
     if context.caller.is_admin {
         schemas.admin.execute(request).await

@@ -23,6 +23,8 @@ const DEFAULT_RATE_LIMIT: i32 = 1000;
 pub struct KeyPairInput {
     /// Inactive keys are refused by the gateway.
     pub is_active: Option<bool>,
+    /// Admin keys get the admin schema (default false).
+    pub is_admin: Option<bool>,
     /// Name of the resource policy.
     pub resource_policy: Option<String>,
     /// How many live sessions the key may own at once (0 or more).
@@ -48,6 +50,9 @@ impl KeyPairInput {
         let mut changes = Vec::new();
         if let Some(v) = self.is_active {
             changes.push((keypairs::Column::IsActive, Expr::value(v)));
+        }
+        if let Some(v) = self.is_admin {
+            changes.push((keypairs::Column::IsAdmin, Expr::value(v)));
         }
         if let Some(v) = &self.resource_policy {
             changes.push((keypairs::Column::ResourcePolicy, Expr::value(v.clone())));
@@ -127,7 +132,7 @@ pub struct AdminMutation;
 impl AdminMutation {
     /// Creates a keypair for a user; the server generates the access key
     /// (`AKIA` + 16 base32 characters) and a URL-safe secret key.
-    async fn create_keypair(&self, ctx: &Context<'_>, user_id: i32, props: KeyPairInput) -> Result<CreateKeyPair> {
+    async fn create_keypair(&self, ctx: &Context<'_>, user_id: String, props: KeyPairInput) -> Result<CreateKeyPair> {
         if let Some(why) = props.invalid() {
             return Ok(refused(why));
         }
@@ -137,7 +142,7 @@ impl AdminMutation {
             user_id: Set(user_id),
             secret_key: Set(secret_key),
             is_active: Set(props.is_active.unwrap_or(true)),
-            is_admin: Set(false),
+            is_admin: Set(props.is_admin.unwrap_or(false)),
             resource_policy: Set(props.resource_policy),
             created_at: Set(Utc::now().fixed_offset()),
             last_used: Set(None),

@@ -27,6 +27,13 @@ async fn keypair_by_key(ctx: &Context<'_>, access_key: String) -> Result<Option<
     Ok(row.map(KeyPair))
 }
 
+/// The live session (main kernel) `sess_id` of `access_key`.
+async fn session_of(ctx: &Context<'_>, access_key: String, sess_id: Option<String>) -> Result<Option<ComputeSession>> {
+    let Some(sess_id) = sess_id else { return Ok(None) };
+    let row = crate::scheduler::live_session(&context(ctx)?.db, &access_key, &sess_id).await.map_err(internal)?;
+    Ok(row.map(ComputeSession))
+}
+
 /// Queries for admin keys: any access key may be named.
 pub struct AdminQuery;
 
@@ -57,7 +64,7 @@ impl AdminQuery {
 
     /// The keypairs of a user, optionally only the active (or inactive) ones.
     #[graphql(complexity = "super::LIST_FACTOR * child_complexity")]
-    async fn keypairs(&self, ctx: &Context<'_>, user_id: i32, is_active: Option<bool>) -> Result<Vec<KeyPair>> {
+    async fn keypairs(&self, ctx: &Context<'_>, user_id: String, is_active: Option<bool>) -> Result<Vec<KeyPair>> {
         let mut select = keypairs::Entity::find()
             .filter(keypairs::Column::UserId.eq(user_id))
             .order_by_asc(keypairs::Column::CreatedAt)
@@ -84,6 +91,16 @@ impl AdminQuery {
         status: Option<String>,
     ) -> Result<Vec<ComputeSession>> {
         sessions_of(ctx, Owner::Key(key_or_own(ctx, access_key)?), status).await
+    }
+
+    /// The live session `sess_id` of a key (the caller's own when none is given).
+    async fn compute_session(
+        &self,
+        ctx: &Context<'_>,
+        sess_id: Option<String>,
+        access_key: Option<String>,
+    ) -> Result<Option<ComputeSession>> {
+        session_of(ctx, key_or_own(ctx, access_key)?, sess_id).await
     }
 
     /// The worker kernels of a session token, of any key.
@@ -119,6 +136,11 @@ impl UserQuery {
     #[graphql(complexity = "super::LIST_FACTOR * child_complexity")]
     async fn compute_sessions(&self, ctx: &Context<'_>, status: Option<String>) -> Result<Vec<ComputeSession>> {
         sessions_of(ctx, Owner::Key(key_or_own(ctx, None)?), status).await
+    }
+
+    /// The caller's live session `sess_id`.
+    async fn compute_session(&self, ctx: &Context<'_>, sess_id: Option<String>) -> Result<Option<ComputeSession>> {
+        session_of(ctx, key_or_own(ctx, None)?, sess_id).await
     }
 
     /// The worker kernels of one of the caller's session tokens.

@@ -193,8 +193,8 @@ pub struct KeyPair(pub keypairs::Model);
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
 impl KeyPair {
     /// The user owning the key.
-    async fn user_id(&self) -> i32 {
-        self.0.user_id
+    async fn user_id(&self) -> &str {
+        &self.0.user_id
     }
     /// The public half of the credential.
     async fn access_key(&self) -> &str {

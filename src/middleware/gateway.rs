@@ -79,22 +79,27 @@ pub async fn gateway(
     Ok(response)
 }
 
-/// The `N` of a path under `/v{N}` (1 to 3).
+/// The API major version of a path: the `N` of `/v{N}/...` (1 to 4), or 4 for the
+/// unprefixed routes.
 fn api_version(req: &ServiceRequest) -> Result<u8, ApiError> {
-    match req.path().strip_prefix("/v").map(|rest| rest.split('/').next().unwrap_or_default()) {
-        Some("1") => Ok(1),
-        Some("2") => Ok(2),
-        Some("3") => Ok(3),
+    let first = req.path().trim_start_matches('/').split('/').next().unwrap_or_default();
+    // No unprefixed module starts with `v`: a first segment `v...` names a version.
+    let Some(number) = first.strip_prefix('v') else { return Ok(4) };
+    match number {
+        "1" => Ok(1),
+        "2" => Ok(2),
+        "3" => Ok(3),
+        "4" => Ok(4),
         _ => Err(ApiError::new(Problem::GenericBadRequest).with_detail("unsupported API version")),
     }
 }
 
-/// `GET /v{N}` (the version) needs no signature; an unsigned PTY upgrade is left
-/// to its handler (stream tickets, or the compatibility setting).
+/// `GET /v{N}` and `GET /` (the version) need no signature; an unsigned PTY upgrade is
+/// left to its handler (stream tickets, or the compatibility setting).
 fn is_public(req: &ServiceRequest) -> bool {
     let path = req.path().trim_end_matches('/');
-    // The path is `/v{N}` or below it (see `api_version`).
-    let version_root = path.len() == "/v1".len();
+    let version_root = path.is_empty()
+        || path.strip_prefix("/v").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
     req.method() == Method::GET
         && (version_root || (crate::streams::pty::is_pty_upgrade(path) && !req.headers().contains_key("authorization")))
 }
@@ -215,11 +220,17 @@ fn content_type(headers: &HeaderMap) -> Result<Cow<'_, str>, ApiError> {
     })
 }
 
-/// Whether the signature covers an empty body: multipart bodies are signed as empty
-/// (the contract), and so are WebSocket upgrades, whose "body" is the upgraded stream and
-/// must not be read here; an HTTP/1 request without a length or chunked encoding has no body.
+/// Whether the signature covers an empty body: from API v4 on no body is signed (the
+/// version header compared as a string, as the reference does); multipart bodies are
+/// signed as empty (the contract), and so are WebSocket upgrades, whose "body" is the
+/// upgraded stream and must not be read here; an HTTP/1 request without a length or
+/// chunked encoding has no body.
 fn signed_as_empty(req: &ServiceRequest) -> bool {
     let headers = req.headers();
+    let version = headers.get(&X_BACKENDAI_VERSION).or_else(|| headers.get(&X_SORNA_VERSION));
+    if version.is_some_and(|v| v.as_bytes() >= crate::routes::V4.as_bytes()) {
+        return true;
+    }
     let multipart = content_type(headers).is_ok_and(|mime| mime.starts_with("multipart/"));
     let no_body = req.version() < Version::HTTP_2
         && !headers.contains_key(header::TRANSFER_ENCODING)
@@ -268,7 +279,7 @@ fn verify_signature(
         None => Cow::Owned(req.uri().authority().map(|a| a.to_string()).unwrap_or_default()),
     };
     let path_and_query = req.uri().path_and_query().map_or_else(|| req.path(), |p| p.as_str());
-    let parts = SignedParts {
+    let mut parts = SignedParts {
         method: req.method().as_str(),
         path_and_query,
         date_header,
@@ -279,7 +290,22 @@ fn verify_signature(
         version,
         body_hash,
     };
-    let verified = auth::verify(credential.algorithm, &handle.keypair.secret_key, &parts, credential.signature);
+    let verify = |parts: &SignedParts<'_>| {
+        auth::verify(credential.algorithm, &handle.keypair.secret_key, parts, credential.signature)
+    };
+    let mut verified = verify(&parts);
+    // Without a Content-Type, clients sign what their HTTP library assumes: the
+    // reference's `application/octet-stream`, or `text/plain` (client 1.5.1 on its
+    // WebSocket upgrades).
+    if !verified && !headers.contains_key(header::CONTENT_TYPE) {
+        for assumed in ["application/octet-stream", "text/plain"] {
+            parts.content_type = assumed;
+            verified = verify(&parts);
+            if verified {
+                break;
+            }
+        }
+    }
     // One answer for a bad signature, an unknown key and an inactive key.
     if !verified || !handle.keypair.is_active {
         return Err(ApiError::new(Problem::AuthFailed));

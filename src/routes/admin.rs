@@ -34,6 +34,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(Schemas::default())).route("/admin/graphql", web::post().to(graphql_handler));
 }
 
+/// The top-level `compute_session` selections of a query: their response keys and the
+/// response keys of the fields they select.
+fn null_object_fields(query: &str) -> Vec<(String, Vec<String>)> {
+    use async_graphql::parser::types::Selection;
+    let Ok(document) = async_graphql::parser::parse_query(query) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (_, operation) in document.operations.iter() {
+        for selection in &operation.node.selection_set.node.items {
+            let Selection::Field(field) = &selection.node else { continue };
+            if field.node.name.node.as_str() != "compute_session" {
+                continue;
+            }
+            let fields = field
+                .node
+                .selection_set
+                .node
+                .items
+                .iter()
+                .filter_map(|item| match &item.node {
+                    Selection::Field(f) => Some(f.node.response_key().node.to_string()),
+                    _ => None,
+                })
+                .collect();
+            out.push((field.node.response_key().node.to_string(), fields));
+        }
+    }
+    out
+}
+
 #[derive(Deserialize)]
 struct GraphqlBody {
     query: String,
@@ -54,6 +83,7 @@ async fn graphql_handler(
         ApiError::new(Problem::InvalidApiParams)
             .with_detail(format!("the body must be {{\"query\": string, \"variables\": object or null}}: {e}"))
     })?;
+    let null_objects = null_object_fields(&body.query);
     let mut request = async_graphql::Request::new(body.query);
     if let Some(variables) = body.variables {
         request = request.variables(async_graphql::Variables::from_json(Value::Object(variables)));
@@ -73,7 +103,14 @@ async fn graphql_handler(
         return Ok(HttpResponse::Ok().content_type(GRAPHQL_RESPONSE_JSON).body(body));
     }
     if response.errors.is_empty() {
-        let data = response.data.into_json().map_err(|_| ApiError::new(Problem::InternalServerError))?;
+        let mut data = response.data.into_json().map_err(|_| ApiError::new(Problem::InternalServerError))?;
+        // A missing session is an object of nulls in this format: client 1.5.1 reads
+        // `compute_session.sess_id` to tell that it is missing.
+        for (key, fields) in null_objects {
+            if let Some(value @ Value::Null) = data.get_mut(&key) {
+                *value = Value::Object(fields.into_iter().map(|f| (f, Value::Null)).collect());
+            }
+        }
         return Ok(HttpResponse::Ok().json(data));
     }
     let errors: Vec<Value> = response.errors.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();

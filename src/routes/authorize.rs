@@ -1,4 +1,5 @@
-//! `GET|POST /v{N}/authorize`: checks a signature and echoes the request's `echo`.
+//! `GET|POST /v{N}/authorize`, and `/auth` (API 4, also `/v{N}/auth/`): checks a
+//! signature and echoes the request's `echo`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
@@ -8,7 +9,9 @@ use crate::middleware::Authenticated;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/authorize").route(web::get().to(authorize)).route(web::post().to(authorize)));
+    for path in ["/authorize", "/auth", "/auth/"] {
+        cfg.service(web::resource(path).route(web::get().to(authorize)).route(web::post().to(authorize)));
+    }
 }
 
 async fn authorize(_auth: Authenticated, body: web::Bytes) -> Result<HttpResponse, ApiError> {

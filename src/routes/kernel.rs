@@ -1,6 +1,7 @@
 //! `/kernel/...`: the compute session API of the contract.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use actix_multipart::Multipart;
 use actix_web::dev::Payload;
@@ -14,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
-use crate::sessions::{self, CreateRequest};
+use crate::sessions::{self, CreateRequest, Resources};
 use crate::startup::AppState;
 
 /// Most files in one upload.
@@ -29,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/kernel")
             .route("/create", web::post().to(create))
+            .route("", web::post().to(create))
             .route("/", web::post().to(create))
             .default_service(web::to(dispatch)),
     );
@@ -45,6 +47,12 @@ enum Action {
     Complete,
     /// `/kernel/{token}/upload`.
     Upload,
+    /// `/kernel/{token}/logs`.
+    Logs,
+    /// `/kernel/{token}/files`.
+    Files,
+    /// `/kernel/{token}/download`.
+    Download,
 }
 
 /// Splits what follows `/kernel` into the (percent-decoded) token and the action;
@@ -56,6 +64,9 @@ fn kernel_path(rest: &str) -> Option<(Cow<'_, str>, Action)> {
         Some((token, "interrupt")) => (token, Action::Interrupt),
         Some((token, "complete")) => (token, Action::Complete),
         Some((token, "upload")) => (token, Action::Upload),
+        Some((token, "logs")) => (token, Action::Logs),
+        Some((token, "files")) => (token, Action::Files),
+        Some((token, "download")) => (token, Action::Download),
         Some(_) => return None,
     };
     if token.is_empty() {
@@ -72,7 +83,7 @@ async fn dispatch(
     let rest = req.match_info().unprocessed();
     // `POST /kernel/` is a route of its own: other methods end here. (Other methods on
     // `/kernel/create` name a session called "create", as in the reference server.)
-    if rest == "/" {
+    if rest == "/" || rest.is_empty() {
         return Err(method_not_allowed("POST"));
     }
     let (token, action) = kernel_path(rest).ok_or_else(|| ApiError::new(Problem::GenericNotFound))?;
@@ -105,7 +116,15 @@ async fn call(
         Action::Upload if method == Method::POST => {
             upload(req, auth, state, token, Multipart::new(req.headers(), payload)).await?
         }
+        Action::Logs if method == Method::GET => super::kernel_files::logs(auth, state, token).await?,
+        Action::Files if method == Method::GET => {
+            super::kernel_files::list(req, auth, state, token, &body().await?).await?
+        }
+        Action::Download if method == Method::GET => {
+            super::kernel_files::download(req, auth, state, token, &body().await?).await?
+        }
         Action::Session => return Err(method_not_allowed("GET, PATCH, DELETE, POST")),
+        Action::Logs | Action::Files | Action::Download => return Err(method_not_allowed("GET")),
         _ => return Err(method_not_allowed("POST")),
     })
 }
@@ -125,6 +144,9 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
     serde_json::from_slice(if body.is_empty() { b"{}" } else { body }).map_err(|e| bad_params(e.to_string()))
 }
 
+/// A create body, in every shape the 1.x clients send: top-level `limits` and `mounts`
+/// (1.0), `config.mounts` with `envs` (1.1 to 1.3.2) or `environ` (1.3.3 on), and the
+/// `config.instance*` resources (1.4 on, numbers as strings or null).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CreateBody {
@@ -135,7 +157,26 @@ struct CreateBody {
     #[serde(default)]
     resource_limits: Option<Limits>,
     #[serde(default)]
-    mounts: Vec<String>,
+    mounts: Option<Vec<String>>,
+    #[serde(default)]
+    config: Option<CreateConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CreateConfig {
+    #[serde(default)]
+    mounts: Option<Vec<String>>,
+    #[serde(default)]
+    environ: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    envs: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    instance_memory: Option<Value>,
+    #[serde(default)]
+    instance_cores: Option<Value>,
+    #[serde(default)]
+    instance_gpus: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -145,18 +186,44 @@ struct Limits {
     exec_timeout: Option<f64>,
 }
 
+/// A resource amount: a number or a numeric string, positive and finite; null is none.
+fn resource(name: &str, value: Option<&Value>) -> Result<Option<f64>, ApiError> {
+    let number = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match number {
+        Some(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
+        _ => Err(bad_params(format!("{name} must be a positive number"))),
+    }
+}
+
 async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let body: CreateBody = parse_json(&body)?;
     let limits = body.limits.or(body.resource_limits).unwrap_or_default();
     let exec_timeout = limits.exec_timeout.filter(|t| t.is_finite() && *t > 0.0).map(|t| t.ceil() as u64);
+    let config = body.config.unwrap_or_default();
+    let mut mounts = body.mounts.unwrap_or_default();
+    mounts.extend(config.mounts.unwrap_or_default());
+    let resources = Resources {
+        cpu: resource("instanceCores", config.instance_cores.as_ref())?,
+        mem: resource("instanceMemory", config.instance_memory.as_ref())?.map(|mib| mib.ceil() as i64),
+        gpu: resource("instanceGPUs", config.instance_gpus.as_ref())?,
+    };
     let request = CreateRequest {
         lang: body.lang,
         token: body.client_session_token.clone(),
+        api_version: auth.api_version,
         exec_timeout: exec_timeout.unwrap_or(0),
-        mounts: body.mounts,
+        mounts,
+        environ: config.environ.or(config.envs).unwrap_or_default(),
+        resources,
     };
-    sessions::create(&state, &auth.keypair.access_key, request).await?;
-    Ok(HttpResponse::Created().json(json!({"kernelId": body.client_session_token})))
+    let created = sessions::create(&state, &auth.keypair.access_key, request).await?;
+    Ok(HttpResponse::Created().json(json!({"kernelId": body.client_session_token, "created": created})))
 }
 
 async fn info(auth: &Authenticated, state: &AppState, token: &str) -> Result<HttpResponse, ApiError> {
@@ -221,16 +288,21 @@ fn execute_request(api_version: u8, body: &Value) -> Result<(String, Value), Api
     } else {
         object.get("mode").and_then(Value::as_str).ok_or_else(|| bad_params("mode is missing"))?
     };
-    if !["query", "batch", "complete"].contains(&mode) {
+    if !["query", "batch", "complete", "continue", "input"].contains(&mode) {
         return Err(bad_params(format!("unknown mode {mode:?}")));
     }
     let code = match object.get("code") {
         Some(Value::String(code)) => code.clone(),
-        None | Some(Value::Null) if mode == "batch" => String::new(),
+        None | Some(Value::Null) => String::new(),
         _ => return Err(bad_params("code must be a string")),
     };
+    // The server assigns the run id when the client leaves it out (clients 1.1 and
+    // later); continuing a run or answering its input request names the run.
     let run_id = match object.get("runId") {
         Some(Value::String(run_id)) if !run_id.is_empty() && run_id.len() <= 64 => run_id.clone(),
+        None | Some(Value::Null) if mode == "continue" || mode == "input" => {
+            return Err(bad_params(format!("mode {mode:?} needs the runId of the run")))
+        }
         None | Some(Value::Null) => uuid::Uuid::new_v4().simple().to_string(),
         _ => return Err(bad_params("runId must be a string of 1 to 64 characters")),
     };
@@ -241,6 +313,16 @@ fn execute_request(api_version: u8, body: &Value) -> Result<(String, Value), Api
     };
     let request = json!({"api_version": api_version, "run_id": run_id, "mode": mode, "code": code, "options": options});
     Ok((mode.to_owned(), request))
+}
+
+/// A v2+ result carries its run id (clients 1.1 and later read it from every result)
+/// and an `exitCode` (null until a run finishes with one).
+fn with_run_id(mut result: Value, run_id: &Value) -> Value {
+    if let Some(object) = result.as_object_mut() {
+        object.insert("runId".into(), run_id.clone());
+        object.entry("exitCode").or_insert(Value::Null);
+    }
+    result
 }
 
 /// The v1 result: flat `stdout`, `stderr`, `media` and `html` fields.
@@ -271,6 +353,7 @@ fn v1_result(result: &Value) -> Value {
 async fn execute(auth: &Authenticated, state: &AppState, token: &str, body: &[u8]) -> Result<HttpResponse, ApiError> {
     let body: Value = parse_json(body)?;
     let (mode, request) = execute_request(auth.api_version, &body)?;
+    let run_id = request["run_id"].clone();
     let result = if mode == "complete" {
         let body = CompleteBody {
             code: request["code"].as_str().unwrap_or_default().to_owned(),
@@ -280,7 +363,7 @@ async fn execute(auth: &Authenticated, state: &AppState, token: &str, body: &[u8
     } else {
         sessions::execute(state, &auth.keypair.access_key, token, request).await?
     };
-    let result = if auth.api_version == 1 { v1_result(&result) } else { result };
+    let result = if auth.api_version == 1 { v1_result(&result) } else { with_run_id(result, &run_id) };
     Ok(HttpResponse::Ok().json(json!({"result": result})))
 }
 
@@ -367,7 +450,8 @@ mod tests {
             json!([]),
             json!({"code": "1"}),
             json!({"mode": "nope", "code": "1"}),
-            json!({"mode": "query"}),
+            json!({"mode": "continue", "code": ""}),
+            json!({"mode": "input", "code": "x", "runId": null}),
             json!({"mode": "query", "code": 5}),
             json!({"mode": "query", "code": "", "runId": 7}),
             json!({"mode": "query", "code": "", "options": "x"}),

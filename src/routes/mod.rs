@@ -2,21 +2,37 @@
 
 mod admin;
 mod authorize;
+mod folders;
 mod health;
 mod kernel;
+mod kernel_files;
 mod root;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 pub use health::healthz;
+pub use root::V4;
 
-/// Registers the routes of the `/v{N}` scope.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers the routes of API `version`: under `/v{N}`, or unprefixed for API 4.
+pub fn configure(cfg: &mut web::ServiceConfig, version: u8) {
     root::configure(cfg);
     admin::configure(cfg);
     authorize::configure(cfg);
     kernel::configure(cfg);
+    if version >= 2 {
+        folders::configure(cfg);
+    }
     crate::streams::configure(cfg);
+}
+
+/// The first path segments of the unprefixed (API 4) routes.
+const UNPREFIXED_ROOTS: &[&str] = &["auth", "authorize", "kernel", "folders", "admin", "stream"];
+
+/// Whether an unprefixed path belongs to API 4: `/` or below one of its modules.
+pub fn is_unprefixed_route(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    let first = rest.split('/').next().unwrap_or_default();
+    first.is_empty() && rest.is_empty() || UNPREFIXED_ROOTS.contains(&first)
 }
 
 /// The answer to a call that returns nothing: 204 No Content; except for

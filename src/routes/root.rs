@@ -1,10 +1,14 @@
-//! `GET /v{N}`: the API version, without authentication.
+//! `GET /` and `GET /v{N}`: the latest API version, without authentication.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 /// The version every gateway reports.
-pub const API_VERSION: &str = "v3.20170615";
+pub const API_VERSION: &str = "v4.20181215";
+
+/// The first version whose signatures cover no body (compared as strings, as the
+/// reference does).
+pub const V4: &str = "v4.20181215";
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {

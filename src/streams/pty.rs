@@ -82,7 +82,9 @@ struct PtyQuery {
 /// Whether an unsigned request may reach the PTY route (its handler then checks
 /// the ticket or the compatibility setting).
 pub fn is_pty_upgrade(path: &str) -> bool {
-    path.starts_with("/v") && path.ends_with("/pty") && path.contains("/stream/kernel/")
+    (path.starts_with("/v") || path.starts_with("/stream/"))
+        && path.ends_with("/pty")
+        && path.contains("/stream/kernel/")
 }
 
 async fn pty(
@@ -257,6 +259,7 @@ mod tests {
     #[test]
     fn pty_paths_are_recognized() {
         assert!(is_pty_upgrade("/v3/stream/kernel/abc/pty"));
+        assert!(is_pty_upgrade("/stream/kernel/abc/pty"));
         assert!(!is_pty_upgrade("/v3/stream/kernel/abc/events"));
         assert!(!is_pty_upgrade("/v3/kernel/abc"));
     }

@@ -232,7 +232,7 @@ async fn sessions_show_the_contract_fields_filtered_by_status() {
         let all = gql_ok(&app, &admin, &query, json!({"ak": app.access_key, "st": null})).await;
         let ids: Vec<&str> =
             all["compute_sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
-        assert_eq!(ids, [running.to_string(), ended.to_string()], "oldest first");
+        assert_eq!(ids, [ended.to_string(), running.to_string()], "newest first");
         // A session is one kernel here (sess_id is unique per key): there are no workers.
         let workers = gql_ok(&app, &admin, "{ compute_workers(sess_id: \"s1\") { sess_id role } }", Value::Null).await;
         assert_eq!(workers, json!({"compute_workers": []}));
@@ -256,8 +256,8 @@ async fn running_sessions_show_live_stats_and_ended_ones_their_final_columns() {
         assert_eq!(
             data["compute_sessions"],
             json!([
-                {"sess_id": "live", "cpu_used": 4321, "mem_cur_bytes": 777, "mem_max_bytes": 5_000_000_000_i64},
                 {"sess_id": "done", "cpu_used": 10, "mem_cur_bytes": 20, "mem_max_bytes": 5_000_000_000_i64},
+                {"sess_id": "live", "cpu_used": 4321, "mem_cur_bytes": 777, "mem_max_bytes": 5_000_000_000_i64},
             ])
         );
         app.stop().await;
@@ -327,7 +327,7 @@ async fn create_keypair_makes_a_key_that_signs_requests() {
         );
         assert_eq!(
             (&key["user_id"], &key["is_active"], &key["is_admin"], &key["concurrency_limit"], &key["rate_limit"]),
-            (&json!(9), &json!(true), &json!(false), &json!(1), &json!(50))
+            (&json!("9"), &json!(true), &json!(false), &json!(1), &json!(50))
         );
         assert_eq!(key["resource_policy"], "p");
         let new_key = (access_key.to_owned(), key["secret_key"].as_str().unwrap().to_owned());

@@ -13,12 +13,12 @@ use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Backend, BACKEND
 async fn version_root_answers_without_auth_on_every_version() {
     for backend in BACKENDS {
         let Some(app) = spawn_app(backend).await else { continue };
-        for n in 1..=3 {
-            let response = app.get(&format!("/v{n}")).await;
-            assert_eq!(response.status().as_u16(), 200);
-            assert_eq!(response.headers()["server"], "BackendAI-API/v3.20170615");
+        for path in ["/v1", "/v2", "/v3", "/v4", "/v4/", "/"] {
+            let response = app.get(path).await;
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            assert_eq!(response.headers()["server"], "BackendAI-API/v4.20181215");
             let body: Value = response.json().await.unwrap();
-            assert_eq!(body, json!({"version": "v3.20170615"}));
+            assert_eq!(body, json!({"version": "v4.20181215"}), "{path}");
         }
         app.stop().await;
     }
@@ -27,9 +27,9 @@ async fn version_root_answers_without_auth_on_every_version() {
 #[actix_web::test]
 async fn unsupported_versions_are_bad_requests() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
-    for path in ["/v0", "/v4/authorize", "/v99", "/vx/kernel/create"] {
+    for path in ["/v0", "/v5/authorize", "/v99", "/vx/kernel/create"] {
         let response = app.get(path).await;
-        assert_eq!(response.headers()["server"], "BackendAI-API/v3.20170615", "{path}");
+        assert_eq!(response.headers()["server"], "BackendAI-API/v4.20181215", "{path}");
         assert_problem(response, 400, "generic-bad-request").await;
     }
     app.stop().await;

@@ -244,6 +244,8 @@ pub struct Signed<'a> {
     pub path: &'a str,
     pub body: Vec<u8>,
     pub content_type: &'a str,
+    /// `X-BackendAI-Version`; from `v4.20181215` on no body is signed.
+    pub version: &'a str,
     pub date: DateTime<FixedOffset>,
     pub access_key: &'a str,
     pub secret_key: &'a str,
@@ -273,31 +275,40 @@ impl TestApp {
             path,
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
             content_type: "application/json",
+            version: "v2.20170315",
             date: Utc::now().fixed_offset(),
             access_key: &self.access_key,
             secret_key: &self.secret_key,
         }
     }
 
+    /// A signed request as client 1.5.1 makes it: API v4, unprefixed path, no body in
+    /// the signature.
+    pub fn signed_v4<'a>(&'a self, method: &'a str, path: &'a str, body: Option<Value>) -> Signed<'a> {
+        Signed { version: "v4.20181215", ..self.signed(method, path, body) }
+    }
+
     /// The headers that sign `request`, as the official client makes them.
     pub fn signature_headers(&self, request: &Signed<'_>) -> Vec<(&'static str, String)> {
         let date_header = request.date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-        let body_hash = HashAlgorithm::Sha256.hex_digest(&request.body);
+        let signed_body: &[u8] = if request.version >= "v4.20181215" { b"" } else { &request.body };
+        let body_hash = HashAlgorithm::Sha256.hex_digest(signed_body);
         let parts = SignedParts {
             method: request.method,
             path_and_query: request.path,
             date_header: &date_header,
             date: request.date,
             host: &self.host,
-            content_type: request.content_type,
+            // The media type without parameters (`multipart/form-data; boundary=...`).
+            content_type: request.content_type.split(';').next().unwrap_or_default().trim(),
             version_header: "x-backendai-version",
-            version: "v2.20170315",
+            version: request.version,
             body_hash: &body_hash,
         };
         let signature = auth::sign(HashAlgorithm::Sha256, request.secret_key, &parts);
         let mut headers = vec![
             ("Date", date_header),
-            ("X-BackendAI-Version", "v2.20170315".to_owned()),
+            ("X-BackendAI-Version", request.version.to_owned()),
             (
                 "Authorization",
                 format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", request.access_key),
@@ -377,4 +388,67 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, name: &str
     assert_eq!(body["type"], format!("https://api.backend.ai/probs/{name}"), "{body}");
     assert!(body["title"].is_string(), "{body}");
     body
+}
+
+/// Adds a keypair of the user `user_id` (a string id, as API v4 has them) and returns a
+/// handle that signs with it.
+pub async fn add_user_key(app: &TestApp, user_id: &str) -> TestApp {
+    let access_key = format!("AKIA{}", &uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase());
+    let secret_key = unique("secret");
+    let fixture = serde_json::from_value(json!({"keypairs": [{
+        "user_id": user_id, "access_key": access_key, "secret_key": secret_key, "concurrency_limit": 5,
+    }]}))
+    .unwrap();
+    fixtures::populate(&app.state.db, fixture).await.expect("insert a keypair");
+    let mut handle = app.clone_handle();
+    handle.access_key = access_key;
+    handle.secret_key = secret_key;
+    handle
+}
+
+/// A multipart/form-data body of files in fields `src`, the file names percent-encoded
+/// as client 1.5.1 sends them; returns the Content-Type and the body.
+pub fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = unique("boundary");
+    let mut body = Vec::new();
+    for (name, data) in files {
+        let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"src\"; filename=\"{encoded}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The parts of a multipart/mixed answer: each part's headers and its bytes.
+pub async fn multipart_parts(response: reqwest::Response) -> Vec<(Vec<String>, Vec<u8>)> {
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let boundary = content_type.split("boundary=").nth(1).expect("a boundary").to_owned();
+    let body = response.bytes().await.unwrap().to_vec();
+    let delimiter = format!("--{boundary}");
+    assert!(body.starts_with(delimiter.as_bytes()), "a preamble before the first part");
+    let mut parts = Vec::new();
+    let mut rest = &body[delimiter.len()..];
+    loop {
+        if rest.starts_with(b"--") {
+            break;
+        }
+        rest = rest.strip_prefix(b"\r\n").expect("CRLF after a delimiter");
+        let header_end = rest.windows(4).position(|w| w == b"\r\n\r\n").expect("part headers end");
+        let headers: Vec<String> =
+            String::from_utf8_lossy(&rest[..header_end]).split("\r\n").map(str::to_owned).collect();
+        rest = &rest[header_end + 4..];
+        let next = format!("\r\n{delimiter}");
+        let end = rest.windows(next.len()).position(|w| w == next.as_bytes()).expect("a closing delimiter");
+        parts.push((headers, rest[..end].to_vec()));
+        rest = &rest[end + next.len()..];
+    }
+    parts
 }

@@ -139,9 +139,12 @@ async fn malformed_execute_bodies_are_400() {
     app.wait_for_agent().await;
     let token = unique("tok");
     assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
-    for body in
-        [json!({"mode": "nope", "code": ""}), json!({"mode": "query"}), json!({"mode": "query", "code": 1}), json!([1])]
-    {
+    for body in [
+        json!({"mode": "nope", "code": ""}),
+        json!({"mode": "continue"}),
+        json!({"mode": "query", "code": 1}),
+        json!([1]),
+    ] {
         let response = app.send(app.signed("POST", &format!("/v3/kernel/{token}"), Some(body))).await;
         assert_problem(response, 400, "invalid-api-params").await;
     }

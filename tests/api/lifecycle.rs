@@ -27,7 +27,7 @@ async fn serves_https_with_the_given_certificate() {
     let output =
         tokio::process::Command::new("curl").args(["-sS", "--cacert"]).arg(&cert).arg(&url).output().await.unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(String::from_utf8_lossy(&output.stdout), r#"{"version":"v3.20170615"}"#);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), r#"{"version":"v4.20181215"}"#);
     app.stop().await;
 }
 

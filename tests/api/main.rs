@@ -18,3 +18,4 @@ mod sdk;
 mod slow_redis;
 mod stores;
 mod streams;
+mod vfolders;

@@ -6,13 +6,13 @@ use sea_orm::EntityTrait;
 
 use super::{SessionActor, ROW_TTL};
 use crate::actors::messages::{
-    Complete, Destroy, Execute, GetKernel, Interrupt, KernelTerminated, Restart, SessionEnded, StartError, StartKernel,
-    UploadFile,
+    Complete, Destroy, Execute, GetKernel, Interrupt, KernelRead, KernelTerminated, ReadKernel, Restart, SessionEnded,
+    StartError, StartKernel, UploadFile,
 };
 use crate::agent_client::{AgentClient, AgentError};
 use crate::error::{ApiError, Error, Problem};
 use crate::scheduler::{self, Ending};
-use protocol::KernelStats;
+use protocol::{KernelSpec, KernelStats};
 
 impl SessionActor {
     /// The agent client, while the session is live.
@@ -68,7 +68,8 @@ impl Handler<StartKernel> for SessionActor {
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let created = agent.create_kernel(&kernel.id.to_string(), &msg.image, &msg.limits, &msg.mounts).await;
+                let spec = KernelSpec { kernel_id: kernel.id.to_string(), ..msg.spec };
+                let created = agent.create_kernel(&spec).await;
                 if let Ok(runtime) = &created {
                     let container = runtime.get("id").and_then(Value::as_str).map(str::to_owned);
                     scheduler::set_status(&core.db, &kernel, KernelStatus::Running, container).await?;
@@ -178,6 +179,28 @@ impl Handler<UploadFile> for SessionActor {
         // that fails or does not answer is not.
         let relayed = self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
             match agent.upload_file(&id, &msg.path, msg.data).await {
+                Err(AgentError::InvalidInput(why)) => Ok(Err(why)),
+                other => other.map(Ok),
+            }
+        });
+        Box::pin(relayed.map(|result, _, _| {
+            result?.map_err(|why| ApiError::new(Problem::InvalidApiParams).with_detail(why).into())
+        }))
+    }
+}
+
+impl Handler<ReadKernel> for SessionActor {
+    type Result = ResponseActFuture<Self, Result<KernelRead, Error>>;
+
+    fn handle(&mut self, msg: ReadKernel, _ctx: &mut Self::Context) -> Self::Result {
+        // A path the agent refuses is the client's error, as for uploads.
+        let relayed = self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
+            let read = match msg {
+                ReadKernel::Logs => agent.logs(&id).await.map(KernelRead::Json),
+                ReadKernel::Files(path) => agent.list_files(&id, &path).await.map(KernelRead::Json),
+                ReadKernel::Download(path) => agent.download(&id, &path).await.map(KernelRead::Tar),
+            };
+            match read {
                 Err(AgentError::InvalidInput(why)) => Ok(Err(why)),
                 other => other.map(Ok),
             }

@@ -1,4 +1,5 @@
-//! Kernel routes: create, list, destroy, restart, execute, interrupt, complete, upload.
+//! Kernel routes: create, list, destroy, restart, execute, interrupt, complete, upload,
+//! and reading a kernel's logs and files.
 
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
@@ -19,7 +20,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/kernels/{id}/execute", web::post().to(execute))
         .route("/kernels/{id}/interrupt", web::post().to(interrupt))
         .route("/kernels/{id}/complete", web::post().to(complete))
-        .route("/kernels/{id}/files", web::put().to(upload));
+        .route("/kernels/{id}/files", web::put().to(upload))
+        .route("/kernels/{id}/files", web::get().to(list_files))
+        .route("/kernels/{id}/logs", web::get().to(logs))
+        .route("/kernels/{id}/download", web::get().to(download));
 }
 
 async fn create(state: web::Data<RpcState>, spec: web::Json<KernelSpec>) -> Result<HttpResponse, AgentError> {
@@ -99,4 +103,35 @@ async fn upload(
     }
     state.runtime.upload(&id, &query.path, body.freeze()).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Query of a file listing or download.
+#[derive(Debug, Deserialize)]
+struct PathQuery {
+    /// A path as the kernel sees it (absolute under its home, or relative to it).
+    #[serde(default)]
+    path: String,
+}
+
+async fn list_files(
+    state: web::Data<RpcState>,
+    id: web::Path<String>,
+    query: web::Query<PathQuery>,
+) -> Result<HttpResponse, AgentError> {
+    Ok(HttpResponse::Ok().json(state.runtime.list_files(&id, &query.path).await?))
+}
+
+async fn logs(state: web::Data<RpcState>, id: web::Path<String>) -> Result<HttpResponse, AgentError> {
+    Ok(HttpResponse::Ok().json(json!({ "logs": state.runtime.logs(&id).await? })))
+}
+
+/// The tar archive of a path, base64 in JSON (`{"tar": ...}`; at most 1 MiB before encoding).
+async fn download(
+    state: web::Data<RpcState>,
+    id: web::Path<String>,
+    query: web::Query<PathQuery>,
+) -> Result<HttpResponse, AgentError> {
+    use base64::Engine;
+    let tar = state.runtime.download(&id, &query.path).await?;
+    Ok(HttpResponse::Ok().json(json!({ "tar": base64::engine::general_purpose::STANDARD.encode(tar) })))
 }

@@ -103,6 +103,9 @@ pub struct RunResult {
     pub options: Option<Value>,
     /// Files produced by the run (always empty in the process runtime).
     pub files: Vec<Value>,
+    /// The exit code of a finished run: of the last batch command, 0 for code that ran.
+    #[serde(rename = "exitCode")]
+    pub exit_code: Option<i64>,
 }
 
 /// A live PTY attached to a kernel (a bash on a pseudo terminal in the scratch dir).
@@ -163,6 +166,13 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> BoxFuture<'a, RuntimeResult<Vec<String>>>;
     /// Writes a file under the kernel's scratch dir (relative path, no escapes).
     fn upload<'a>(&'a self, kernel_id: &'a str, path: &'a str, data: bytes::Bytes) -> BoxFuture<'a, RuntimeResult<()>>;
+    /// The kernel's recent console output (stdout and stderr, the last 256 KiB).
+    fn logs<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<String>>;
+    /// The listing of a directory of the kernel (a path as the kernel sees it):
+    /// `{"files": "<JSON text>", "errors": str, "abspath": str}`.
+    fn list_files<'a>(&'a self, kernel_id: &'a str, path: &'a str) -> BoxFuture<'a, RuntimeResult<Value>>;
+    /// A tar archive of a file or directory of the kernel, at most 1 MiB.
+    fn download<'a>(&'a self, kernel_id: &'a str, path: &'a str) -> BoxFuture<'a, RuntimeResult<Vec<u8>>>;
     /// Starts a shell on a pseudo terminal inside the kernel's sandbox.
     fn pty<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<PtyHandle>>;
     /// Resizes a PTY started by [`Runtime::pty`], given its master side.

@@ -86,6 +86,8 @@ struct RunState {
     build_output: Option<Vec<Value>>,
     /// When the run times out.
     deadline: Instant,
+    /// The exit code of the last step that ended (batch commands; 0 for code that ran).
+    exit_code: Option<i64>,
     /// The interpreter generation the run lives in.
     generation: u64,
 }
@@ -124,7 +126,12 @@ struct State {
     stats: KernelStats,
     /// CPU time of previous interpreters (restarts), in ms.
     cpu_base: u64,
+    /// The last [`LOG_TAIL`] bytes of console output, for `logs`.
+    log: std::collections::VecDeque<u8>,
 }
+
+/// How much console output a kernel keeps for `logs`.
+const LOG_TAIL: usize = 256 << 10;
 
 /// One kernel.
 #[derive(Debug)]
@@ -198,6 +205,7 @@ impl Kernel {
                 completion: None,
                 stats: KernelStats::default(),
                 cpu_base: 0,
+                log: std::collections::VecDeque::new(),
             }),
             changed: Notify::new(),
             rearm: Notify::new(),
@@ -321,7 +329,7 @@ pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) {
 }
 
 fn result(status: RunStatus, console: Vec<Value>, options: Option<Value>) -> RunResult {
-    RunResult { status, console, completions: None, options, files: Vec::new() }
+    RunResult { status, console, completions: None, options, files: Vec::new(), exit_code: None }
 }
 
 /// Quotes a string for bash.

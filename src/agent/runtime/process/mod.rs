@@ -1,11 +1,13 @@
 //! The process runtime: kernels as sandboxed local process trees (see [`sandbox`]).
 
+mod files;
 mod kernel;
 mod runner;
 pub mod sandbox;
 pub mod seccomp;
 pub mod stats;
 pub mod upload;
+mod warm;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,8 +20,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use self::kernel::{Death, Kernel};
-use self::runner::{RunnerSpawn, SpawnedRunner};
 use self::sandbox::UidPool;
+use self::warm::{Warm, WarmKey};
 use super::RunnerKind;
 use super::{
     ExecRequest, KernelInfo, KernelStats, KernelSummary, KernelTerminated, PtyHandle, RunResult, Runtime, RuntimeError,
@@ -61,6 +63,8 @@ pub struct Settings {
     pub warm_kernels: usize,
     /// More host directories kernels see read-only inside bubblewrap.
     pub read_only_paths: Vec<PathBuf>,
+    /// The supplementary group of kernels with their own uid (virtual folders).
+    pub vfolder_gid: u32,
 }
 
 /// The directory of the scratch root that holds the `passwd` and `group` kernels see.
@@ -93,27 +97,6 @@ struct Inner {
     closing: std::sync::atomic::AtomicBool,
     /// When the latest kernel was created, to tell bursts from spaced creations.
     last_creation: Mutex<Option<std::time::Instant>>,
-}
-
-/// Which interpreter a warm runner is.
-type WarmKey = (RunnerKind, String);
-
-/// A runner started ahead of time, with its uid and (placeholder) scratch dir.
-struct Warm {
-    spawned: SpawnedRunner,
-    lease: Option<sandbox::UidLease>,
-    scratch: PathBuf,
-}
-
-impl Warm {
-    async fn discard(self) {
-        self.spawned.kill().await;
-        if let Some(lease) = &self.lease {
-            let (uid, gid) = (lease.uid, lease.gid);
-            let _ = tokio::task::spawn_blocking(move || sandbox::kill_uid(uid, gid)).await;
-        }
-        let _ = std::fs::remove_dir_all(&self.scratch);
-    }
 }
 
 impl ProcessRuntime {
@@ -243,12 +226,17 @@ impl Inner {
         if !valid_kernel_id(&spec.kernel_id) {
             return Err(RuntimeError::InvalidInput("kernel_id must match [A-Za-z0-9_-]{1,64}".into()));
         }
+        protocol::validate_environ(&spec.environ).map_err(RuntimeError::InvalidInput)?;
+        for mount in &spec.mounts {
+            mount.validate().map_err(RuntimeError::InvalidInput)?;
+        }
         let scratch = self.settings.scratch_root.join(&spec.kernel_id);
         if self.get(&spec.kernel_id).is_ok() {
             return Err(RuntimeError::KernelExists);
         }
         let key: WarmKey = (spec.image.runner, runner::runner_program(&spec.image));
-        let warm = self.take_warm(&key);
+        // A warm runner's sandbox has no folders bound: a kernel with mounts starts cold.
+        let warm = if spec.mounts.is_empty() { self.take_warm(&key) } else { None };
         // In a burst of creations the replacement starts at once, to be ready for the next
         // one; when creations are spaced it waits until this kernel's first run is over,
         // instead of competing with it for the CPU.
@@ -317,6 +305,9 @@ impl Inner {
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
             std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
             prepare_scratch(&scratch, owner)?;
+            if self.bwrap.is_none() {
+                link_mounts(&scratch, &kernel.spec.mounts)?;
+            }
             kernel.start().await
         };
         self.refill(key, refill_delay);
@@ -347,123 +338,19 @@ impl Inner {
         Ok(stats)
     }
 
-    /// Takes a warm runner for `key`: a ready one, else the oldest one still starting,
-    /// which is ahead of a runner spawned now.
-    fn take_warm(&self, key: &WarmKey) -> Option<Warm> {
-        let mut pool = self.warm.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = pool.get_mut(key)?;
-        let ready = slot.iter_mut().position(|w| w.spawned.poll_ready());
-        let index = ready.or((!slot.is_empty()).then_some(0))?;
-        Some(slot.remove(index))
-    }
-
-    /// Waits until a warm runner is ready (creations run on the agent's runtime, which
-    /// owns its pipes); one that fails to start is killed.
-    async fn runner_ready(&self, mut spawned: SpawnedRunner) -> RuntimeResult<SpawnedRunner> {
-        tracing::debug!(pid = spawned.pid, ready = spawned.is_ready(), "adopting a warm interpreter");
-        match spawned.wait_ready(WARM_START_LIMIT).await {
-            Ok(()) => Ok(spawned),
-            Err(e) => {
-                spawned.kill().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// How many warm runners `key` has (ready or starting).
-    fn warm_count(&self, key: &WarmKey) -> usize {
-        self.warm.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, Vec::len)
-    }
-
-    /// Starts warm runners for `key` in the background until there are enough.
-    fn refill(self: &Arc<Self>, key: WarmKey, delay: Duration) {
-        let want = self.settings.warm_kernels;
-        if want == 0 || self.closing.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        if self.warm_count(&key) >= want {
-            return;
-        }
-        let inner = self.clone();
-        // A creation that comes before it is ready adopts it still starting.
-        self.rt.spawn(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-                // Another creation may have refilled the pool meanwhile.
-                if inner.warm_count(&key) >= want {
-                    return;
-                }
-            }
-            match inner.spawn_warm(&key) {
-                Ok(warm) => {
-                    let surplus = {
-                        let mut pool = inner.warm.lock().unwrap_or_else(|e| e.into_inner());
-                        let slot = pool.entry(key).or_default();
-                        let closing = inner.closing.load(std::sync::atomic::Ordering::Relaxed);
-                        if slot.len() < want && !closing {
-                            slot.push(warm);
-                            None
-                        } else {
-                            Some(warm)
-                        }
-                    };
-                    if let Some(warm) = surplus {
-                        warm.discard().await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "could not start a warm interpreter"),
-            }
-        });
-    }
-
-    /// Starts one runner ahead of time in a placeholder scratch dir, without a memory limit
-    /// (the adopting kernel sets its own before any user code runs).
-    fn spawn_warm(&self, key: &WarmKey) -> RuntimeResult<Warm> {
-        let lease = match &self.uids {
-            Some(pool) => Some(pool.acquire()?),
-            None => None,
-        };
-        let name = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        let scratch = self.settings.scratch_root.join(name);
-        std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-        let owner = lease.as_ref().map(|l| (l.uid, l.gid));
-        prepare_scratch(&scratch, owner)?;
-        let s = &self.settings;
-        let spawned = runner::spawn_runner(&RunnerSpawn {
-            runner: key.0,
-            program: key.1.clone(),
-            kernel_id: "",
-            scratch: &scratch,
-            bwrap: self.bwrap.as_deref(),
-            owner,
-            limits: sandbox::Rlimits {
-                // Set by the adopting kernel's first command (see `Kernel::adopt`).
-                address_space: libc::RLIM_INFINITY,
-                processes: owner.map(|_| s.max_processes),
-                open_files: s.max_open_files,
-                file_size: s.max_file_size,
-            },
-            kill_leftovers: true,
-        });
-        match spawned {
-            Ok(spawned) => Ok(Warm { spawned, lease, scratch }),
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&scratch);
-                Err(e)
-            }
-        }
-    }
-
-    /// Discards every warm runner (shutdown).
-    async fn drain_warm(&self) {
-        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
-        let all: Vec<Warm> = self.warm.lock().unwrap_or_else(|e| e.into_inner()).drain().flat_map(|(_, v)| v).collect();
-        futures_util::future::join_all(all.into_iter().map(Warm::discard)).await;
-    }
-
     fn all(&self) -> Vec<Arc<Kernel>> {
         self.kernels.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
+}
+
+/// Without bubblewrap, virtual folders appear in the working directory as symlinks to
+/// their directories (a read-only share is not enforced then: see the README).
+fn link_mounts(scratch: &std::path::Path, mounts: &[protocol::MountSpec]) -> RuntimeResult<()> {
+    for mount in mounts {
+        std::os::unix::fs::symlink(&mount.path, scratch.join(&mount.name))
+            .with_context(|| format!("mounting {}", mount.name))?;
+    }
+    Ok(())
 }
 
 /// Sets the mode and owner of a new scratch dir.
@@ -532,6 +419,38 @@ impl Runtime for ProcessRuntime {
             tokio::task::spawn_blocking(move || upload::write(&scratch, &path, &data, owner))
                 .await
                 .map_err(|e| anyhow::anyhow!("upload task failed: {e}"))?
+        })
+    }
+
+    fn logs<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<String>> {
+        Box::pin(async move { Ok(self.inner.get(kernel_id)?.logs()) })
+    }
+
+    fn list_files<'a>(&'a self, kernel_id: &'a str, path: &'a str) -> BoxFuture<'a, RuntimeResult<Value>> {
+        Box::pin(async move {
+            let kernel = self.inner.get(kernel_id)?;
+            let (scratch, inner, path) = (kernel.scratch.clone(), kernel.inner_scratch(), path.to_owned());
+            let host = scratch.to_string_lossy().into_owned();
+            let _permit = kernel.file_work.acquire().await.map_err(|e| anyhow::anyhow!("file gate closed: {e}"))?;
+            tokio::task::spawn_blocking(move || {
+                files::list(&scratch, &inner, &[sandbox::SANDBOX_HOME, host.as_str()], &path)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("file task failed: {e}").into())
+        })
+    }
+
+    fn download<'a>(&'a self, kernel_id: &'a str, path: &'a str) -> BoxFuture<'a, RuntimeResult<Vec<u8>>> {
+        Box::pin(async move {
+            let kernel = self.inner.get(kernel_id)?;
+            let (scratch, path) = (kernel.scratch.clone(), path.to_owned());
+            let host = scratch.to_string_lossy().into_owned();
+            let _permit = kernel.file_work.acquire().await.map_err(|e| anyhow::anyhow!("file gate closed: {e}"))?;
+            tokio::task::spawn_blocking(move || {
+                files::archive(&scratch, &[sandbox::SANDBOX_HOME, host.as_str()], &path)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("file task failed: {e}"))?
         })
     }
 

@@ -54,8 +54,14 @@ pub struct RunnerSpawn<'a> {
     pub scratch: &'a std::path::Path,
     /// The bubblewrap binary, when used.
     pub bwrap: Option<&'a sandbox::Bwrap>,
+    /// Virtual folders bound into the sandbox.
+    pub mounts: &'a [protocol::MountSpec],
+    /// The session's environment variables.
+    pub environ: &'a std::collections::BTreeMap<String, String>,
     /// The kernel uid and gid.
     pub owner: Option<(u32, u32)>,
+    /// With `owner`: the supplementary group shared with virtual folders.
+    pub group: u32,
     /// Resource limits.
     pub limits: Rlimits,
     /// Kill leftover processes of the uid first.
@@ -149,7 +155,7 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
     let filter = spec.bwrap.map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
     let (program, args, home) = match spec.bwrap {
         Some(bwrap) => {
-            let (p, a) = bwrap.command(spec.scratch, &spec.program, &args);
+            let (p, a) = bwrap.command(spec.scratch, spec.mounts, &spec.program, &args);
             (p, a, sandbox::SANDBOX_HOME.to_owned())
         }
         None => (spec.program.clone(), args, spec.scratch.to_string_lossy().into_owned()),
@@ -157,17 +163,15 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
     let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&args)
         .env_clear()
-        .envs(sandbox::kernel_env(spec.kernel_id, &home))
+        .envs(sandbox::kernel_env(spec.kernel_id, &home, spec.environ))
         .current_dir(spec.scratch)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::from(out_w))
         .stderr(std::process::Stdio::from(err_w))
         .process_group(0)
         .kill_on_drop(true);
-    if let Some((uid, gid)) = spec.owner {
-        cmd.uid(uid).gid(gid);
-    }
     let pre = PreExec {
+        identity: spec.owner.map(|(uid, gid)| sandbox::Identity { uid, gid, group: spec.group }),
         limits: spec.limits,
         control_fds: Some((cmd_r.as_raw_fd(), evt_w.as_raw_fd())),
         kill_leftovers: spec.kill_leftovers && spec.owner.is_some(),

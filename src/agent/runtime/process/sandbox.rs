@@ -186,6 +186,8 @@ pub struct Rlimits {
 /// What the child does between fork and exec.
 #[derive(Debug, Clone, Copy)]
 pub struct PreExec {
+    /// The uid, gid and supplementary group to run as (only as root), set first.
+    pub identity: Option<Identity>,
     /// Resource limits.
     pub limits: Rlimits,
     /// Pipe ends to install as fd 3 (commands in) and fd 4 (events out).
@@ -198,6 +200,18 @@ pub struct PreExec {
     pub parent_pid: u32,
     /// How the seccomp filter reaches the kernel.
     pub seccomp: SeccompMode,
+}
+
+/// Who a kernel process runs as: its own uid and gid, plus the group it shares with the
+/// virtual folders, whose files it keeps group-writable (umask 002).
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    /// The kernel's uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+    /// The virtual folders' group.
+    pub group: u32,
 }
 
 /// How a kernel process gets its seccomp filter ([`super::seccomp`]).
@@ -229,11 +243,18 @@ impl std::fmt::Debug for SeccompMode {
 }
 
 impl PreExec {
-    /// The closure body; runs in the forked child after the uid change, so it only uses
-    /// async-signal-safe calls.
+    /// The closure body; runs in the forked child, so it only uses async-signal-safe
+    /// calls. The uid changes first: what follows is done as the kernel.
     pub fn apply(&self) -> std::io::Result<()> {
         // SAFETY: plain syscalls on integers and fds valid in the child.
         unsafe {
+            if let Some(id) = self.identity {
+                let groups: [libc::gid_t; 1] = [id.group];
+                if libc::setgroups(1, groups.as_ptr()) < 0 || libc::setgid(id.gid) < 0 || libc::setuid(id.uid) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::umask(0o002);
+            }
             if self.controlling_tty {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -300,10 +321,15 @@ unsafe fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> std::io
     Ok(())
 }
 
-/// The whole environment of a kernel process: nothing of the agent's is passed on.
-pub fn kernel_env(kernel_id: &str, home: &str) -> Vec<(String, String)> {
+/// The whole environment of a kernel process: nothing of the agent's is passed on; the
+/// variables the session was created with come last (and win).
+pub fn kernel_env(
+    kernel_id: &str,
+    home: &str,
+    environ: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let home = home.to_owned();
-    vec![
+    let mut env = vec![
         ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         ("HOME".into(), home.clone()),
         ("TMPDIR".into(), home),
@@ -317,7 +343,9 @@ pub fn kernel_env(kernel_id: &str, home: &str) -> Vec<(String, String)> {
         // glibc reserves 64 MiB of address space per malloc arena: keep RLIMIT_AS useful.
         ("MALLOC_ARENA_MAX".into(), "2".into()),
         ("BACKENDAI_KERNEL_ID".into(), kernel_id.into()),
-    ]
+    ];
+    env.extend(environ.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 /// Sets the permission bits of `path`.
@@ -444,7 +472,13 @@ impl Bwrap {
     /// /root, /home, /srv or /opt). Every namespace is unshared (network included), and
     /// the sandbox dies with the agent. The process group stays the agent's handle on
     /// the kernel.
-    pub fn command(&self, scratch: &Path, program: &str, args: &[String]) -> (String, Vec<String>) {
+    pub fn command(
+        &self,
+        scratch: &Path,
+        mounts: &[protocol::MountSpec],
+        program: &str,
+        args: &[String],
+    ) -> (String, Vec<String>) {
         let mut out: Vec<String> = Vec::with_capacity(64);
         let mut push = |items: &[&str]| out.extend(items.iter().map(|s| (*s).to_owned()));
         // The sandbox (its pid namespace, so every process in it) dies with the agent.
@@ -474,6 +508,12 @@ impl Bwrap {
         let tmp_size = TMP_SIZE.to_string();
         push(&["--dev", "/dev", "--proc", "/proc", "--size", &tmp_size, "--tmpfs", "/tmp", "--dir", "/home"]);
         push(&["--bind", &scratch.to_string_lossy(), SANDBOX_HOME]);
+        // Virtual folders at /home/work/<name>; a read-only share as a read-only bind.
+        for mount in mounts {
+            let target = format!("{SANDBOX_HOME}/{}", mount.name);
+            let bind = if mount.read_only { "--ro-bind" } else { "--bind" };
+            push(&[bind, &mount.path, &target]);
+        }
         // The root itself (a tmpfs of bwrap's) is read-only: nothing is written outside
         // the scratch dir and /tmp.
         push(&["--remount-ro", "/", "--chdir", SANDBOX_HOME, "--", program]);

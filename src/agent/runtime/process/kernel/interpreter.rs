@@ -92,7 +92,10 @@ impl Kernel {
             kernel_id: &self.id,
             scratch: &self.scratch,
             bwrap: self.bwrap.as_deref(),
+            mounts: &self.spec.mounts,
+            environ: &self.spec.environ,
             owner: self.lease.as_ref().map(|l| (l.uid, l.gid)),
+            group: self.settings.vfolder_gid,
             limits: self.rlimits(),
             kill_leftovers: first,
         })?;
@@ -148,27 +151,33 @@ impl Kernel {
         match self.spec.image.runner {
             RunnerKind::Python => {
                 let lit = |s: &str| serde_json::to_string(s).unwrap_or_default();
+                let environ = serde_json::to_string(&self.spec.environ).unwrap_or_else(|_| "{}".into());
                 format!(
                     "__import__('resource').setrlimit(__import__('resource').RLIMIT_AS, \
                      ({mem}, {mem})); \
                      __import__('os').environ.update({{'HOME': {h}, 'TMPDIR': {h}, \
-                     'BACKENDAI_KERNEL_ID': {k}}}); __import__('os').chdir({h}); \
-                     __import__('sys').path.__setitem__(0, {h})",
+                     'BACKENDAI_KERNEL_ID': {k}}}); __import__('os').environ.update(__import__('json').loads({e})); \
+                     __import__('os').chdir({h}); __import__('sys').path.__setitem__(0, {h})",
                     h = lit(&home),
-                    k = lit(&self.id)
+                    k = lit(&self.id),
+                    e = lit(&environ),
                 )
             }
-            RunnerKind::Shell => format!(
-                "ulimit -v {kib}; export HOME={h} TMPDIR={h} BACKENDAI_KERNEL_ID={k}; cd \"$HOME\"",
-                kib = mem >> 10,
-                h = shell_quote(&home),
-                k = shell_quote(&self.id)
-            ),
+            RunnerKind::Shell => {
+                let environ: String =
+                    self.spec.environ.iter().map(|(k, v)| format!(" {k}={}", shell_quote(v))).collect();
+                format!(
+                    "ulimit -v {kib}; export HOME={h} TMPDIR={h} BACKENDAI_KERNEL_ID={k}{environ}; cd \"$HOME\"",
+                    kib = mem >> 10,
+                    h = shell_quote(&home),
+                    k = shell_quote(&self.id)
+                )
+            }
         }
     }
 
     /// The scratch dir as the kernel sees it (a fixed path inside bubblewrap).
-    pub(super) fn inner_scratch(&self) -> String {
+    pub fn inner_scratch(&self) -> String {
         if self.bwrap.is_some() {
             sandbox::SANDBOX_HOME.to_owned()
         } else {
@@ -179,7 +188,7 @@ impl Kernel {
     /// `program args`, inside bubblewrap when enabled.
     pub(super) fn sandboxed(&self, program: String, args: Vec<String>) -> (String, Vec<String>) {
         match &self.bwrap {
-            Some(bwrap) => bwrap.command(&self.scratch, &program, &args),
+            Some(bwrap) => bwrap.command(&self.scratch, &self.spec.mounts, &program, &args),
             None => (program, args),
         }
     }

@@ -33,15 +33,12 @@ impl Kernel {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .env_clear()
-            .envs(sandbox::kernel_env(&self.id, &self.inner_scratch()))
+            .envs(sandbox::kernel_env(&self.id, &self.inner_scratch(), &self.spec.environ))
             .current_dir(&self.scratch)
             .stdin(stdio(&slave)?)
             .stdout(stdio(&slave)?)
             .stderr(stdio(&slave)?)
             .kill_on_drop(true);
-        if let Some(lease) = &self.lease {
-            cmd.uid(lease.uid).gid(lease.gid);
-        }
         let filter = self
             .bwrap
             .as_ref()
@@ -49,6 +46,11 @@ impl Kernel {
             .transpose()
             .context("seccomp filter")?;
         let pre = PreExec {
+            identity: self.lease.as_ref().map(|l| sandbox::Identity {
+                uid: l.uid,
+                gid: l.gid,
+                group: self.settings.vfolder_gid,
+            }),
             limits: self.rlimits(),
             control_fds: None,
             kill_leftovers: false,

@@ -95,6 +95,7 @@ impl Kernel {
             next_exec: None,
             build_output: None,
             deadline: Instant::now() + timeout,
+            exit_code: None,
             generation,
         };
         let frame = match req.mode {
@@ -194,10 +195,11 @@ impl Kernel {
                         run.console.flush();
                     }
                     let console = run.console.take();
+                    let exit_code = if done { run.exit_code } else { None };
                     if done {
                         st.run = None;
                     }
-                    return result(status, console, options);
+                    return RunResult { exit_code, ..result(status, console, options) };
                 }
             }
             let _ = tokio::time::timeout_at(window_end, notified).await;
@@ -233,10 +235,21 @@ impl Kernel {
         }
     }
 
+    /// The last console output of the kernel, as text.
+    pub fn logs(&self) -> String {
+        let st = self.lock();
+        let (a, b) = st.log.as_slices();
+        let mut bytes = Vec::with_capacity(a.len() + b.len());
+        bytes.extend_from_slice(a);
+        bytes.extend_from_slice(b);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
     /// Output of the interpreter.
     pub(super) fn output(&self, generation: u64, stream: Stream, bytes: &[u8]) {
         let mut st = self.lock();
         let st = &mut *st;
+        keep_log(&mut st.log, bytes);
         match st.run.as_mut() {
             Some(run) if run.generation == generation && !matches!(run.phase, Phase::Done(_)) => {
                 run.console.push_bytes(stream, bytes);
@@ -272,6 +285,9 @@ impl Kernel {
                 return;
             }
             _ => {
+                if kind == "out1" || kind == "out2" {
+                    keep_log(&mut st.log, payload.as_bytes());
+                }
                 let Some(run) =
                     st.run.as_mut().filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_)))
                 else {
@@ -285,6 +301,7 @@ impl Kernel {
                             return;
                         }
                         let rc = fields.next().and_then(|f| f.trim().parse::<i64>().ok()).unwrap_or(0);
+                        run.exit_code = Some(rc);
                         match run.next_exec.take() {
                             Some(exec) if rc == 0 => {
                                 run.console.flush();
@@ -424,4 +441,12 @@ impl Kernel {
         let limit = self.rlimits().address_space;
         st.stats.mem_cur_bytes.saturating_mul(10) >= limit.saturating_mul(9)
     }
+}
+
+/// Appends console output to a kernel's log tail, dropping the oldest bytes past [`LOG_TAIL`].
+fn keep_log(log: &mut std::collections::VecDeque<u8>, bytes: &[u8]) {
+    let bytes = &bytes[bytes.len().saturating_sub(LOG_TAIL)..];
+    let excess = (log.len() + bytes.len()).saturating_sub(LOG_TAIL);
+    log.drain(..excess);
+    log.extend(bytes);
 }
