@@ -527,3 +527,51 @@ async fn the_official_sdk_lists_sessions_and_vfolders() {
         app.stop().await;
     }
 }
+
+#[actix_web::test]
+async fn user_ids_are_strings_whether_declared_int_or_string() {
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        let admin = add_key(&app.state, true).await;
+        // Client 1.5.1 declares Int! for a numeric id, String! otherwise; 1.0.6 always Int!.
+        let create = "mutation($user_id: Int!, $input: KeyPairInput!) { create_keypair(user_id: $user_id, \
+                      props: $input) { ok msg keypair { access_key user_id is_admin } } }";
+        let input = json!({"is_active": true, "is_admin": true, "resource_policy": null, "rate_limit": 5000,
+                           "concurrency_limit": 1});
+        let made = gql_ok(&app, &admin, create, json!({"user_id": 41, "input": input})).await;
+        assert_eq!(made["create_keypair"]["keypair"]["user_id"], "41", "{made}");
+        assert_eq!(made["create_keypair"]["keypair"]["is_admin"], true, "is_admin is honoured");
+        let by_string = create.replace("Int!", "String!");
+        let made = gql_ok(&app, &admin, &by_string, json!({"user_id": "alice@example.com", "input": input})).await;
+        assert_eq!(made["create_keypair"]["keypair"]["user_id"], "alice@example.com");
+        for (declared, value) in [("Int!", json!(41)), ("String!", json!("41"))] {
+            let query = format!("query($user_id: {declared}) {{ keypairs(user_id: $user_id) {{ user_id }} }}");
+            let data = gql_ok(&app, &admin, &query, json!({"user_id": value})).await;
+            assert_eq!(data["keypairs"], json!([{"user_id": "41"}]), "{declared}");
+        }
+        let data = gql_ok(&app, &admin, "{ keypairs(user_id: 41) { user_id } }", Value::Null).await;
+        assert_eq!(data["keypairs"], json!([{"user_id": "41"}]), "an integer literal");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn answers_keep_the_query_field_order_and_a_missing_session_is_all_nulls() {
+    let app = spawn_app(Backend::Embedded).await.unwrap();
+    add_session(&app.state, &app.access_key, "ordered", KernelStatus::Running, "master").await;
+    let fields = ["status", "sess_id", "lang", "created_at", "mem_slot", "cpu_slot", "agent"];
+    let query = format!("query($sess_id: String) {{ compute_session(sess_id: $sess_id) {{ {} }} }}", fields.join(" "));
+    let response = gql(&app, &own(&app), &query, json!({"sess_id": "ordered"})).await;
+    let text = response.text().await.unwrap();
+    // The 1.0.6 and 1.5.1 CLIs print values in the answer's order under headers in the query's.
+    let positions: Vec<usize> = fields.iter().map(|f| text.find(&format!("\"{f}\"")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let data = gql_ok(&app, &own(&app), &query, json!({"sess_id": "missing"})).await;
+    let nulls: serde_json::Map<String, Value> = fields.iter().map(|f| (f.to_string(), Value::Null)).collect();
+    assert_eq!(data, json!({"compute_session": nulls}), "the 1.5.1 CLI reads sess_id to tell");
+    let list = format!("{{ compute_sessions {{ {} }} }}", fields.join(" "));
+    let text = gql(&app, &own(&app), &list, Value::Null).await.text().await.unwrap();
+    let positions: Vec<usize> = fields.iter().map(|f| text.find(&format!("\"{f}\"")).unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
+    app.stop().await;
+}

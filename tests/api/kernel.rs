@@ -33,7 +33,7 @@ async fn create_execute_info_destroy_on_every_backend() {
         let token = unique("tok");
         let response = create(&app, "python3", &token).await;
         assert_eq!(response.status().as_u16(), 201, "{backend:?}");
-        assert_eq!(response.json::<Value>().await.unwrap(), json!({"kernelId": token}));
+        assert_eq!(response.json::<Value>().await.unwrap(), json!({"kernelId": token, "created": true}));
         assert_eq!(keypair(&app, &app.access_key).await.concurrency_used, 1);
 
         let response = execute(&app, &token, "print(6 * 7)", "r1").await;

@@ -18,4 +18,5 @@ mod sdk;
 mod slow_redis;
 mod stores;
 mod streams;
+mod v4;
 mod vfolders;
