@@ -276,13 +276,14 @@ impl Default for VfolderSettings {
 }
 
 impl Settings {
-    /// The root directory of the virtual folders.
+    /// The root directory of the virtual folders, absolute (agents bind it by path).
     pub fn vfolder_root(&self) -> PathBuf {
-        if self.vfolder.root.as_os_str().is_empty() {
+        let root = if self.vfolder.root.as_os_str().is_empty() {
             self.db.data_dir.join("vfolders")
         } else {
             self.vfolder.root.clone()
-        }
+        };
+        std::path::absolute(&root).unwrap_or(root)
     }
 }
 

@@ -62,7 +62,9 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 {
+        // Search (x) for others is fine: the virtual folder root may be inside (see
+        // `vfolders::files::prepare_root`), and nothing can be listed or read.
+        if mode & 0o066 != 0 {
             tracing::warn!(
                 dir = %dir.display(),
                 mode = format!("{:o}", mode & 0o7777),

@@ -87,6 +87,8 @@ impl Application {
         settings.validate()?;
         let stores = Stores::connect(&settings).await.context("cannot connect to the config or Redis stores")?;
         prepare_database(&settings, &db).await?;
+        crate::vfolders::files::prepare_root(&settings)
+            .with_context(|| format!("cannot prepare the virtual folder root {}", settings.vfolder_root().display()))?;
         if settings.etcd.addr.is_none() && images::seed_builtin(stores.config.as_ref()).await? {
             tracing::info!("loaded the built-in kernel images into the embedded config store");
         }

@@ -39,6 +39,22 @@ fn tree(settings: &Settings, folder: &vfolders::Model) -> Result<Tree, ApiError>
     })
 }
 
+/// Creates the folder root at start. Kernels that run as their own uid reach the folders
+/// they mount through it, so the root, and the data dir when the root is inside it (the
+/// embedded default), can be searched by other users (0711: nothing in them can be
+/// listed, and every file of the data dir is the manager's own, mode 0600).
+pub fn prepare_root(settings: &Settings) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let root = settings.vfolder_root();
+    std::fs::DirBuilder::new().recursive(true).mode(0o711).create(&root)?;
+    let data_dir = std::path::absolute(&settings.db.data_dir)?;
+    if root.parent() == Some(data_dir.as_path()) {
+        let mode = std::fs::metadata(&data_dir)?.permissions().mode() & 0o7777;
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(mode | 0o011))?;
+    }
+    Ok(())
+}
+
 /// Creates the folder's directory (and the root and host directories).
 pub async fn make_dir(settings: &Settings, folder: &vfolders::Model) -> Result<(), ApiError> {
     let dir = dir_of(settings, folder);

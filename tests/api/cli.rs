@@ -272,7 +272,14 @@ async fn serve_works_from_a_private_directory_and_keeps_its_secrets_private() {
 
     let data = home.path().join("data");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&data), 0o700, "the data dir");
+    // Searchable, for kernels to reach the virtual folders inside; never listable.
+    assert_eq!(mode(&data), 0o711, "the data dir");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+    }
     assert_eq!(mode(&data.join("backend.ai.db")), 0o600, "the database");
     if data.join("config-store.json").exists() {
         assert_eq!(mode(&data.join("config-store.json")), 0o600, "the config store");

@@ -6,6 +6,7 @@
 mod admin;
 mod bus;
 mod cli;
+mod client151;
 mod cluster;
 mod faults;
 mod gateway;

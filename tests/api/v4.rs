@@ -146,8 +146,8 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
         assert!(listing["abspath"].as_str().unwrap().ends_with("/\n"), "{listing}");
         let k = entries.iter().find(|e| e["filename"] == "k.txt").unwrap();
         assert_eq!((&k["size"], &k["mode"].as_str().unwrap()[..1]), (&json!(5), "-"));
-        let sub = ok_json(v4(&app, "GET", &format!("/kernel/{token}/files"), Some(json!({"path": "sub"}))).await, 200)
-            .await;
+        let sub =
+            ok_json(v4(&app, "GET", &format!("/kernel/{token}/files"), Some(json!({"path": "sub"}))).await, 200).await;
         assert!(sub["files"].as_str().unwrap().contains("deeper"), "{sub}");
         for outside in ["/etc", "../..", "/home/work/../../etc"] {
             let body = Some(json!({"path": outside}));
@@ -184,7 +184,10 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
 
         // User code plants links out and a FIFO: nothing leaks, nothing blocks.
         let plant = "import os\nos.symlink('/etc/passwd', 'pw')\nos.symlink('/', 'root')\nos.mkfifo('ff')";
-        assert_eq!(run(&app, &token, json!({"mode": "query", "code": plant, "runId": null})).await["status"], "finished");
+        assert_eq!(
+            run(&app, &token, json!({"mode": "query", "code": plant, "runId": null})).await["status"],
+            "finished"
+        );
         for file in ["pw", "root/etc/passwd", "ff", "/etc/passwd"] {
             let started = std::time::Instant::now();
             let body = Some(json!({"files": [file]}));
