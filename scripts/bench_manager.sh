@@ -6,7 +6,9 @@
 #   JSON endpoint (examples/bare_json.rs);
 # - manager memory (RSS) per live session; PTY streams;
 # - at scale (scripts/bench_scale.py): executes from 8 clients on 8 sessions at once,
-#   300 live python3 sessions on one agent, 1,000 creates and destroys in a row.
+#   300 live python3 sessions on one agent, 1,000 creates and destroys in a row;
+# - a 1 GiB file up to and down from a virtual folder (scripts/bench_vfolder.py), next
+#   to a `cp` of the same file, with the manager's RSS.
 #
 #   scripts/bench_manager.sh               # the embedded default
 #   scripts/bench_manager.sh --production  # embedded, then PostgreSQL + etcd + Redis,
@@ -17,7 +19,7 @@
 # default 127.0.0.1:6379). Needs wrk (apt-get install wrk), etcd for --production, and a
 # Python with backend.ai-client==1.0.6 (BACKENDAI_SDK_PYTHON, default .venv/bin/python).
 # Not part of `cargo test`. Knobs: BENCH_PARTS (execute,throughput,memory,pty,parallel,
-# many,churn), BENCH_SECONDS, BENCH_ROUNDS, BENCH_EXECUTES, BENCH_SESSIONS, BENCH_MANY,
+# many,churn,vfolder), BENCH_VFOLDER_MIB, BENCH_SECONDS, BENCH_ROUNDS, BENCH_EXECUTES, BENCH_SESSIONS, BENCH_MANY,
 # BENCH_CHURN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ PRODUCTION=0
 PYTHON=${BACKENDAI_SDK_PYTHON:-$PWD/.venv/bin/python}
 DB_URL=${BENCH_DB_URL:-postgres://postgres@127.0.0.1:5432}
 REDIS=${BENCH_REDIS:-127.0.0.1:6379}
-PARTS=${BENCH_PARTS:-execute,throughput,memory,pty,parallel,many,churn}
+PARTS=${BENCH_PARTS:-execute,throughput,memory,pty,parallel,many,churn,vfolder}
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
 if [[ $PRODUCTION == 1 ]]; then
     command -v etcd >/dev/null || { echo "etcd is not installed: apt-get install etcd-server" >&2; exit 1; }
@@ -103,7 +105,7 @@ run() {
     # Room for many sessions on one agent.
     $M "${common[@]}" etcd put config/overbook/cpu 1000 >/dev/null
     $M "${common[@]}" etcd put config/overbook/mem 1000 >/dev/null
-    BACKENDAI_MANAGER__CLUSTER_SECRET=$secret BACKENDAI_LOCAL_AGENT__ENABLED=false \
+    BACKENDAI_MANAGER__CLUSTER_SECRET=$secret BACKENDAI_LOCAL_AGENT__ENABLED=false BACKENDAI_VFOLDER__MAX_SIZE=$((4 << 30)) \
         $M "${common[@]}" --service-port $PORT --events-port $EVENTS serve &
     local manager_pid=$!
     BACKENDAI_AGENT_CLUSTER_SECRET=$secret $BIN/backendai-agent "${agent_args[@]}" \
@@ -119,6 +121,10 @@ run() {
         --bare "http://127.0.0.1:$BARE/json" --bare-pid "$BARE_PID")
     (cd scripts && BENCH_PARTS=$PARTS "$PYTHON" bench_scale.py --endpoint "http://127.0.0.1:$PORT" \
         --manager-pid "$manager_pid" --agent-pid "$agent_pid" --scratch-root "$data/scratch")
+    if [[ ,$PARTS, == *,vfolder,* ]]; then
+        (cd scripts && "$PYTHON" bench_vfolder.py --endpoint "http://127.0.0.1:$PORT" \
+            --manager-pid "$manager_pid" --work "$WORK")
+    fi
     stop_all
 }
 

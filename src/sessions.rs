@@ -54,7 +54,8 @@ pub struct Resources {
 
 /// Checks a client session token. API 4 (client 1.5): 4 to 64 ASCII word characters,
 /// `.` or `-`, starting and ending with a word character, as manager 1.4 checks.
-/// Earlier versions: 8 to 80 printable characters without `/`, as before.
+/// Earlier versions: 4 to 80 printable characters without `/` (clients 1.1 to 1.4 let
+/// users pick tokens as short as API 4 does).
 pub fn validate_token(token: &str, api_version: u8) -> Result<(), ApiError> {
     if api_version >= 4 {
         let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -72,9 +73,9 @@ pub fn validate_token(token: &str, api_version: u8) -> Result<(), ApiError> {
         return Ok(());
     }
     let length = token.chars().count();
-    if !(8..=80).contains(&length) || token.chars().any(|c| c.is_control() || c == '/') {
+    if !(4..=80).contains(&length) || token.chars().any(|c| c.is_control() || c == '/') {
         return Err(ApiError::new(Problem::InvalidApiParams)
-            .with_detail("clientSessionToken must be 8 to 80 characters without '/'"));
+            .with_detail("clientSessionToken must be 4 to 80 characters without '/'"));
     }
     Ok(())
 }

@@ -139,14 +139,19 @@ async fn info(
     })))
 }
 
+/// 204 for API 4 (client 1.5 reads a body only on 200); clients 1.1 to 1.4 parse the
+/// answer as JSON whatever its status, so they get 200 with `{}`.
 async fn delete(
     auth: Authenticated,
     state: web::Data<AppState>,
-    req: HttpRequest,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     vfolders::delete(&state.db, &state.settings, &auth.keypair.access_key, path_param(&name)).await?;
-    Ok(super::no_content(&req))
+    if auth.api_version >= 4 {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Ok(HttpResponse::Ok().json(json!({})))
+    }
 }
 
 async fn mkdir(

@@ -6,12 +6,12 @@
 mod admin;
 mod bus;
 mod cli;
-mod client151;
 mod cluster;
 mod faults;
 mod gateway;
 mod helpers;
 mod kernel;
+mod later_clients;
 mod lifecycle;
 mod pty;
 mod ratelimit;

@@ -258,8 +258,8 @@ async fn bad_create_bodies_are_refused() {
         assert_problem(response, status, problem).await;
         assert!(crate::helpers::sessions_named(&app, token).await.is_empty(), "{token} {config}");
     }
-    // v1 to v3 keep their token rule (8 to 80 characters).
-    let response = app.send(app.signed("POST", "/v3/kernel/create", Some(base("abcd", json!({}))))).await;
+    // v1 to v3 keep their token rule, 4 to 80 characters.
+    let response = app.send(app.signed("POST", "/v3/kernel/create", Some(base("abc", json!({}))))).await;
     assert_problem(response, 400, "invalid-api-params").await;
     app.stop().await;
 }

@@ -1,7 +1,9 @@
-//! The official client 1.5.1 (API v4, the last of the 1.x line) drives both deployments
-//! through its CLI, as a user would: sessions with folders and environment, kernel files,
-//! every `vfolder` command (invitations between two keys included) and the admin tables.
-//! Its CLI exits 0 on some failures: the checks read its output.
+//! The official clients after 1.0 drive both deployments through their CLIs, as users
+//! would: 1.5.1 (API v4, the last of the 1.x line) through sessions with folders and
+//! environment, kernel files, every `vfolder` command (invitations between two keys
+//! included) and the admin tables; 1.4.2 (API v2 paths and signing, JSON bodies in GET
+//! and DELETE requests) through a smoke test. Their CLIs exit 0 on some failures: the
+//! checks read their output.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,24 +12,28 @@ use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{add_user_key, skip, spawn_app, TestApp, BACKENDS};
 
-/// The `backend.ai` of a venv with client 1.5.1: `BACKENDAI_SDK151_PYTHON`'s, else
-/// `.venv151` in the repository (`.ci/run` makes it as API-v4.md part 12 says).
-fn client() -> Option<PathBuf> {
-    let python = std::env::var_os("BACKENDAI_SDK151_PYTHON")
+/// The `backend.ai` of a venv with client `version`: `$variable`'s Python, else
+/// `<repository>/<venv>` (`.ci/run` makes both venvs as API-v4.md part 12 says).
+fn client(variable: &str, venv: &str, version: &str) -> Option<PathBuf> {
+    let python = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv151/bin/python")));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(venv).join("bin/python"));
     let cli = python.with_file_name("backend.ai");
-    let version = std::process::Command::new(&python)
+    let found = std::process::Command::new(&python)
         .args(["-c", "import ai.backend.client as c; print(c.__version__)"])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    if version.as_deref() == Some("1.5.1") && cli.exists() {
+    if found.as_deref() == Some(version) && cli.exists() {
         Some(cli)
     } else {
-        skip("client 1.5.1 is not installed (.ci/run makes .venv151 with backend.ai-client==1.5.1)");
+        skip(&format!("client {version} is not installed (.ci/run makes {venv} with backend.ai-client=={version})"));
         None
     }
+}
+
+fn client_1_5_1() -> Option<PathBuf> {
+    client("BACKENDAI_SDK151_PYTHON", ".venv151", "1.5.1")
 }
 
 /// Runs the CLI as `key` in `dir`, with `input` on its stdin; its stdout and stderr.
@@ -65,7 +71,7 @@ macro_rules! expect {
 
 #[actix_web::test]
 async fn client_1_5_1_runs_sessions_with_folders_and_files() {
-    let Some(bin) = client() else { return };
+    let Some(bin) = client_1_5_1() else { return };
     for backend in BACKENDS {
         let Some(app) = spawn_app(backend).await else { continue };
         app.wait_for_agent().await;
@@ -119,7 +125,7 @@ async fn client_1_5_1_runs_sessions_with_folders_and_files() {
 
 #[actix_web::test]
 async fn client_1_5_1_shares_folders_and_reads_the_admin_tables() {
-    let Some(bin) = client() else { return };
+    let Some(bin) = client_1_5_1() else { return };
     for backend in BACKENDS {
         let Some(app) = spawn_app(backend).await else { continue };
         app.wait_for_agent().await;
@@ -162,6 +168,33 @@ async fn client_1_5_1_shares_folders_and_reads_the_admin_tables() {
         let deleted = cli(&bin, &app, dir, &["vfolder", "delete", "team"], "").await;
         assert!(!deleted.contains('✘'), "{deleted}");
         expect!(cli(&bin, &friend, dir, &["vfolder", "list"], "").await, "There is no virtual folders created yet.");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn client_1_4_2_signs_get_bodies_and_uses_folders_and_files() {
+    let Some(bin) = client("BACKENDAI_SDK142_PYTHON", ".venv142", "1.4.2") else { return };
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path();
+        std::fs::write(dir.join("old.txt"), "from 1.4\n").unwrap();
+        let run = |args: &'static [&'static str]| cli(&bin, &app, dir, args, "");
+        expect!(run(&["vfolder", "create", "old1"]).await, "\"old1\" is created");
+        expect!(run(&["vfolder", "upload", "old1", "old.txt"]).await, "Done");
+        // `vfolder ls` sends its path as a JSON body in a GET, signed.
+        expect!(run(&["vfolder", "ls", "old1"]).await, "old.txt");
+        let code = "print(open('old1/old.txt').read()); open('o.txt', 'w').write('o')";
+        expect!(cli(&bin, &app, dir, &["run", "-t", "s142", "-m", "old1", "python3", "-c", code], "").await, "from 1.4");
+        expect!(run(&["ls", "s142"]).await, "o.txt");
+        // (Not `download`: client 1.4.2's synchronous download fails inside the client, on a
+        // `stream_reader` its own Response does not have, before it reads the answer.)
+        expect!(run(&["terminate", "s142"]).await, "Done");
+        let deleted = run(&["vfolder", "delete", "old1"]).await;
+        assert!(!deleted.contains('✘') && !deleted.contains("Traceback"), "{deleted}");
+        expect!(run(&["vfolder", "list"]).await, "There is no virtual folders created yet.");
         app.stop().await;
     }
 }
