@@ -369,7 +369,10 @@ async fn prepare_database(settings: &Settings, db: &DatabaseConnection) -> anyho
         if entity::keypairs::Entity::find().count(db).await? == 0 {
             let fixture = fixtures::load("example_keypair").map_err(anyhow::Error::msg)?;
             fixtures::populate(db, fixture).await?;
-            tracing::warn!("embedded database: created the well-known example keypair AKIAIOSFODNN7EXAMPLE");
+            tracing::warn!(
+                "embedded database: created the well-known example keypairs AKIAIOSFODNN7EXAMPLE (admin) and \
+                 AKIANABBDUSEREXAMPLE (user)"
+            );
         }
         return Ok(());
     }

@@ -150,7 +150,7 @@ async fn schema_and_fixture_commands_work() {
         assert_eq!(run(&["schema", "upgrade"]).status.code(), Some(0));
         assert!(text(&run(&["fixture", "list"])).contains("example_keypair"));
         let populated = text(&run(&["fixture", "populate", "example_keypair"]));
-        assert!(populated.contains("1 new rows"), "{populated}");
+        assert!(populated.contains("2 new rows"), "{populated}");
         let again = text(&run(&["fixture", "populate", "example_keypair"]));
         assert!(again.contains("0 new rows"), "{again}");
         assert_ne!(run(&["fixture", "populate", "no_such_fixture"]).status.code(), Some(0));

@@ -393,10 +393,16 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, name: &str
 /// Adds a keypair of the user `user_id` (a string id, as API v4 has them) and returns a
 /// handle that signs with it.
 pub async fn add_user_key(app: &TestApp, user_id: &str) -> TestApp {
+    add_key_of(app, user_id, false).await
+}
+
+/// Adds a keypair of `user_id`, an admin's when `is_admin`; a handle that signs with it.
+pub async fn add_key_of(app: &TestApp, user_id: &str, is_admin: bool) -> TestApp {
     let access_key = format!("AKIA{}", &uuid::Uuid::new_v4().simple().to_string()[..16].to_ascii_uppercase());
     let secret_key = unique("secret");
     let fixture = serde_json::from_value(json!({"keypairs": [{
         "user_id": user_id, "access_key": access_key, "secret_key": secret_key, "concurrency_limit": 5,
+        "is_admin": is_admin,
     }]}))
     .unwrap();
     fixtures::populate(&app.state.db, fixture).await.expect("insert a keypair");

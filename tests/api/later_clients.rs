@@ -150,21 +150,22 @@ async fn client_1_5_1_shares_folders_and_reads_the_admin_tables() {
         // The friend cannot delete it either.
         expect!(cli(&bin, &friend, dir, &["vfolder", "delete", "team"], "").await, "No such virtual folder");
 
-        // Admin tables, as the admin example key of the embedded deployment sees them.
-        let mut admin = app.clone_handle();
-        admin.access_key = "AKIAIOSFODNN7EXAMPLE".into();
-        admin.secret_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into();
-        if backend == crate::helpers::Backend::Embedded {
-            expect!(cli(&bin, &admin, dir, &["admin", "keypairs", "-u", "2"], "").await, "AKIAIOSFODNN7EXAMPLE");
-            let args = ["admin", "keypairs", "-u", "friend@example.com"];
-            expect!(cli(&bin, &admin, dir, &args, "").await, &friend.access_key);
-            let args = ["admin", "keypairs", "add", "-u", "newbie@example.com", "-r", "500"];
-            expect!(cli(&bin, &admin, dir, &args, "").await, "Access Key:", "Secret Key:");
-            expect!(cli(&bin, &admin, dir, &["admin", "agents"], "").await, "ALIVE");
-            expect!(cli(&bin, &admin, dir, &["admin", "vfolders"], "").await, "Name");
-            let args = ["admin", "sessions", "--status", "ALL"];
-            expect!(cli(&bin, &admin, dir, &args, "").await, "There are no compute sessions");
-        }
+        // The admin tables. User ids: numeric ones as Int!, others as String! (the CLI's choice).
+        let admin = crate::helpers::add_key_of(&app, "12", true).await;
+        expect!(cli(&bin, &admin, dir, &["admin", "keypairs", "-u", "12"], "").await, &admin.access_key);
+        let args = ["admin", "keypairs", "-u", "friend@example.com"];
+        expect!(cli(&bin, &admin, dir, &args, "").await, &friend.access_key);
+        let args = ["admin", "keypairs", "add", "-u", "newbie@example.com", "-r", "500"];
+        expect!(cli(&bin, &admin, dir, &args, "").await, "Access Key:", "Secret Key:");
+        expect!(cli(&bin, &admin, dir, &["admin", "keypairs", "-u", "newbie@example.com"], "").await, "500");
+        expect!(cli(&bin, &admin, dir, &["admin", "agents"], "").await, "ALIVE");
+        let args = ["run", "-t", "adminsess", "python3", "-c", "print(1)"];
+        expect!(cli(&bin, &admin, dir, &args, "").await, "exit code = 0");
+        let args = ["admin", "sessions", "--status", "ALL"];
+        expect!(cli(&bin, &admin, dir, &args, "").await, "adminsess", "RUNNING");
+        expect!(cli(&bin, &admin, dir, &["admin", "session", "adminsess"], "").await, "Session ID: adminsess");
+        expect!(cli(&bin, &admin, dir, &["terminate", "adminsess"], "").await, "Done");
+        expect!(cli(&bin, &app, dir, &["admin", "vfolders"], "").await, "team");
         let deleted = cli(&bin, &app, dir, &["vfolder", "delete", "team"], "").await;
         assert!(!deleted.contains('✘'), "{deleted}");
         expect!(cli(&bin, &friend, dir, &["vfolder", "list"], "").await, "There is no virtual folders created yet.");
@@ -187,7 +188,10 @@ async fn client_1_4_2_signs_get_bodies_and_uses_folders_and_files() {
         // `vfolder ls` sends its path as a JSON body in a GET, signed.
         expect!(run(&["vfolder", "ls", "old1"]).await, "old.txt");
         let code = "print(open('old1/old.txt').read()); open('o.txt', 'w').write('o')";
-        expect!(cli(&bin, &app, dir, &["run", "-t", "s142", "-m", "old1", "python3", "-c", code], "").await, "from 1.4");
+        expect!(
+            cli(&bin, &app, dir, &["run", "-t", "s142", "-m", "old1", "python3", "-c", code], "").await,
+            "from 1.4"
+        );
         expect!(run(&["ls", "s142"]).await, "o.txt");
         // (Not `download`: client 1.4.2's synchronous download fails inside the client, on a
         // `stream_reader` its own Response does not have, before it reads the answer.)
@@ -195,6 +199,19 @@ async fn client_1_4_2_signs_get_bodies_and_uses_folders_and_files() {
         let deleted = run(&["vfolder", "delete", "old1"]).await;
         assert!(!deleted.contains('✘') && !deleted.contains("Traceback"), "{deleted}");
         expect!(run(&["vfolder", "list"]).await, "There is no virtual folders created yet.");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn client_1_5_1_opens_a_signed_terminal_on_the_unprefixed_route() {
+    let Some(bin) = client_1_5_1() else { return };
+    let python = bin.with_file_name("python");
+    for backend in BACKENDS {
+        let Some(app) = spawn_app(backend).await else { continue };
+        app.wait_for_agent().await;
+        let output = crate::sdk::run_script(&python, "pty151.py", &app.address, &app.access_key, &app.secret_key).await;
+        assert!(output.contains("OK pty151"), "{output}");
         app.stop().await;
     }
 }
