@@ -38,8 +38,12 @@ class PeakRss:
 
 
 def call(endpoint, method, path, body=b'', content_type='application/json', **kwargs):
-    headers = signed_headers(endpoint, method, path, b'', content_type, version='v4.20181215')
-    return requests.request(method, endpoint + path, data=body, headers=headers, **kwargs)
+    """An API v4 request (no body in the signature) on the `/v4` routes: the SDK 1.0.6
+    signer puts the version prefix in the signed path."""
+    mime = content_type.split(';')[0]
+    headers = signed_headers(endpoint, method, path.lstrip('/'), b'', mime, version='v4.20181215')
+    headers['Content-Type'] = content_type
+    return requests.request(method, f'{endpoint}/v4/{path.lstrip("/")}', data=body, headers=headers, **kwargs)
 
 
 def multipart_stream(path, boundary):

@@ -45,7 +45,7 @@ impl AgentError {
             return ApiError::new(Problem::KernelNotFound);
         }
         let mut error = ApiError::new(problem);
-        error.agent_details = Some(self.details());
+        error.agent_details = Some(Box::new(self.details()));
         error
     }
 

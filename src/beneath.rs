@@ -15,7 +15,7 @@ use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path};
 
-use nix::dir::{Dir, Type};
+use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
@@ -291,9 +291,8 @@ fn too_deep(depth: usize) -> BeneathResult<()> {
     Ok(())
 }
 
-/// The names in a directory, without `.` and `..`, with their types when the file
-/// system tells.
-fn names(dir: OwnedFd) -> BeneathResult<(OwnedFd, Vec<(String, Option<Type>)>)> {
+/// The names in a directory, without `.` and `..` (the directory's fd is handed back).
+fn names(dir: OwnedFd) -> BeneathResult<(OwnedFd, Vec<String>)> {
     let dup = nix::unistd::dup(&dir)?;
     let mut reader = Dir::from_fd(dup)?;
     let mut out = Vec::new();
@@ -301,7 +300,7 @@ fn names(dir: OwnedFd) -> BeneathResult<(OwnedFd, Vec<(String, Option<Type>)>)> 
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name != "." && name != ".." {
-            out.push((name, entry.file_type()));
+            out.push(name);
         }
     }
     Ok((dir, out))
@@ -318,7 +317,7 @@ fn open_child(dir: BorrowedFd<'_>, name: &str, directory: bool) -> BeneathResult
 fn empty_dir(dir: OwnedFd, depth: usize) -> BeneathResult<()> {
     too_deep(depth)?;
     let (dir, names) = names(dir)?;
-    for (name, _) in names {
+    for name in names {
         let stat = match fstatat(dir.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
             Err(Errno::ENOENT) => continue,
             other => other?,
@@ -336,7 +335,7 @@ fn empty_dir(dir: OwnedFd, depth: usize) -> BeneathResult<()> {
 fn walk_usage(dir: OwnedFd, usage: &mut (u64, u64), limit: u64, depth: usize) -> BeneathResult<()> {
     too_deep(depth)?;
     let (dir, names) = names(dir)?;
-    for (name, _) in names {
+    for name in names {
         let Ok(stat) = fstatat(dir.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
         if kind(&stat) == SFlag::S_IFDIR {
             if let Ok(sub) = open_child(dir.as_fd(), &name, true) {
@@ -371,7 +370,7 @@ pub struct Entry {
 fn entries(dir: OwnedFd) -> BeneathResult<Vec<Entry>> {
     let (dir, names) = names(dir)?;
     let mut out = Vec::with_capacity(names.len());
-    for (name, _) in names {
+    for name in names {
         let Ok(stat) = fstatat(dir.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
         let time = |secs: i64, nanos: i64| secs as f64 + nanos as f64 / 1e9;
         out.push(Entry {
@@ -466,7 +465,7 @@ fn append_dir(
     let mut header = tar_header(stat, tar::EntryType::Directory, 0);
     builder.append_data(&mut header, format!("{path}/"), std::io::empty())?;
     let (dir, names) = names(dir)?;
-    for (name, _) in names {
+    for name in names {
         let child = format!("{path}/{name}");
         let Ok(stat) = fstatat(dir.as_fd(), name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) else { continue };
         match kind(&stat) {

@@ -102,7 +102,7 @@ pub struct ApiError {
     /// Appended to the title in parentheses.
     pub detail: Option<String>,
     /// For agent failures: `{"type": ..., "title": ...}` of the agent's error.
-    pub agent_details: Option<Value>,
+    pub agent_details: Option<Box<Value>>,
     /// Extra response headers (e.g. the rate-limit headers on a 429).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
 }
@@ -127,7 +127,7 @@ impl ApiError {
         };
         let mut body = json!({"type": problem_type(self.problem.name()), "title": title});
         if let Some(agent_details) = &self.agent_details {
-            body["agent-details"] = agent_details.clone();
+            body["agent-details"] = (**agent_details).clone();
         }
         body
     }

@@ -133,12 +133,12 @@ async fn pty(
         }
         Ok(Err(error)) => {
             let mut failure = ApiError::new(Problem::KernelExecutionFailed);
-            failure.agent_details = Some(crate::agent_client::AgentError::Failure(error.to_string()).details());
+            failure.agent_details = Some(Box::new(crate::agent_client::AgentError::Failure(error.to_string()).details()));
             return Err(failure);
         }
         Err(_) => {
             let mut failure = ApiError::new(Problem::KernelExecutionFailed);
-            failure.agent_details = Some(crate::agent_client::AgentError::Timeout.details());
+            failure.agent_details = Some(Box::new(crate::agent_client::AgentError::Timeout.details()));
             return Err(failure);
         }
     };
