@@ -66,7 +66,7 @@ pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, ApiE
     Ok(out)
 }
 
-fn string_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+pub fn string_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -74,7 +74,7 @@ fn string_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<Option<
     }
 }
 
-fn string_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
+pub fn string_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
     match params.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
@@ -88,6 +88,15 @@ fn string_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, Ap
             .collect(),
         Some(_) => Err(bad(format!("{key} must be a list of strings"))),
     }
+}
+
+/// The non-empty list of paths under `key` (`files` of a download or delete).
+pub fn path_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
+    let names = string_list(params, key)?;
+    if names.is_empty() {
+        return Err(bad("no file(s) specified!"));
+    }
+    Ok(names)
 }
 
 fn path_param(name: &web::Path<String>) -> &str {
@@ -177,10 +186,7 @@ async fn delete_files(
 ) -> Result<HttpResponse, ApiError> {
     let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Wd).await?;
     let params = params(&req, &body)?;
-    let names = string_list(&params, "files")?;
-    if names.is_empty() {
-        return Err(bad("no file(s) specified!"));
-    }
+    let names = path_list(&params, "files")?;
     let recursive = match params.get("recursive") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -276,11 +282,7 @@ async fn download(
 ) -> Result<HttpResponse, ApiError> {
     let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Ro).await?;
     let params = params(&req, &body)?;
-    let names = string_list(&params, "files")?;
-    if names.is_empty() {
-        return Err(bad("no file(s) specified!"));
-    }
-    let rels = names.iter().map(|n| files::relative(n)).collect::<Result<Vec<_>, _>>()?;
+    let rels = path_list(&params, "files")?.iter().map(|n| files::relative(n)).collect::<Result<Vec<_>, _>>()?;
     let download = files::Download::open(&state.settings, &access.folder, rels).await?;
     let boundary = uuid::Uuid::new_v4().simple().to_string();
     let total = download.total();

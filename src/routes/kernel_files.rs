@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Value};
 
-use super::folders::params;
+use super::folders::{params, path_list, string_param};
 use crate::actors::messages::{KernelRead, ReadKernel};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
@@ -44,11 +44,7 @@ pub async fn list(
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
     let params = params(req, body)?;
-    let path = match params.get("path") {
-        None | Some(Value::Null) => ".".to_owned(),
-        Some(Value::String(path)) => path.clone(),
-        Some(_) => return Err(bad("path must be a string")),
-    };
+    let path = string_param(&params, "path")?.unwrap_or(".").to_owned();
     if path.len() > 4096 || path.contains('\0') {
         return Err(bad("bad path"));
     }
@@ -66,19 +62,7 @@ pub async fn download(
     token: &str,
     body: &[u8],
 ) -> Result<HttpResponse, ApiError> {
-    let params = params(req, body)?;
-    let files: Vec<String> = match params.get("files") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(file)) => vec![file.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_owned).ok_or_else(|| bad("files must be a list of paths")))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("files must be a list of paths")),
-    };
-    if files.is_empty() {
-        return Err(bad("no file(s) specified!"));
-    }
+    let files = path_list(&params(req, body)?, "files")?;
     if files.len() > MAX_DOWNLOAD_FILES {
         return Err(bad(format!("at most {MAX_DOWNLOAD_FILES} files at once")));
     }

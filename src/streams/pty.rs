@@ -133,7 +133,8 @@ async fn pty(
         }
         Ok(Err(error)) => {
             let mut failure = ApiError::new(Problem::KernelExecutionFailed);
-            failure.agent_details = Some(Box::new(crate::agent_client::AgentError::Failure(error.to_string()).details()));
+            failure.agent_details =
+                Some(Box::new(crate::agent_client::AgentError::Failure(error.to_string()).details()));
             return Err(failure);
         }
         Err(_) => {

@@ -390,6 +390,23 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, name: &str
     body
 }
 
+/// A request signed as client 1.5.1 signs it (API v4).
+pub async fn v4(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> reqwest::Response {
+    app.send(app.signed_v4(method, path, body)).await
+}
+
+/// The JSON body of a response of `status` (null when empty).
+pub async fn ok_json(response: reqwest::Response, status: u16) -> Value {
+    let code = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(code, status, "{text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
 /// Adds a keypair of the user `user_id` (a string id, as API v4 has them) and returns a
 /// handle that signs with it.
 pub async fn add_user_key(app: &TestApp, user_id: &str) -> TestApp {

@@ -6,23 +6,9 @@ use std::io::Read;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    add_user_key, assert_problem, multipart, multipart_parts, spawn_app, spawn_app_with, Backend, TestApp, BACKENDS,
+    add_user_key, assert_problem, multipart, multipart_parts, ok_json, spawn_app, spawn_app_with, v4, Backend, TestApp,
+    BACKENDS,
 };
-
-async fn v4(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> reqwest::Response {
-    app.send(app.signed_v4(method, path, body)).await
-}
-
-async fn ok_json(response: reqwest::Response, status: u16) -> Value {
-    let code = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    assert_eq!(code, status, "{text}");
-    if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    }
-}
 
 pub async fn upload(app: &TestApp, folder: &str, files: &[(&str, &[u8])]) -> reqwest::Response {
     let (content_type, body) = multipart(files);
