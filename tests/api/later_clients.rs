@@ -140,7 +140,15 @@ async fn client_1_5_1_shares_folders_and_reads_the_admin_tables() {
         let listed = cli(&bin, &friend, dir, &["vfolder", "invitations"], "1\na\n").await;
         expect!(listed, "[1] 7, ", "read-only", "now can access vfolder");
         expect!(cli(&bin, &friend, dir, &["vfolder", "invitations"], "").await, "No invitations.");
-        expect!(cli(&bin, &friend, dir, &["vfolder", "list"], "").await, "team", "ro");
+        // A second folder's invitation, rejected at the prompt.
+        expect!(cli(&bin, &app, dir, &["vfolder", "create", "declined"], "").await, "is created");
+        let args = ["vfolder", "invite", "declined", "friend@example.com"];
+        expect!(cli(&bin, &app, dir, &args, "").await, "friend@example.com");
+        let rejected = cli(&bin, &friend, dir, &["vfolder", "invitations"], "1\nr\n").await;
+        expect!(rejected, "read-write", "is rejected");
+        expect!(cli(&bin, &friend, dir, &["vfolder", "invitations"], "").await, "No invitations.");
+        let list = expect!(cli(&bin, &friend, dir, &["vfolder", "list"], "").await, "team", "ro");
+        assert!(!list.contains("declined"), "{list}");
         let got = tempfile::tempdir().unwrap();
         expect!(cli(&bin, &friend, got.path(), &["vfolder", "download", "team", "note.txt"], "").await, "Done");
         assert_eq!(std::fs::read_to_string(got.path().join("note.txt")).unwrap(), "shared note\n");

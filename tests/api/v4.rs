@@ -119,6 +119,11 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
         // What the kernel wrote into the folder (as its own uid) is there.
         let got = folder_download(&app, "data1", &["out.txt"]).await;
         assert_eq!(got, [("out.txt".to_owned(), b"from the kernel".to_vec())]);
+        // A restart keeps the mounts and the environment.
+        assert_eq!(v4(&app, "PATCH", &format!("/kernel/{token}"), None).await.status().as_u16(), 204);
+        let again = "import os\nprint(os.environ['GREETING'], open('data1/out.txt').read())";
+        let result = run(&app, &token, json!({"mode": "query", "code": again, "runId": null})).await;
+        assert_eq!(stdout(&result), "hi there from the kernel\n", "{result}");
 
         let logs = ok_json(v4(&app, "GET", &format!("/kernel/{token}/logs"), None).await, 200).await;
         assert!(logs["result"]["logs"].as_str().unwrap().contains("hi there"), "{logs}");
