@@ -76,6 +76,19 @@ async fn run(app: &TestApp, token: &str, body: Value) -> Value {
     ok_json(response, 200).await["result"].clone()
 }
 
+/// Runs `body`, continuing while the answers say `continued` (or `build-finished`), as
+/// the clients do; the last answer and all the output.
+async fn drive(app: &TestApp, token: &str, body: Value) -> (Value, String) {
+    let mut result = run(app, token, body).await;
+    let mut output = stdout(&result);
+    while result["status"] == "continued" || result["status"] == "build-finished" {
+        let body = json!({"mode": "continue", "code": "", "runId": result["runId"]});
+        result = run(app, token, body).await;
+        output.push_str(&stdout(&result));
+    }
+    (result, output)
+}
+
 fn stdout(result: &Value) -> String {
     result["console"]
         .as_array()
@@ -110,20 +123,20 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
         let code = "import os\nprint(os.environ['GREETING'])\nprint(open('data1/in.txt').read())\n\
                     open('data1/out.txt', 'w').write('from the kernel')\nopen('k.txt', 'w').write('kfile')\n\
                     os.makedirs('sub/deeper', exist_ok=True)\n_ = open('sub/deeper/z.txt', 'w').write('zz')";
-        let result = run(&app, &token, json!({"mode": "query", "code": code, "runId": null})).await;
+        let (result, output) = drive(&app, &token, json!({"mode": "query", "code": code, "runId": null})).await;
         assert_eq!(result["status"], "finished", "{result}");
         let run_id = result["runId"].as_str().unwrap();
         assert_eq!(run_id.len(), 32, "a server-assigned run id: {result}");
         assert_eq!(result["exitCode"], 0, "{result}");
-        assert_eq!(stdout(&result), "hi there\nhello from the folder\n");
+        assert_eq!(output, "hi there\nhello from the folder\n");
         // What the kernel wrote into the folder (as its own uid) is there.
         let got = folder_download(&app, "data1", &["out.txt"]).await;
         assert_eq!(got, [("out.txt".to_owned(), b"from the kernel".to_vec())]);
         // A restart keeps the mounts and the environment.
         assert_eq!(v4(&app, "PATCH", &format!("/kernel/{token}"), None).await.status().as_u16(), 204);
         let again = "import os\nprint(os.environ['GREETING'], open('data1/out.txt').read())";
-        let result = run(&app, &token, json!({"mode": "query", "code": again, "runId": null})).await;
-        assert_eq!(stdout(&result), "hi there from the kernel\n", "{result}");
+        let (result, output) = drive(&app, &token, json!({"mode": "query", "code": again, "runId": null})).await;
+        assert_eq!(output, "hi there from the kernel\n", "{result}");
 
         let logs = ok_json(v4(&app, "GET", &format!("/kernel/{token}/logs"), None).await, 200).await;
         assert!(logs["result"]["logs"].as_str().unwrap().contains("hi there"), "{logs}");
@@ -179,10 +192,8 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
 
         // User code plants links out and a FIFO: nothing leaks, nothing blocks.
         let plant = "import os\nos.symlink('/etc/passwd', 'pw')\nos.symlink('/', 'root')\nos.mkfifo('ff')";
-        assert_eq!(
-            run(&app, &token, json!({"mode": "query", "code": plant, "runId": null})).await["status"],
-            "finished"
-        );
+        let (result, _) = drive(&app, &token, json!({"mode": "query", "code": plant, "runId": null})).await;
+        assert_eq!(result["status"], "finished");
         for file in ["pw", "root/etc/passwd", "ff", "/etc/passwd"] {
             let started = std::time::Instant::now();
             let body = Some(json!({"files": [file]}));
@@ -199,31 +210,30 @@ async fn sessions_take_config_mount_folders_and_serve_their_files() {
 
         // Runs that ask for input and that continue, as clients 1.1 and later drive them.
         let asking = "name = input('name? ')\nprint('hello', name)";
-        let result = run(&app, &token, json!({"mode": "query", "code": asking, "runId": null})).await;
-        assert_eq!(result["status"], "waiting-input", "{result}");
+        let (result, output) = drive(&app, &token, json!({"mode": "query", "code": asking, "runId": null})).await;
+        assert_eq!((&result["status"], output.as_str()), (&json!("waiting-input"), "name? "), "{result}");
         let run_id = result["runId"].as_str().unwrap().to_owned();
-        let result = run(&app, &token, json!({"mode": "input", "code": "bob", "runId": run_id})).await;
+        let (result, output) = drive(&app, &token, json!({"mode": "input", "code": "bob", "runId": run_id})).await;
         assert_eq!((&result["status"], &result["runId"]), (&json!("finished"), &json!(run_id)), "{result}");
-        assert!(stdout(&result).contains("hello bob"), "{result}");
+        assert_eq!(output, "hello bob\n", "{result}");
         let slow = "import time\ntime.sleep(4)\nprint('slept')";
         let mut result = run(&app, &token, json!({"mode": "query", "code": slow, "runId": null})).await;
         let run_id = result["runId"].as_str().unwrap().to_owned();
+        // Output comes with whichever answer was due when it was printed: all of them count.
+        let mut output = stdout(&result);
         let mut continued = 0;
         while result["status"] == "continued" {
             continued += 1;
             result = run(&app, &token, json!({"mode": "continue", "code": "", "runId": run_id})).await;
+            output.push_str(&stdout(&result));
         }
         assert!(continued > 0, "a 4 s run continues at least once");
         assert_eq!(result["status"], "finished");
-        assert!(stdout(&result).contains("slept"), "{result}");
+        assert_eq!(output, "slept\n", "{result}");
         let batch = json!({"mode": "batch", "code": "", "runId": null,
                            "options": {"build": "*", "exec": "exit 3", "buildLog": false}});
-        let mut result = run(&app, &token, batch).await;
-        let run_id = result["runId"].as_str().unwrap().to_owned();
-        while result["status"] != "finished" {
-            result = run(&app, &token, json!({"mode": "continue", "code": "", "runId": run_id})).await;
-        }
-        assert_eq!(result["exitCode"], 3, "{result}");
+        let (result, _) = drive(&app, &token, batch).await;
+        assert_eq!((&result["status"], &result["exitCode"]), (&json!("finished"), &json!(3)), "{result}");
 
         let response = v4(&app, "DELETE", &format!("/kernel/{token}"), None).await;
         assert_eq!(response.status().as_u16(), 200);
@@ -276,8 +286,7 @@ async fn a_read_only_share_is_mounted_read_only() {
     ok_json(v4(&bob, "POST", "/kernel", Some(create)).await, 201).await;
     let code = "print(open('pub/readme').read())\ntry:\n    open('pub/new', 'w').write('x')\n    print('WROTE')\n\
                 except OSError as e:\n    print('REFUSED', e.errno)";
-    let result = run(&bob, token, json!({"mode": "query", "code": code, "runId": null})).await;
-    let out = stdout(&result);
+    let (_, out) = drive(&bob, token, json!({"mode": "query", "code": code, "runId": null})).await;
     assert!(out.starts_with("read me\n"), "{out}");
     let sandboxed = std::process::Command::new("bwrap").arg("--version").output().is_ok_and(|o| o.status.success());
     if sandboxed {
