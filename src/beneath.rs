@@ -359,9 +359,11 @@ pub struct Entry {
     pub mode: String,
     /// Bytes.
     pub size: u64,
-    /// Status change, modification and access times, in epoch seconds.
+    /// Status change time, in epoch seconds.
     pub ctime: f64,
+    /// Modification time, in epoch seconds.
     pub mtime: f64,
+    /// Access time, in epoch seconds.
     pub atime: f64,
     /// The entry's name.
     pub filename: String,
