@@ -1,15 +1,14 @@
 //! `/folders/...` (API 2 to 4): virtual folders, their files and invitations
 //! (`../shared/spec/API-v4.md` part 6). The data rules live in [`crate::vfolders`].
 
-use std::collections::HashMap;
-
 use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use entity::vfolder_permissions::Permission;
 use futures_util::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::params::{params, part_filename, path_list, string_list, string_param};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
 use crate::startup::AppState;
@@ -38,65 +37,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn bad(detail: impl Into<String>) -> ApiError {
     ApiError::new(Problem::InvalidApiParams).with_detail(detail)
-}
-
-/// The parameters of a call: a JSON object body (also in a GET, as clients 1.4+ send
-/// them), else a form-encoded body (what client 1.5.1 sends for `ls`, whatever its
-/// Content-Type says), plus the query string for what the body does not name.
-pub fn params(req: &HttpRequest, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    let mut out = Map::new();
-    let trimmed = body.trim_ascii();
-    if !trimmed.is_empty() {
-        match serde_json::from_slice::<Value>(trimmed) {
-            Ok(Value::Object(map)) => out = map,
-            Ok(_) => return Err(bad("the body must be a JSON object")),
-            Err(json_error) => {
-                let text = std::str::from_utf8(trimmed).map_err(|_| bad(format!("malformed body: {json_error}")))?;
-                let form = web::Query::<HashMap<String, String>>::from_query(text)
-                    .map_err(|_| bad(format!("malformed body: {json_error}")))?;
-                out.extend(form.into_inner().into_iter().map(|(k, v)| (k, Value::String(v))));
-            }
-        }
-    }
-    if let Ok(query) = web::Query::<HashMap<String, String>>::from_query(req.query_string()) {
-        for (key, value) in query.into_inner() {
-            out.entry(key).or_insert(Value::String(value));
-        }
-    }
-    Ok(out)
-}
-
-pub fn string_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
-    match params.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(bad(format!("{key} must be a string"))),
-    }
-}
-
-pub fn string_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
-    match params.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                Value::Number(n) => Ok(n.to_string()),
-                _ => Err(bad(format!("{key} must be a list of strings"))),
-            })
-            .collect(),
-        Some(_) => Err(bad(format!("{key} must be a list of strings"))),
-    }
-}
-
-/// The non-empty list of paths under `key` (`files` of a download or delete).
-pub fn path_list(params: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
-    let names = string_list(params, key)?;
-    if names.is_empty() {
-        return Err(bad("no file(s) specified!"));
-    }
-    Ok(names)
 }
 
 fn path_param(name: &web::Path<String>) -> &str {
@@ -211,19 +151,6 @@ async fn list_files(
     let entries = files::list(&state.settings, &access.folder, rel).await?;
     let text = serde_json::to_string(&entries).map_err(|_| ApiError::new(Problem::InternalServerError))?;
     Ok(HttpResponse::Ok().json(json!({"files": text})))
-}
-
-/// The file name of a multipart part: RFC 5987 `filename*` first, else `filename`
-/// percent-decoded (clients send `d%2Fup.txt` for `d/up.txt`).
-pub fn part_filename(disposition: Option<&actix_web::http::header::ContentDisposition>) -> Option<String> {
-    let disposition = disposition?;
-    if let Some(ext) = disposition.get_filename_ext() {
-        if let Ok(name) = String::from_utf8(ext.value.clone()) {
-            return Some(name);
-        }
-    }
-    let raw = disposition.get_filename()?;
-    Some(percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned())
 }
 
 async fn upload(

@@ -400,7 +400,7 @@ async fn upload(
         if files.len() == MAX_UPLOAD_FILES {
             return Err(bad_params(format!("at most {MAX_UPLOAD_FILES} files per upload")));
         }
-        let name = super::folders::part_filename(field.content_disposition())
+        let name = super::params::part_filename(field.content_disposition())
             .ok_or_else(|| bad_params("a file without a name"))?;
         validate_upload_name(&name)?;
         // Checked while the body streams in: an oversized file is refused at its

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use bytes::{BufMut, BytesMut};
 use serde_json::{json, Value};
 
-use super::folders::{params, path_list, string_param};
+use super::params::{params, path_list, string_param};
 use crate::actors::messages::{KernelRead, ReadKernel};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;

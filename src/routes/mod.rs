@@ -6,6 +6,7 @@ mod folders;
 mod health;
 mod kernel;
 mod kernel_files;
+mod params;
 mod root;
 
 use actix_web::{web, HttpRequest, HttpResponse};
