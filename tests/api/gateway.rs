@@ -7,7 +7,7 @@ use entity::keypairs;
 use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, Backend, BACKENDS};
+use crate::helpers::{assert_problem, send_with_body, spawn_app, spawn_app_with, Backend, BACKENDS};
 
 #[actix_web::test]
 async fn version_root_answers_without_auth_on_every_version() {
@@ -83,23 +83,11 @@ async fn a_wrong_secret_or_unknown_key_fails_auth() {
 #[actix_web::test]
 async fn a_tampered_body_fails_auth() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
-    let date = Utc::now().fixed_offset();
-    let signed = app.signed("POST", "/v3/authorize", Some(json!({"echo": 1})));
-    let response = app
-        .client
-        .post(format!("{}/v3/authorize", app.address))
-        .header("Date", date.to_rfc3339())
-        .header("X-BackendAI-Version", "v2.20170315")
-        .header("Content-Type", "application/json")
-        .header(
-            "Authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={}:{}", app.access_key, "ab".repeat(32)),
-        )
-        .body(signed.body)
-        .send()
-        .await
-        .unwrap();
-    assert_problem(response, 401, "auth-failed").await;
+    // A real signature over one body; the same headers with another body fail.
+    let signed = || app.signed("POST", "/v3/authorize", Some(json!({"echo": 1})));
+    assert_eq!(app.send(signed()).await.status().as_u16(), 200, "the untampered request passes");
+    let tampered = send_with_body(&app, signed(), json!({"echo": 2}).to_string().into_bytes()).await;
+    assert_problem(tampered, 401, "auth-failed").await;
     app.stop().await;
 }
 
@@ -185,17 +173,21 @@ async fn oversized_bodies_are_refused_with_413() {
 #[actix_web::test]
 async fn method_override_reroutes_a_post() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
-    // Signed as sent (POST); routed as GET.
-    let signed = app.signed("POST", "/v3", None);
-    let response = app
-        .client
-        .post(format!("{}/v3", app.address))
-        .header("X-Method-Override", "GET")
-        .body(signed.body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    // A GET-only route reached with a POST: signed as the method it is dispatched as.
+    let path = "/v3/folders/invitations/list";
+    let send = |signed_as: &'static str| {
+        let headers = app.signature_headers(&app.signed(signed_as, path, None));
+        let mut request = app.client.post(format!("{}{path}", app.address)).header("X-Method-Override", "GET");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let routed = send("GET").await.unwrap();
+    assert_eq!(routed.status().as_u16(), 200);
+    assert_eq!(routed.json::<Value>().await.unwrap(), json!({"invitations": []}));
+    // Signed as POST, it would run as GET: refused.
+    assert_problem(send("POST").await.unwrap(), 401, "auth-failed").await;
     let bogus =
         app.client.post(format!("{}/v3", app.address)).header("X-Method-Override", "BREW").send().await.unwrap();
     assert_problem(bogus, 400, "generic-bad-request").await;
@@ -206,8 +198,10 @@ async fn method_override_reroutes_a_post() {
 async fn wrong_method_on_a_known_path_is_problem_json() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
     let response = app.send(app.signed("DELETE", "/v3/authorize", None)).await;
-    assert!(response.status().is_client_error());
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_problem(response, 405, "method-not-allowed").await;
+    let response = app.send(app.signed("PUT", "/v3/kernel/some-token", None)).await;
+    assert_eq!(response.headers()["allow"], "GET, PATCH, DELETE, POST");
+    assert_problem(response, 405, "method-not-allowed").await;
     app.stop().await;
 }
 

@@ -390,6 +390,17 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, name: &str
     body
 }
 
+/// Sends `request` with the headers that sign it, but `body` instead of its body.
+pub async fn send_with_body(app: &TestApp, request: Signed<'_>, body: Vec<u8>) -> reqwest::Response {
+    let headers = app.signature_headers(&request);
+    let method: reqwest::Method = request.method.parse().unwrap();
+    let mut builder = app.client.request(method, format!("{}{}", app.address, request.path)).body(body);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder.send().await.expect("the request is sent")
+}
+
 /// A request signed as client 1.5.1 signs it (API v4).
 pub async fn v4(app: &TestApp, method: &str, path: &str, body: Option<Value>) -> reqwest::Response {
     app.send(app.signed_v4(method, path, body)).await

@@ -7,19 +7,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    assert_problem, multipart_parts, ok_json, spawn_app, unique, v4, Backend, Signed, TestApp, BACKENDS,
+    assert_problem, multipart_parts, ok_json, send_with_body, spawn_app, unique, v4, Backend, Signed, TestApp, BACKENDS,
 };
 use crate::vfolders::{download as folder_download, upload as folder_upload};
 
 /// Sends `request` signed as it is, with `{"echo": echo}` as the body instead.
 async fn send_other_body(app: &TestApp, request: Signed<'_>, echo: &str) -> reqwest::Response {
-    let headers = app.signature_headers(&request);
-    let body = json!({"echo": echo}).to_string();
-    let mut builder = app.client.get(format!("{}{}", app.address, request.path)).body(body);
-    for (name, value) in headers {
-        builder = builder.header(name, value);
-    }
-    builder.send().await.unwrap()
+    send_with_body(app, request, json!({"echo": echo}).to_string().into_bytes()).await
 }
 
 #[actix_web::test]
