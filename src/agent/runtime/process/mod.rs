@@ -273,7 +273,7 @@ impl Inner {
         if !inserted {
             if let Some((spawned, warm_scratch)) = warm {
                 spawned.kill().await;
-                let _ = std::fs::remove_dir_all(warm_scratch);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(warm_scratch)).await;
             }
             return Err(RuntimeError::KernelExists);
         }
@@ -282,12 +282,18 @@ impl Inner {
                 // Inside bubblewrap a runner binds its scratch dir as it starts: the dir is
                 // renamed only once the runner is ready.
                 let ready = self.runner_ready(spawned).await;
-                if let Err(e) = std::fs::rename(&warm_scratch, &scratch) {
+                let (from, to) = (warm_scratch.clone(), scratch.clone());
+                let renamed = blocking(move || {
+                    std::fs::rename(&from, &to).with_context(|| format!("renaming {}", from.display()))?;
+                    Ok(())
+                })
+                .await;
+                if let Err(e) = renamed {
                     if let Ok(spawned) = ready {
                         spawned.kill().await;
                     }
-                    let _ = std::fs::remove_dir_all(&warm_scratch);
-                    return Err(anyhow::Error::from(e).context(format!("renaming {}", warm_scratch.display())).into());
+                    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(warm_scratch)).await;
+                    return Err(e);
                 }
                 let adopted = match ready {
                     Ok(spawned) => kernel.adopt(spawned).await,
@@ -303,18 +309,24 @@ impl Inner {
                 }
             }
             let owner = kernel.lease.as_ref().map(|l| (l.uid, l.gid));
-            std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-            prepare_scratch(&scratch, owner)?;
-            if self.bwrap.is_none() {
-                link_mounts(&scratch, &kernel.spec.mounts)?;
-            }
+            let (dir, mounts) = (scratch.clone(), (self.bwrap.is_none()).then(|| kernel.spec.mounts.clone()));
+            blocking(move || {
+                std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                prepare_scratch(&dir, owner)?;
+                if let Some(mounts) = mounts {
+                    link_mounts(&dir, &mounts)?;
+                }
+                Ok(())
+            })
+            .await?;
             kernel.start().await
         };
         self.refill(key, refill_delay);
         if let Err(e) = started.await {
             self.kernels.lock().unwrap_or_else(|e| e.into_inner()).remove(&kernel.id);
             kernel.terminate().await;
-            let _ = std::fs::remove_dir_all(&scratch);
+            let dir = scratch.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
             return Err(e);
         }
         Ok(KernelInfo {
@@ -341,6 +353,12 @@ impl Inner {
     fn all(&self) -> Vec<Arc<Kernel>> {
         self.kernels.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
+}
+
+/// Runs file work on the blocking pool: the agent's runtime threads drive every kernel's
+/// pipes.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> RuntimeResult<T> + Send + 'static) -> RuntimeResult<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| anyhow::anyhow!("file task failed: {e}"))?
 }
 
 /// Without bubblewrap, virtual folders appear in the working directory as symlinks to
