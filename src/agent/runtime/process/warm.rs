@@ -28,7 +28,8 @@ impl Warm {
             let (uid, gid) = (lease.uid, lease.gid);
             let _ = tokio::task::spawn_blocking(move || sandbox::kill_uid(uid, gid)).await;
         }
-        let _ = std::fs::remove_dir_all(&self.scratch);
+        let scratch = self.scratch;
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
     }
 }
 
@@ -80,7 +81,7 @@ impl Inner {
                     return;
                 }
             }
-            match inner.spawn_warm(&key) {
+            match inner.spawn_warm(&key).await {
                 Ok(warm) => {
                     let surplus = {
                         let mut pool = inner.warm.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,16 +105,23 @@ impl Inner {
 
     /// Starts one runner ahead of time in a placeholder scratch dir, without a memory limit
     /// (the adopting kernel sets its own before any user code runs).
-    fn spawn_warm(&self, key: &WarmKey) -> RuntimeResult<Warm> {
-        let lease = match &self.uids {
-            Some(pool) => Some(pool.acquire()?),
-            None => None,
-        };
-        let name = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4().simple());
-        let scratch = self.settings.scratch_root.join(name);
-        std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    /// The uid lease (a locked file) and the dir are made on the blocking pool.
+    async fn spawn_warm(self: &Arc<Self>, key: &WarmKey) -> RuntimeResult<Warm> {
+        let inner = self.clone();
+        let (lease, scratch) = tokio::task::spawn_blocking(move || -> RuntimeResult<_> {
+            let lease = match &inner.uids {
+                Some(pool) => Some(pool.acquire()?),
+                None => None,
+            };
+            let name = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4().simple());
+            let scratch = inner.settings.scratch_root.join(name);
+            std::fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+            prepare_scratch(&scratch, lease.as_ref().map(|l| (l.uid, l.gid)))?;
+            Ok((lease, scratch))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("warm dir task failed: {e}"))??;
         let owner = lease.as_ref().map(|l| (l.uid, l.gid));
-        prepare_scratch(&scratch, owner)?;
         let s = &self.settings;
         let spawned = runner::spawn_runner(&RunnerSpawn {
             runner: key.0,
@@ -137,7 +145,7 @@ impl Inner {
         match spawned {
             Ok(spawned) => Ok(Warm { spawned, lease, scratch }),
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&scratch);
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(scratch)).await;
                 Err(e)
             }
         }
