@@ -39,6 +39,16 @@ fn bad(detail: impl Into<String>) -> ApiError {
     ApiError::new(Problem::InvalidApiParams).with_detail(detail)
 }
 
+/// The folder `name` if the caller has at least `least` on it (404 otherwise).
+async fn folder(
+    state: &AppState,
+    auth: &Authenticated,
+    name: &str,
+    least: Permission,
+) -> Result<vfolders::Access, ApiError> {
+    Ok(vfolders::require(&state.db, &auth.keypair.access_key, name, least).await?)
+}
+
 fn path_param(name: &web::Path<String>) -> &str {
     name.as_str()
 }
@@ -76,7 +86,7 @@ async fn info(
     state: web::Data<AppState>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Ro).await?;
+    let access = folder(&state, &auth, &name, Permission::Ro).await?;
     let num_files = files::num_files(&state.settings, &access.folder).await?;
     Ok(HttpResponse::Ok().json(json!({
         "name": access.folder.name,
@@ -110,7 +120,7 @@ async fn mkdir(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Rw).await?;
+    let access = folder(&state, &auth, &name, Permission::Rw).await?;
     let params = params(&req, &body)?;
     let path = string_param(&params, "path")?.ok_or_else(|| bad("path is missing"))?;
     files::mkdir(&state.settings, &access.folder, files::relative(path)?).await?;
@@ -124,7 +134,7 @@ async fn delete_files(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Wd).await?;
+    let access = folder(&state, &auth, &name, Permission::Wd).await?;
     let params = params(&req, &body)?;
     let names = path_list(&params, "files")?;
     let recursive = match params.get("recursive") {
@@ -145,7 +155,7 @@ async fn list_files(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Ro).await?;
+    let access = folder(&state, &auth, &name, Permission::Ro).await?;
     let params = params(&req, &body)?;
     let rel = files::relative(string_param(&params, "path")?.unwrap_or("."))?;
     let entries = files::list(&state.settings, &access.folder, rel).await?;
@@ -160,7 +170,7 @@ async fn upload(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Rw).await?;
+    let access = folder(&state, &auth, &name, Permission::Rw).await?;
     let folder = &access.folder;
     let (files_now, bytes_now) = files::usage(&state.settings, folder).await?;
     let max_size = u64::try_from(folder.max_size).unwrap_or(0);
@@ -207,7 +217,7 @@ async fn download(
     name: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let access = vfolders::require(&state.db, &auth.keypair.access_key, path_param(&name), Permission::Ro).await?;
+    let access = folder(&state, &auth, &name, Permission::Ro).await?;
     let params = params(&req, &body)?;
     let rels = path_list(&params, "files")?.iter().map(|n| files::relative(n)).collect::<Result<Vec<_>, _>>()?;
     let download = files::Download::open(&state.settings, &access.folder, rels).await?;

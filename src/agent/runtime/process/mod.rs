@@ -227,6 +227,9 @@ impl Inner {
             return Err(RuntimeError::InvalidInput("kernel_id must match [A-Za-z0-9_-]{1,64}".into()));
         }
         protocol::validate_environ(&spec.environ).map_err(RuntimeError::InvalidInput)?;
+        if spec.mounts.len() > sandbox::MAX_MOUNTS {
+            return Err(RuntimeError::InvalidInput(format!("at most {} folders per kernel", sandbox::MAX_MOUNTS)));
+        }
         for mount in &spec.mounts {
             mount.validate().map_err(RuntimeError::InvalidInput)?;
         }

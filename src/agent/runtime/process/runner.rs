@@ -153,11 +153,6 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
     let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
     // The filter's pipe lives until the spawn returned (the child has its copy).
     let filter = spec.bwrap.map(|_| super::seccomp::for_bwrap()).transpose().context("seccomp filter")?;
-    // Open until the spawn returned (the child has its copies).
-    let mount_fds = match spec.bwrap {
-        Some(_) => sandbox::open_mounts(spec.mounts)?,
-        None => Vec::new(),
-    };
     let (program, args, home) = match spec.bwrap {
         Some(bwrap) => {
             let (p, a) = bwrap.command(spec.scratch, spec.mounts, &spec.program, &args);
@@ -183,7 +178,6 @@ pub fn spawn_runner(spec: &RunnerSpawn<'_>) -> RuntimeResult<SpawnedRunner> {
         controlling_tty: false,
         parent_pid: std::process::id(),
         seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
-        mount_fds: mount_fds.iter().map(AsRawFd::as_raw_fd).collect(),
     };
     // SAFETY: PreExec::apply only makes async-signal-safe calls.
     unsafe {

@@ -184,7 +184,7 @@ pub struct Rlimits {
 }
 
 /// What the child does between fork and exec.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct PreExec {
     /// The uid, gid and supplementary group to run as (only as root), set first.
     pub identity: Option<Identity>,
@@ -200,32 +200,10 @@ pub struct PreExec {
     pub parent_pid: u32,
     /// How the seccomp filter reaches the kernel.
     pub seccomp: SeccompMode,
-    /// Directories of the virtual folders bubblewrap binds (`--bind-fd`), placed at
-    /// [`MOUNT_FD_BASE`] and up.
-    pub mount_fds: Vec<RawFd>,
 }
-
-/// Where the descriptors of mounted folders are in a bubblewrap child: after the seccomp
-/// filter's ([`super::seccomp::BWRAP_FD`]).
-pub const MOUNT_FD_BASE: RawFd = super::seccomp::BWRAP_FD + 1;
 
 /// Most folders one kernel mounts.
 pub const MAX_MOUNTS: usize = 16;
-
-/// Opens the directories of a kernel's folders as the agent, for bubblewrap to bind by
-/// descriptor: the kernel's uid needs no access to the folder root's parents (the
-/// manager's data dir, say), only to the folders themselves.
-pub fn open_mounts(mounts: &[protocol::MountSpec]) -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
-    anyhow::ensure!(mounts.len() <= MAX_MOUNTS, "at most {MAX_MOUNTS} folders per kernel");
-    mounts
-        .iter()
-        .map(|mount| {
-            let flags = nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC;
-            nix::fcntl::open(mount.path.as_str(), flags, nix::sys::stat::Mode::empty())
-                .with_context(|| format!("opening the folder {} ({})", mount.name, mount.path))
-        })
-        .collect()
-}
 
 /// Who a kernel process runs as: its own uid and gid, plus the group it shares with the
 /// virtual folders, whose files it keeps group-writable (umask 002).
@@ -289,14 +267,6 @@ impl PreExec {
                 }
             }
             // Out of the way of fds 3 and 4 first; placed at its fd after them.
-            // Mounted folders' fds far above the ones placed below, so that none is clobbered.
-            let mut mounts: [RawFd; MAX_MOUNTS] = [-1; MAX_MOUNTS];
-            for (slot, fd) in mounts.iter_mut().zip(self.mount_fds.iter().copied()) {
-                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-                if *slot < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
             let seccomp_fd = match self.seccomp {
                 SeccompMode::Bwrap(fd) => {
                     let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
@@ -337,14 +307,7 @@ impl PreExec {
             // Last: the filter would refuse nothing above, but keep it the final step.
             match (self.seccomp, seccomp_fd) {
                 (SeccompMode::Direct(program), _) => super::seccomp::install(program)?,
-                (SeccompMode::Bwrap(_), Some(fd)) => {
-                    super::seccomp::place_for_bwrap(fd)?;
-                    for (i, fd) in mounts.iter().take(self.mount_fds.len()).enumerate() {
-                        if libc::dup2(*fd, MOUNT_FD_BASE + i as RawFd) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
-                }
+                (SeccompMode::Bwrap(_), Some(fd)) => super::seccomp::place_for_bwrap(fd)?,
                 (SeccompMode::Bwrap(_), None) => {}
             }
         }
@@ -548,13 +511,12 @@ impl Bwrap {
         let tmp_size = TMP_SIZE.to_string();
         push(&["--dev", "/dev", "--proc", "/proc", "--size", &tmp_size, "--tmpfs", "/tmp", "--dir", "/home"]);
         push(&["--bind", &scratch.to_string_lossy(), SANDBOX_HOME]);
-        // Virtual folders at /home/work/<name>, by the descriptors the spawner placed (see
-        // `open_mounts`); a read-only share as a read-only bind.
-        for (i, mount) in mounts.iter().enumerate() {
+        // Virtual folders at /home/work/<name>, bound by path (bwrap resolves it as the
+        // kernel's uid: the folder root must be searchable); a read-only share read-only.
+        for mount in mounts {
             let target = format!("{SANDBOX_HOME}/{}", mount.name);
-            let bind = if mount.read_only { "--ro-bind-fd" } else { "--bind-fd" };
-            let fd = (MOUNT_FD_BASE + i as RawFd).to_string();
-            push(&[bind, &fd, &target]);
+            let bind = if mount.read_only { "--ro-bind" } else { "--bind" };
+            push(&[bind, &mount.path, &target]);
         }
         // The root itself (a tmpfs of bwrap's) is read-only: nothing is written outside
         // the scratch dir and /tmp.

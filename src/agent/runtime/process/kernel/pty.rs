@@ -29,10 +29,6 @@ impl Kernel {
         let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
             Ok(std::process::Stdio::from(fd.try_clone().context("dup pty")?))
         };
-        let mount_fds = match &self.bwrap {
-            Some(_) => sandbox::open_mounts(&self.spec.mounts)?,
-            None => Vec::new(),
-        };
         let (program, args) = self.sandboxed("bash".to_owned(), vec!["-i".to_owned()]);
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
@@ -61,7 +57,6 @@ impl Kernel {
             controlling_tty: true,
             parent_pid: std::process::id(),
             seccomp: sandbox::SeccompMode::for_spawn(filter.as_ref()),
-            mount_fds: mount_fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect(),
         };
         // SAFETY: PreExec::apply only makes async-signal-safe calls.
         unsafe {
