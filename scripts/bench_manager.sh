@@ -34,7 +34,7 @@ if [[ $PRODUCTION == 1 ]]; then
     command -v etcd >/dev/null || { echo "etcd is not installed: apt-get install etcd-server" >&2; exit 1; }
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release
-cargo build --release --quiet --bin backendai-manager --bin backendai-agent --example bare_json --example latency_proxy
+cargo build --release --quiet -p backendai-manager -p backendai-agent --bin backendai-manager --bin backendai-agent --example bare_json --example latency_proxy
 
 WORK=$(mktemp -d /tmp/bench-manager.XXXXXX)
 chmod 755 "$WORK"

@@ -162,9 +162,9 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<crate::beneath::BeneathError> for ApiError {
-    fn from(error: crate::beneath::BeneathError) -> Self {
-        use crate::beneath::BeneathError;
+impl From<beneath::BeneathError> for ApiError {
+    fn from(error: beneath::BeneathError) -> Self {
+        use beneath::BeneathError;
         match error {
             BeneathError::NotFound => ApiError::new(Problem::PathNotFound),
             BeneathError::BadPath(why) => {

@@ -3,10 +3,8 @@
 //! of access keys (and of agents and sessions) and persist it with SeaORM.
 
 pub mod actors;
-pub mod agent;
 pub mod agent_client;
 pub mod auth;
-pub mod beneath;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -70,7 +70,7 @@ pub struct Application {
     port: u16,
     server: Server,
     events: Server,
-    local_agent: Option<crate::agent::Agent>,
+    local_agent: Option<agent::Agent>,
     state: web::Data<AppState>,
 }
 
@@ -301,11 +301,11 @@ async fn wait_for_signal() {
 }
 
 /// The agent `serve` runs in the same process: the same RPC and events over loopback.
-async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
+async fn local_agent(state: &AppState) -> anyhow::Result<agent::Agent> {
     let settings = &state.settings;
     db::private_dir(&settings.db.data_dir)?;
     let data_dir = std::fs::canonicalize(&settings.db.data_dir)?;
-    let mut config = crate::agent::AgentConfig {
+    let mut config = agent::AgentConfig {
         agent_id: format!("i-{}-local", hostname()),
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         event_addr: Some(state.events_addr.to_string()),
@@ -323,7 +323,7 @@ async fn local_agent(state: &AppState) -> anyhow::Result<crate::agent::Agent> {
         config.event_addr = Some(format!("127.0.0.1:{}", state.events_addr.port()));
     }
     let sink = LocalBus::start(state.bus.clone(), state.applier.clone());
-    let agent = crate::agent::Agent::build_with_sink(config, Some(sink)).await?;
+    let agent = agent::Agent::build_with_sink(config, Some(sink)).await?;
     tracing::info!(addr = %agent.addr(), "built-in agent ready");
     Ok(agent)
 }

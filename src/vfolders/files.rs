@@ -1,5 +1,5 @@
 //! The files of virtual folders on disk: `<vfolder root>/<host>/<id hex>`. Every path a
-//! client names is resolved beneath the folder's directory ([`crate::beneath`]): kernels
+//! client names is resolved beneath the folder's directory ([`beneath`]): kernels
 //! write into mounted folders, so symlinks that lead out are assumed to be there. File
 //! work runs on the blocking pool; uploads and downloads stream in bounded chunks.
 
@@ -11,9 +11,9 @@ use entity::vfolders;
 use flate2::write::GzEncoder;
 use tokio::sync::mpsc;
 
-use crate::beneath::{self, BeneathError, Entry, Tree};
 use crate::config::Settings;
 use crate::error::{ApiError, Problem};
+use beneath::{self, BeneathError, Entry, Tree};
 
 /// The directory of `folder`.
 pub fn dir_of(settings: &Settings, folder: &vfolders::Model) -> PathBuf {

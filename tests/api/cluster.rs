@@ -149,7 +149,7 @@ async fn an_agent_on_the_redis_bus_outlives_the_manager_it_first_reached() {
     let scratch = tempfile::tempdir().unwrap();
     std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let agent_id = unique("i-bus");
-    let config = backendai_manager::agent::AgentConfig {
+    let config = agent::AgentConfig {
         agent_id: agent_id.clone(),
         listen: "127.0.0.1:0".parse().unwrap(),
         namespace: settings.manager.namespace.clone(),
@@ -159,7 +159,7 @@ async fn an_agent_on_the_redis_bus_outlives_the_manager_it_first_reached() {
         heartbeat_interval: 0.5,
         ..Default::default()
     };
-    let built = backendai_manager::agent::Agent::build(config).await.unwrap();
+    let built = agent::Agent::build(config).await.unwrap();
     let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = actix_web::rt::spawn(built.run_until_stopped(async move {
         stopped.await.ok();

@@ -478,8 +478,9 @@ async fn a_killed_agent_ends_its_sessions_after_the_heartbeat_timeout() {
     .unwrap();
     let scratch = tempfile::tempdir().unwrap();
     std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent_binary = crate::agent_binary::agent_binary();
     let start_agent = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_backendai-agent"))
+        tokio::process::Command::new(&agent_binary)
             .args(["--listen", "127.0.0.1:0", "--agent-id", "i-doomed"])
             .args(["--event-addr", &app.state.events_addr.to_string()])
             .arg("--scratch-root")

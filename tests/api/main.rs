@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
+#[path = "../common/agent_binary.rs"]
+mod agent_binary;
 mod bus;
 mod cli;
 mod cluster;

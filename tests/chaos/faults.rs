@@ -148,7 +148,7 @@ pub(super) async fn setup() -> Option<Arc<Chaos>> {
         return None;
     };
     let manager_bin = PathBuf::from(env!("CARGO_BIN_EXE_backendai-manager"));
-    let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_backendai-agent"));
+    let agent_bin = crate::agent_binary::agent_binary();
     let dir = tempfile::Builder::new().prefix("backendai-chaos.").tempdir().unwrap().keep();
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     eprintln!("chaos: logs in {}", dir.display());

@@ -36,6 +36,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use serde_json::{json, Value};
 
+#[path = "../common/agent_binary.rs"]
+mod agent_binary;
 mod checks;
 mod faults;
 

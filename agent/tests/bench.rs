@@ -8,15 +8,15 @@
 //! `BENCH_BWRAP=off` measures without bubblewrap.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod agent_support;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::TestAgent;
 use reqwest::Method;
 use serde_json::{json, Value};
+use support::TestAgent;
 
 /// The PATH kernels get (the same python3 is measured on both sides).
 const KERNEL_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -86,9 +86,9 @@ async fn bench_agent() {
     child.wait().unwrap();
 
     // Agent: create-to-first-result, then execute round trips.
-    let mut config = agent_support::test_config();
+    let mut config = support::test_config();
     if std::env::var("BENCH_BWRAP").as_deref() == Ok("off") {
-        config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+        config.sandbox.use_bwrap = backendai_agent::config::BwrapMode::Off;
     }
     println!("sandbox: bwrap {:?}", config.sandbox.use_bwrap);
     let cold_config = config.clone();

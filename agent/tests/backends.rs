@@ -2,14 +2,14 @@
 //! stats in database 0). Skipped when the servers are not installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod agent_support;
+mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_support::{test_config, EventSink, TestAgent};
 use deadpool_redis::redis::AsyncCommands;
 use serde_json::json;
+use support::{test_config, EventSink, TestAgent};
 
 /// A server process of this test, killed (by pid) when dropped.
 struct Server(Child, std::path::PathBuf);
@@ -92,7 +92,7 @@ async fn events_address_from_etcd_and_stats_to_redis() {
     config.namespace = namespace;
     config.redis_addr = Some(format!("127.0.0.1:{redis_port}"));
     // Events to the events port found in etcd (with Redis for the stats only).
-    config.event_bus = backendai_manager::agent::config::BusKind::Http;
+    config.event_bus = backendai_agent::config::BusKind::Http;
     let agent = TestAgent::spawn_with(config).await;
     sink.wait_for(Duration::from_secs(5), |e| e["event"] == "instance_started")
         .await

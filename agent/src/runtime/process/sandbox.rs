@@ -401,8 +401,8 @@ pub fn check_traversable(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Finds the bubblewrap binary according to `mode`.
-pub fn find_bwrap(mode: crate::agent::config::BwrapMode) -> anyhow::Result<Option<PathBuf>> {
-    use crate::agent::config::BwrapMode;
+pub fn find_bwrap(mode: crate::config::BwrapMode) -> anyhow::Result<Option<PathBuf>> {
+    use crate::config::BwrapMode;
     if mode == BwrapMode::Off {
         return Ok(None);
     }

@@ -52,7 +52,7 @@ pub struct Settings {
     /// Give each kernel its own uid (only possible as root).
     pub drop_privileges: bool,
     /// Whether to run kernels inside bubblewrap.
-    pub use_bwrap: crate::agent::config::BwrapMode,
+    pub use_bwrap: crate::config::BwrapMode,
     /// First uid of the kernel uid range.
     pub kernel_uid_start: u32,
     /// Size of the kernel uid range.

@@ -2,15 +2,15 @@
 //! status of the Execute contract.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod agent_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{stream, test_config, TestAgent};
 use reqwest::Method;
 use serde_json::{json, Value};
+use support::{stream, test_config, TestAgent};
 
-fn fast_continuation() -> backendai_manager::agent::AgentConfig {
+fn fast_continuation() -> backendai_agent::AgentConfig {
     let mut config = test_config();
     config.continuation_secs = 0.5;
     config
@@ -166,7 +166,7 @@ async fn batch_reports_build_finished_then_runs_the_exec_command() {
         let resp = agent
             .client
             .put(agent.url(&format!("/kernels/{k}/files?path=main.py")))
-            .bearer_auth(agent_support::SECRET)
+            .bearer_auth(support::SECRET)
             .body("print(40 + 2)\n")
             .send()
             .await

@@ -11,7 +11,7 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, mkdirat, Mode};
 use nix::unistd::{fchown, Gid, Uid};
 
-use crate::agent::runtime::{RuntimeError, RuntimeResult};
+use crate::runtime::{RuntimeError, RuntimeResult};
 
 /// Largest accepted file.
 pub const MAX_UPLOAD: usize = 1 << 20;

@@ -35,8 +35,8 @@ use self::driver::*;
 pub use self::pty::resize_pty;
 use super::runner::{runner_program, spawn_runner, RunnerSpawn, SpawnedRunner};
 use super::Settings;
-use crate::agent::runtime::console::{Console, RunStatus, Stream};
-use crate::agent::runtime::{
+use crate::runtime::console::{Console, RunStatus, Stream};
+use crate::runtime::{
     ExecMode, ExecRequest, KernelSpec, KernelStats, RunResult, RunnerKind, RuntimeError, RuntimeResult,
     TerminationReason,
 };

@@ -1,12 +1,12 @@
 //! A kernel's files as the manager reads them (`ls` and `download` of the clients):
 //! paths as the user sees them inside the kernel, resolved beneath its working directory
 //! without following a symlink out of it, and never blocking on a FIFO or a device
-//! ([`crate::beneath`]).
+//! ([`beneath`]).
 
 use serde_json::{json, Value};
 
-use crate::agent::runtime::{RuntimeError, RuntimeResult};
-use crate::beneath::{self, BeneathError, Tree};
+use crate::runtime::{RuntimeError, RuntimeResult};
+use beneath::{self, BeneathError, Tree};
 
 /// Largest archive a download returns (the contract's 1 MiB).
 pub const MAX_DOWNLOAD: u64 = 1 << 20;

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use tokio::io::unix::AsyncFd;
 
 use super::RpcState;
-use crate::agent::error::AgentError;
-use crate::agent::runtime::PtyHandle;
+use crate::error::AgentError;
+use crate::runtime::PtyHandle;
 
 /// Registers the PTY route.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -129,7 +129,7 @@ pub(super) fn drain_events(pipe: &pipe::Receiver, lines: &mut Vec<u8>, buf: &mut
     }
 }
 
-pub(in crate::agent::runtime::process) fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
+pub(in crate::runtime::process) fn pipe_pair() -> RuntimeResult<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Failure(anyhow::anyhow!("pipe: {e}")))
 }
 

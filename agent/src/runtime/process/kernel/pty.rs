@@ -12,7 +12,7 @@ impl Kernel {
     /// Starts `bash -i` on a new pseudo terminal in the scratch dir, as the kernel's uid and
     /// under its limits. The shell is reaped by a task on the agent's runtime and killed
     /// with the kernel.
-    pub async fn spawn_pty(self: &Arc<Self>) -> RuntimeResult<crate::agent::runtime::PtyHandle> {
+    pub async fn spawn_pty(self: &Arc<Self>) -> RuntimeResult<crate::runtime::PtyHandle> {
         if self.status() == KernelStatus::Terminating {
             return Err(RuntimeError::KernelNotFound);
         }
@@ -23,7 +23,7 @@ impl Kernel {
             .map_err(|e| anyhow::anyhow!("pty task failed: {e}"))?
     }
 
-    fn spawn_pty_inner(self: &Arc<Self>) -> RuntimeResult<crate::agent::runtime::PtyHandle> {
+    fn spawn_pty_inner(self: &Arc<Self>) -> RuntimeResult<crate::runtime::PtyHandle> {
         let pty = nix::pty::openpty(None, None).context("openpty")?;
         let slave = pty.slave;
         let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
@@ -42,7 +42,7 @@ impl Kernel {
         let filter = self
             .bwrap
             .as_ref()
-            .map(|_| crate::agent::runtime::process::seccomp::for_bwrap())
+            .map(|_| crate::runtime::process::seccomp::for_bwrap())
             .transpose()
             .context("seccomp filter")?;
         let pre = PreExec {
@@ -75,7 +75,7 @@ impl Kernel {
         let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
         let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).context("fcntl")?;
-        Ok(crate::agent::runtime::PtyHandle { master: pty.master, pid })
+        Ok(crate::runtime::PtyHandle { master: pty.master, pid })
     }
 
     /// Kills the PTY shells of the kernel (their sessions).

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::RpcState;
-use crate::agent::error::AgentError;
-use crate::agent::runtime::process::upload::MAX_UPLOAD;
-use crate::agent::runtime::{ExecRequest, KernelSpec, TerminationReason};
+use crate::error::AgentError;
+use crate::runtime::process::upload::MAX_UPLOAD;
+use crate::runtime::{ExecRequest, KernelSpec, TerminationReason};
 
 /// Registers the kernel routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {

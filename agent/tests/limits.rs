@@ -2,13 +2,13 @@
 //! themselves, events to the manager.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod agent_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{stream, test_config, EventSink, TestAgent};
 use reqwest::Method;
 use serde_json::{json, Value};
+use support::{stream, test_config, EventSink, TestAgent};
 
 async fn run_until_done(agent: &TestAgent, k: &str, code: &str, limit: Duration) -> Vec<Value> {
     let run_id = uuid::Uuid::new_v4().to_string();
@@ -287,7 +287,7 @@ async fn bubblewrap_isolates_the_kernel_when_installed() {
         return;
     }
     let mut config = test_config();
-    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::On;
+    config.sandbox.use_bwrap = backendai_agent::config::BwrapMode::On;
     let agent = TestAgent::spawn_with(config).await;
     let id = uuid::Uuid::new_v4().to_string();
     let (status, created) = agent
@@ -330,7 +330,7 @@ async fn the_kernel_root_holds_nothing_of_the_host_but_the_system() {
         return;
     }
     let mut config = test_config();
-    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::On;
+    config.sandbox.use_bwrap = backendai_agent::config::BwrapMode::On;
     let agent = TestAgent::spawn_with(config).await;
     let k = agent.create("python", json!({})).await;
     // A secret where a manager keeps its data: next to the sources, not under /tmp or /home.
@@ -367,10 +367,10 @@ async fn the_kernel_root_holds_nothing_of_the_host_but_the_system() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seccomp_denies_what_a_sandbox_never_needs() {
     let bwrap = std::path::Path::new("/usr/bin/bwrap").exists();
-    let modes: &[backendai_manager::agent::config::BwrapMode] = if bwrap {
-        &[backendai_manager::agent::config::BwrapMode::On, backendai_manager::agent::config::BwrapMode::Off]
+    let modes: &[backendai_agent::config::BwrapMode] = if bwrap {
+        &[backendai_agent::config::BwrapMode::On, backendai_agent::config::BwrapMode::Off]
     } else {
-        &[backendai_manager::agent::config::BwrapMode::Off]
+        &[backendai_agent::config::BwrapMode::Off]
     };
     // x86_64 numbers: io_uring_setup, keyctl, add_key, bpf, perf_event_open, ptrace,
     // mount, unshare (CLONE_NEWUSER), setns, userfaultfd, init_module, reboot, clock_settime,
@@ -445,7 +445,7 @@ async fn kernel_processes_no_agent_holds_are_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_bubblewrap_interrupts_and_deaths_work_the_same() {
     let (sink, mut config) = (EventSink::start().await, test_config());
-    config.sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+    config.sandbox.use_bwrap = backendai_agent::config::BwrapMode::Off;
     config.event_addr = Some(sink.addr.to_string());
     config.continuation_secs = 0.5;
     let agent = TestAgent::spawn_with(config).await;

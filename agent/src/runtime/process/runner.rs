@@ -9,7 +9,7 @@ use tokio::net::unix::pipe;
 
 use super::kernel::{pipe_pair, signal_group};
 use super::sandbox::{self, PreExec, Rlimits};
-use crate::agent::runtime::{RunnerKind, RuntimeResult};
+use crate::runtime::{RunnerKind, RuntimeResult};
 
 const PYTHON_RUNNER: &str = include_str!("runner.py");
 
@@ -35,7 +35,7 @@ done
 "#;
 
 /// The interpreter program of an image.
-pub fn runner_program(image: &crate::agent::runtime::ImageSpec) -> String {
+pub fn runner_program(image: &crate::runtime::ImageSpec) -> String {
     match image.runner {
         RunnerKind::Python => image.command.clone().unwrap_or_else(|| "python3".to_owned()),
         RunnerKind::Shell => image.command.clone().filter(|c| c.ends_with("bash")).unwrap_or_else(|| "bash".to_owned()),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use backendai_manager::agent::{Agent, AgentConfig};
+use backendai_agent::{Agent, AgentConfig};
 use serde_json::{json, Value};
 
 pub const SECRET: &str = "test-cluster-secret";
@@ -33,15 +33,15 @@ pub struct TestAgent {
 /// A test configuration: port 0, own scratch root under /tmp (reachable by kernel uids).
 /// `AGENT_TEST_BWRAP=off` runs the suite without bubblewrap.
 pub fn test_config() -> AgentConfig {
-    let mut sandbox = backendai_manager::agent::config::SandboxConfig::default();
+    let mut sandbox = backendai_agent::config::SandboxConfig::default();
     if std::env::var("AGENT_TEST_BWRAP").as_deref() == Ok("off") {
-        sandbox.use_bwrap = backendai_manager::agent::config::BwrapMode::Off;
+        sandbox.use_bwrap = backendai_agent::config::BwrapMode::Off;
     }
     AgentConfig {
         sandbox,
         listen: "127.0.0.1:0".parse().unwrap(),
         agent_id: format!("i-test-{}", uuid::Uuid::new_v4().simple()),
-        cluster_secret: backendai_manager::agent::config::Secret::new(SECRET),
+        cluster_secret: backendai_agent::config::Secret::new(SECRET),
         scratch_root: std::env::temp_dir().join(format!("bai-agent-test-{}", uuid::Uuid::new_v4().simple())),
         exec_timeout: 30.0,
         heartbeat_interval: 0.5,

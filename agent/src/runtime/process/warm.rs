@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use super::runner::{self, RunnerSpawn, SpawnedRunner};
 use super::{prepare_scratch, sandbox, Inner, WARM_PREFIX, WARM_START_LIMIT};
-use crate::agent::runtime::{RunnerKind, RuntimeResult};
+use crate::runtime::{RunnerKind, RuntimeResult};
 
 /// Which interpreter a warm runner is.
 pub(super) type WarmKey = (RunnerKind, String);

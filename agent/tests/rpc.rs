@@ -1,14 +1,14 @@
 //! The agent RPC surface: authentication, problem bodies, uploads, the PTY WebSocket.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod agent_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use agent_support::{stream, TestAgent, SECRET};
 use base64::Engine;
 use reqwest::Method;
 use serde_json::{json, Value};
+use support::{stream, TestAgent, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
