@@ -322,6 +322,18 @@ pub fn verify(algorithm: HashAlgorithm, secret_key: &str, parts: &SignedParts<'_
     })
 }
 
+/// A new access key (`AKIA` + 16 base32 characters) and a URL-safe secret key.
+pub fn generate_keypair() -> (String, String) {
+    use base64::Engine;
+    const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let access_key: String =
+        "AKIA".chars().chain((0..16).map(|_| BASE32[rng.random_range(0..BASE32.len())] as char)).collect();
+    let secret: [u8; 30] = rng.random();
+    (access_key, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use figment::providers::Serialized;
 use figment::Figment;
-use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use crate::config::Settings;
 use crate::startup::Application;
-use crate::stores::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
+use crate::stores::{ConfigStore, EtcdConfigStore, EmbeddedConfigStore};
 use crate::{db, fixtures, images, telemetry};
 
 /// The Backend.AI manager: API gateway, scheduler and agent registry.
@@ -292,7 +291,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keypair(KeypairCommand::Generate { save_for_user, admin }) => {
-            let (access_key, secret_key) = generate_keypair();
+            let (access_key, secret_key) = crate::auth::generate_keypair();
             if let Some(user_id) = save_for_user {
                 let db = db::connect(&settings.db).await?;
                 let row = json!({"keypairs": [{"user_id": user_id, "access_key": access_key,
@@ -341,7 +340,7 @@ async fn schema(command: SchemaCommand, settings: &Settings) -> anyhow::Result<(
 async fn etcd(command: EtcdCommand, settings: &Settings) -> anyhow::Result<()> {
     let store: Box<dyn ConfigStore> = match &settings.etcd.addr {
         Some(addr) => Box::new(EtcdConfigStore::connect(addr, &settings.manager.namespace).await?),
-        None => Box::new(MemoryConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
+        None => Box::new(EmbeddedConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
     };
     match command {
         EtcdCommand::Put { key, value } => store.put(&key, &value).await?,
@@ -367,15 +366,4 @@ async fn etcd(command: EtcdCommand, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A new access key (`AKIA` + 16 base32 characters) and a URL-safe secret key.
-pub fn generate_keypair() -> (String, String) {
-    use base64::Engine;
-    const BASE32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut rng = rand::rng();
-    let access_key: String =
-        "AKIA".chars().chain((0..16).map(|_| BASE32[rng.random_range(0..BASE32.len())] as char)).collect();
-    let secret: [u8; 30] = rng.random();
-    (access_key, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret))
 }

@@ -29,7 +29,7 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, Error>
     if sqlite {
         // A few connections; SQLite serializes writers (each waits up to sqlx's 5 s
         // busy timeout). Write transactions start with a write (see
-        // `scheduler`), since a read lock cannot be upgraded while another
+        // `ledger`), since a read lock cannot be upgraded while another
         // connection writes.
         options.max_connections(settings.max_connections.clamp(1, 4));
     }
@@ -190,7 +190,7 @@ impl Reachability {
 /// Runs `work` (a whole transaction) until it does not lose a race with another, at
 /// most [`MAX_ATTEMPTS`] times, waiting a random few milliseconds in between. Every
 /// transaction that locks keypairs, agents or kernels goes through here (see
-/// `crate::scheduler` for the lock order they share).
+/// `crate::ledger` for the lock order they share).
 pub async fn retrying<T, F, Fut>(what: &'static str, mut work: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,

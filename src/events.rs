@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use crate::bus::Delivery;
 use crate::error::{ApiError, Problem};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The largest event accepted.
 const MAX_EVENT_SIZE: usize = 1 << 20;

@@ -2,11 +2,13 @@
 //! `images/{name}/{cpu,mem,gpu,runner,command}`, `images/{name}/tags/{tag}` and
 //! `images/_aliases/{alias}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use protocol::ImageSpec;
 use serde::Deserialize;
 
-use crate::error::Error;
+use crate::error::{ApiError, Error, Problem};
+use crate::stores::mirror::{self, ConfigMirror, Entries};
 use crate::stores::ConfigStore;
 
 /// The image definitions shipped in `fixtures/`, loaded into an empty embedded store.
@@ -139,4 +141,104 @@ mod tests {
             .is_err());
         assert!(alias_pairs("[aliases]\n\"a/b\" = \"x\"").is_err());
     }
+}
+
+/// An image resolved from the config store, with the slots a session needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedImage {
+    /// What the agent needs to start it.
+    pub spec: ImageSpec,
+    /// CPU cores.
+    pub cpu: f64,
+    /// Memory in MiB.
+    pub mem: i64,
+    /// GPUs.
+    pub gpu: f64,
+}
+
+impl ResolvedImage {
+    /// `name:tag`, as stored in `kernels.lang`.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.spec.name, self.spec.tag)
+    }
+}
+
+fn image_not_found(lang: &str) -> Error {
+    ApiError::new(Problem::ImageNotFound).with_detail(lang.chars().take(128).collect::<String>()).into()
+}
+
+/// Where the image catalogue lives in the config store.
+pub const IMAGES_PREFIX: &str = "images/";
+
+/// Resolves `lang` (an alias, `name` or `name:tag`; the default tag is `latest`) from
+/// the in-memory copy of the image catalogue, so that creating a session needs no
+/// config store round trip and works while it is down. A name the copy lacks is looked
+/// up in the store (the copy may be a moment behind a change); if the store does not
+/// answer then, the copy's answer (not found) stands.
+pub async fn resolve_image(images: &ConfigMirror, store: &dyn ConfigStore, lang: &str) -> Result<ResolvedImage, Error> {
+    match resolve_in(&images.entries(), lang) {
+        Err(ResolveError::NotFound) => {}
+        found => return found.map_err(|e| e.into_error(lang)),
+    }
+    if let Err(error) = images.refresh(store).await {
+        tracing::warn!(%error, "cannot read the image catalogue; answering from the last copy");
+    }
+    resolve_in(&images.entries(), lang).map_err(|e| e.into_error(lang))
+}
+
+/// Why an image could not be resolved.
+enum ResolveError {
+    NotFound,
+    /// The catalogue's definition of the image is broken.
+    Bad(String),
+}
+
+impl ResolveError {
+    fn into_error(self, lang: &str) -> Error {
+        match self {
+            Self::NotFound => image_not_found(lang),
+            Self::Bad(why) => Error::ConfigStore(why),
+        }
+    }
+}
+
+fn resolve_in(catalogue: &Entries, lang: &str) -> Result<ResolvedImage, ResolveError> {
+    let valid = |s: &str| s.len() <= 128 && valid_name(s);
+    if !valid(lang) {
+        return Err(ResolveError::NotFound);
+    }
+    let target = catalogue.get(&format!("{IMAGES_PREFIX}_aliases/{lang}")).map_or(lang, String::as_str);
+    let (name, tag) = target.split_once(':').unwrap_or((target, "latest"));
+    if !valid(name) || !valid(tag) {
+        return Err(ResolveError::NotFound);
+    }
+    let prefix = format!("{IMAGES_PREFIX}{name}/");
+    let fields: HashMap<&str, &str> = mirror::under(catalogue, &prefix).collect();
+    if !fields.contains_key(format!("tags/{tag}").as_str()) {
+        return Err(ResolveError::NotFound);
+    }
+    let number = |key: &str| -> Result<f64, ResolveError> {
+        fields
+            .get(key)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing or bad {key}")))
+    };
+    let text = |key: &str| {
+        fields
+            .get(key)
+            .map(|v| (*v).to_owned())
+            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing {key}")))
+    };
+    Ok(ResolvedImage {
+        spec: ImageSpec {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+            runner: text("runner")?.parse().map_err(|e| ResolveError::Bad(format!("image {name}: {e}")))?,
+            command: Some(text("command")?),
+        },
+        cpu: number("cpu")?,
+        mem: number("mem")?.ceil() as i64,
+        gpu: number("gpu").unwrap_or(0.0),
+    })
 }

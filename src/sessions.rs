@@ -18,8 +18,9 @@ use crate::actors::messages::{
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
 use crate::error::{ApiError, Error, Problem};
-use crate::scheduler::{self, ResolvedImage};
-use crate::startup::AppState;
+use crate::images::{self, ResolvedImage};
+use crate::ledger;
+use crate::state::AppState;
 use crate::vfolders;
 use protocol::{KernelLimits, KernelSpec, MountSpec};
 
@@ -95,12 +96,13 @@ fn clamp(image: &mut ResolvedImage, asked: Resources) {
 
 /// Gets or creates the session `token` of `access_key`; returns whether it was created.
 /// A live session of that token with another image is refused (`kernel-already-exists`).
+#[tracing::instrument(name = "sessions::create", skip_all, fields(access_key = %access_key, token = %request.token))]
 pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
     validate_token(&request.token, request.api_version)?;
     protocol::validate_environ(&request.environ)
         .map_err(|why| ApiError::new(Problem::InvalidApiParams).with_detail(why))?;
-    let mut image = scheduler::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
-    if let Some(existing) = scheduler::live_session(&state.db, access_key, &request.token).await? {
+    let mut image = images::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
+    if let Some(existing) = ledger::live_session(&state.db, access_key, &request.token).await? {
         return reuse(&state.registry, existing, &image).await;
     }
     clamp(&mut image, request.resources);
@@ -189,7 +191,7 @@ async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<Se
     if let Some((actor, _)) = state.directory.session(access_key, token) {
         return Ok(actor);
     }
-    let kernel = scheduler::live_session(&state.db, access_key, token)
+    let kernel = ledger::live_session(&state.db, access_key, token)
         .await?
         .ok_or_else(|| Error::Api(ApiError::new(Problem::KernelNotFound)))?;
     session_actor(&state.registry, kernel).await
@@ -231,13 +233,20 @@ pub struct SessionInfo {
     idle: i64,
 }
 
+/// The row of the live session `token` of `access_key`, as its actor knows it (its
+/// published copy while fresh); 404 for anyone else's.
+pub async fn row(state: &AppState, access_key: &str, token: &str) -> Result<std::sync::Arc<kernels::Model>, Error> {
+    match state.directory.session_row(access_key, token) {
+        Some(kernel) => Ok(kernel),
+        None => Ok(std::sync::Arc::new(ask(state, access_key, token, || GetKernel).await?)),
+    }
+}
+
 /// `GET /kernel/{token}`: the contract's info object, with live stats.
+#[tracing::instrument(name = "sessions::info", skip_all, level = "debug", fields(access_key = %access_key, token = %token))]
 pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<SessionInfo, Error> {
     // The hot path: the session actor's published row, while it is fresh.
-    let kernel = match state.directory.session_row(access_key, token) {
-        Some(kernel) => kernel,
-        None => std::sync::Arc::new(ask(state, access_key, token, || GetKernel).await?),
-    };
+    let kernel = row(state, access_key, token).await?;
     let live = state.stores.stats.kernel_stat_fields(&kernel.id.to_string(), &["mem_cur_bytes", "cpu_used"]).await;
     let live = live.unwrap_or_default();
     let stat = |index: usize, stored: i64| live.get(index).copied().flatten().unwrap_or(stored);
@@ -256,21 +265,25 @@ pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<Ses
 }
 
 /// Runs or resumes code; the v2 result.
+#[tracing::instrument(name = "sessions::execute", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn execute(state: &AppState, access_key: &str, token: &str, request: Value) -> Result<Value, Error> {
     ask(state, access_key, token, || Execute { request: request.clone() }).await
 }
 
 /// A fresh interpreter with the same resources.
+#[tracing::instrument(name = "sessions::restart", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn restart(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
     ask(state, access_key, token, || Restart).await
 }
 
 /// Interrupts the running code.
+#[tracing::instrument(name = "sessions::interrupt", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn interrupt(state: &AppState, access_key: &str, token: &str) -> Result<(), Error> {
     ask(state, access_key, token, || Interrupt).await
 }
 
 /// Completions at a cursor.
+#[tracing::instrument(name = "sessions::complete", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn complete(
     state: &AppState,
     access_key: &str,
@@ -282,6 +295,7 @@ pub async fn complete(
 }
 
 /// Writes one file into the session's working directory.
+#[tracing::instrument(name = "sessions::upload", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn upload(
     state: &AppState,
     access_key: &str,
@@ -293,6 +307,7 @@ pub async fn upload(
 }
 
 /// Reads the session's logs or files.
+#[tracing::instrument(name = "sessions::read", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn read(
     state: &AppState,
     access_key: &str,
@@ -303,12 +318,14 @@ pub async fn read(
 }
 
 /// Destroys the session; its final stats.
+#[tracing::instrument(name = "sessions::destroy", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
     ask(state, access_key, token, || Destroy).await
 }
 
 /// The agent reported that a kernel ended (by itself, or destroyed). Idempotent: a
 /// session that already ended is left as it is.
+#[tracing::instrument(name = "sessions::kernel_terminated", skip_all, fields(kernel = %kernel_id))]
 pub async fn kernel_terminated(
     db: &sea_orm::DatabaseConnection,
     registry: &Addr<Registry>,

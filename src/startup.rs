@@ -6,16 +6,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 
-use crate::actors::keypair;
 use crate::actors::liveness::{LivenessChecker, StopChecking};
-use crate::actors::registry::{Directory, Registry};
+use crate::actors::registry::{self, Directory, Registry};
 use crate::bus::{Applier, Bus, LocalBus};
 use crate::config::{Secret, Settings};
 use crate::error::{ApiError, Problem};
@@ -23,47 +22,11 @@ use crate::middleware;
 use crate::overbook::Overbook;
 use crate::routes;
 use crate::stores::{ConfigMirror, Stores};
-use crate::{db, fixtures, images, scheduler, Core};
+use crate::state::AppState;
+use crate::{db, fixtures, images, Core};
 
 /// The value of every response's `Server` header.
 pub const SERVER_HEADER: &str = "BackendAI-API/v4.20181215";
-
-/// What every handler can reach.
-pub struct AppState {
-    /// The settings the process started with.
-    pub settings: Arc<Settings>,
-    /// The relational database.
-    pub db: DatabaseConnection,
-    /// The config, stat and rate-limit stores.
-    pub stores: Stores,
-    /// The actor registry.
-    pub registry: Addr<Registry>,
-    /// The registry's children, readable without a message.
-    pub directory: Arc<Directory>,
-    /// This process's id in the config store (`nodes/manager`).
-    pub manager_id: String,
-    /// Where agents send their events.
-    pub events_addr: std::net::SocketAddr,
-    /// Session lifecycle events for the event streams.
-    pub event_hub: Arc<crate::streams::hub::EventHub>,
-    /// Where agents' events come in.
-    pub bus: Arc<Bus>,
-    /// Applies agents' events.
-    pub applier: Applier,
-    /// The cached overbook factors.
-    pub overbook: Arc<Overbook>,
-    /// The image catalogue, cached.
-    pub images: Arc<ConfigMirror>,
-    /// This manager's liveness checker.
-    pub liveness: Addr<LivenessChecker>,
-    /// When this process last refused an authentication.
-    pub auth_failures: Arc<crate::middleware::FailureWatch>,
-    /// KiB of upload bodies all requests together may hold at once
-    /// (`manager.upload_memory`).
-    pub upload_budget: tokio::sync::Semaphore,
-    /// Whether the database answers.
-    pub db_reachability: Arc<db::Reachability>,
-}
 
 /// A built, bound, not yet running manager.
 pub struct Application {
@@ -95,7 +58,7 @@ impl Application {
         let mut settings = settings;
         if settings.manager.cluster_secret.is_empty() && settings.local_agent.enabled {
             // Only the built-in agent talks to this manager: a secret of the process's own.
-            settings.manager.cluster_secret = Secret::new(crate::cli::generate_keypair().1);
+            settings.manager.cluster_secret = Secret::new(crate::auth::generate_keypair().1);
         }
         let bind = |port: u16| {
             TcpListener::bind((settings.manager.service_ip, port))
@@ -112,7 +75,7 @@ impl Application {
         // (`agent::RPC_KEEP_ALIVE_SECS`), so no call races the agent's close.
         let http = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?;
         let overbook = Overbook::start(stores.config.clone()).await.context("cannot read the overbook factors")?;
-        let images = ConfigMirror::start(stores.config.clone(), scheduler::IMAGES_PREFIX)
+        let images = ConfigMirror::start(stores.config.clone(), crate::images::IMAGES_PREFIX)
             .await
             .context("cannot read the image catalogue")?;
         let redis_bus = match &settings.redis.addr {
@@ -272,7 +235,7 @@ impl Application {
         if let Err(error) = self.state.liveness.send(StopChecking).await {
             tracing::warn!(%error, "the liveness checker is gone");
         }
-        if let Err(error) = keypair::shutdown(&self.state.registry).await {
+        if let Err(error) = registry::shutdown(&self.state.registry).await {
             tracing::error!(%error, "could not stop the actors cleanly");
         }
         if let Err(error) = deregister(&self.state).await {

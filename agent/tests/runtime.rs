@@ -121,6 +121,70 @@ async fn interrupt_raises_keyboard_interrupt_and_the_kernel_survives() {
     agent.stop().await;
 }
 
+/// The processes of a uid (from /proc).
+fn processes_of(uid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let real = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().next());
+        if real.and_then(|u| u.parse::<u32>().ok()) == Some(uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+    }
+}
+
+/// An interrupt that comes before the runner has even read the code (as on a busy machine,
+/// where it is not scheduled in time) still interrupts that code. Reproduced without
+/// timing: the kernel's processes are stopped while the code is sent and the interrupt
+/// asked for, then continued. Before the fix the SIGINT landed in the runner's idle loop
+/// and the code then ran to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_before_the_runner_reads_the_code_still_interrupts_it() {
+    let agent = TestAgent::spawn_with(fast_continuation()).await;
+    for runner in ["python", "shell"] {
+        let k = agent.create(runner, json!({})).await;
+        let uid_code = if runner == "python" { "import os\nprint(os.getuid())" } else { "id -u" };
+        let uid: u32 = stream(&agent.run_to_end(&k, uid_code).await, "stdout").trim().parse().unwrap();
+        if uid == nix::unistd::getuid().as_raw() {
+            eprintln!("SKIP an_interrupt_before_the_runner_reads_the_code: kernels run as the test's own uid (not root)");
+            agent.stop().await;
+            return;
+        }
+        let stopped = processes_of(uid);
+        assert!(!stopped.is_empty(), "no process of kernel uid {uid}");
+        signal_all(&stopped, nix::sys::signal::Signal::SIGSTOP);
+        let (code, marker) = if runner == "python" {
+            ("import time\nfor _ in range(600):\n    time.sleep(0.05)\nprint('not-reached')", "KeyboardInterrupt")
+        } else {
+            ("sleep 30; echo not-reached", "")
+        };
+        let first = agent.execute(&k, "held", "query", code, Value::Null).await;
+        assert_eq!(first["status"], "continued", "{first}");
+        let (status, _) = agent.call(Method::POST, &format!("/kernels/{k}/interrupt"), None).await;
+        assert_eq!(status, 204);
+        signal_all(&stopped, nix::sys::signal::Signal::SIGCONT);
+        let started = Instant::now();
+        let mut results = vec![first];
+        while results.last().unwrap()["status"] == "continued" && started.elapsed() < Duration::from_secs(20) {
+            results.push(agent.execute(&k, "held", "query", "", Value::Null).await);
+        }
+        assert_eq!(results.last().unwrap()["status"], "finished", "{runner}: {results:?}");
+        assert!(!stream(&results, "stdout").contains("not-reached"), "{runner}: {results:?}");
+        assert!(stream(&results, "stderr").contains(marker), "{runner}: {results:?}");
+        let after = agent.run_to_end(&k, if runner == "python" { "print('alive')" } else { "echo alive" }).await;
+        assert_eq!(stream(&after, "stdout"), "alive\n");
+    }
+    agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_gives_a_fresh_interpreter_in_the_same_scratch_dir() {
     let agent = TestAgent::spawn().await;

@@ -21,7 +21,7 @@ use super::messages::{AgentsLost, SessionsEnded};
 use super::registry::Registry;
 use crate::error::Error;
 use crate::stores::ConfigStore;
-use crate::{scheduler, Core};
+use crate::{ledger, Core};
 
 /// How often agent liveness is checked.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -140,7 +140,7 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
         // A live manager settles a create, restart or destroy within its agent call timeout.
         let manager = &core.settings.manager;
         let deadline = manager.agent_create_timeout.max(manager.agent_call_timeout) + STRANDED_MARGIN;
-        match scheduler::end_stranded_sessions(&core.db, deadline).await {
+        match ledger::end_stranded_sessions(&core.db, deadline).await {
             Ok(more) => ended.extend(more),
             Err(error) => tracing::error!(%error, "could not end the sessions managers left half-way"),
         }
@@ -151,12 +151,12 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
         return Pass::Grace { ended };
     }
     let heard = |agent_id: &str| ages.get(agent_id).is_some_and(|age| (*age as f64) < timeout * 1000.0);
-    let lost = match scheduler::declare_lost_agents(&core.db, timeout, heard).await {
+    let lost = match ledger::declare_lost_agents(&core.db, timeout, heard).await {
         Ok(lost) => lost,
         Err(error) => return Pass::Impaired(error),
     };
     ended.extend(lost.iter().flat_map(|(_, ended)| ended.iter().copied()));
-    match scheduler::end_sessions_of_gone_agents(&core.db).await {
+    match ledger::end_sessions_of_gone_agents(&core.db).await {
         Ok(more) => ended.extend(more),
         Err(error) => tracing::error!(%error, "could not end the sessions of gone agents"),
     }

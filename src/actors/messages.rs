@@ -11,7 +11,7 @@ use super::agent::AgentActor;
 use super::registry::KeypairEntry;
 use super::session::SessionActor;
 use crate::error::Error;
-use crate::scheduler::ResolvedImage;
+use crate::images::ResolvedImage;
 use protocol::KernelSpec;
 
 /// Registry: the actor of an access key (and what it shares), started if it is not running.
@@ -169,10 +169,12 @@ pub struct KernelTerminated {
     pub stats: protocol::KernelStats,
 }
 
-/// Session: the session was ended elsewhere (e.g. its agent was lost); stop.
+/// Session actor: stop serving the session, writing nothing more about it: it ended
+/// elsewhere (its agent was lost or terminated), or the manager shuts down. Its cached
+/// row is marked not live first, so a message still in the mailbox is refused.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SessionEnded;
+pub struct RetireSession;
 
 /// Registry: sessions ended without their actor (agent lost or terminated).
 #[derive(Message)]

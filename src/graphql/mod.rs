@@ -86,6 +86,8 @@ pub struct GqlContext {
     pub stats: Arc<dyn StatStore>,
     /// The key that signed the request.
     pub caller: Arc<keypairs::Model>,
+    /// The running key actors of this process, whose caches a change drops.
+    pub directory: Arc<crate::actors::registry::Directory>,
 }
 
 /// Runs one operation for `context.caller` against the schema its key may use.

@@ -10,7 +10,8 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, DbErr, EntityTrait, PaginatorTrait,
 
 use super::types::KeyPair;
 use super::{internal, GqlContext};
-use crate::cli::generate_keypair;
+use crate::actors::keypair;
+use crate::auth::generate_keypair;
 
 /// Defaults of a new keypair for the props left null.
 const DEFAULT_CONCURRENCY_LIMIT: i32 = 1;
@@ -155,8 +156,8 @@ impl AdminMutation {
         Ok(CreateKeyPair { ok: true, msg: None, keypair: Some(KeyPair(row)) })
     }
 
-    /// Changes the non-null properties of a keypair. A deactivated key is
-    /// refused by every manager once their caches expire (2 seconds).
+    /// Changes the non-null properties of a keypair. A deactivated key is refused at
+    /// once by this manager and by the others once their caches expire (2 seconds).
     async fn modify_keypair(
         &self,
         ctx: &Context<'_>,
@@ -166,17 +167,10 @@ impl AdminMutation {
         if let Some(why) = props.invalid() {
             return Ok(refused(why));
         }
-        let db = &ctx.data::<GqlContext>()?.db;
-        let changes = props.changes();
-        let found = if changes.is_empty() {
-            keypairs::Entity::find_by_id(access_key.clone()).one(db).await.map_err(internal)?.is_some()
-        } else {
-            let mut update = keypairs::Entity::update_many().filter(keypairs::Column::AccessKey.eq(access_key.clone()));
-            for (column, value) in changes {
-                update = update.col_expr(column, value);
-            }
-            update.exec(db).await.map_err(internal)?.rows_affected > 0
-        };
+        let context = ctx.data::<GqlContext>()?;
+        let found = keypair::update_row(&context.db, &context.directory, &access_key, props.changes())
+            .await
+            .map_err(internal)?;
         if !found {
             return Ok(refused(format!("no such keypair: {access_key}")));
         }
@@ -202,9 +196,9 @@ impl AdminMutation {
                  deactivate it with modify_keypair(props: {{is_active: false}}) instead"
             )));
         }
-        match keypairs::Entity::delete_by_id(access_key.clone()).exec(&context.db).await {
-            Ok(result) if result.rows_affected > 0 => Ok(DeleteKeyPair { ok: true, msg: None }),
-            Ok(_) => Ok(refused(format!("no such keypair: {access_key}"))),
+        match keypair::delete_row(&context.db, &context.directory, &access_key).await {
+            Ok(true) => Ok(DeleteKeyPair { ok: true, msg: None }),
+            Ok(false) => Ok(refused(format!("no such keypair: {access_key}"))),
             // A session was created with the key since the count.
             Err(error) if is_foreign_key_violation(&error) => {
                 Ok(refused("the keypair owns compute sessions; deactivate it instead"))

@@ -30,7 +30,7 @@ async fn keypair_by_key(ctx: &Context<'_>, access_key: String) -> Result<Option<
 /// The live session (main kernel) `sess_id` of `access_key`.
 async fn session_of(ctx: &Context<'_>, access_key: String, sess_id: Option<String>) -> Result<Option<ComputeSession>> {
     let Some(sess_id) = sess_id else { return Ok(None) };
-    let row = crate::scheduler::live_session(&context(ctx)?.db, &access_key, &sess_id).await.map_err(internal)?;
+    let row = crate::ledger::live_session(&context(ctx)?.db, &access_key, &sess_id).await.map_err(internal)?;
     Ok(row.map(ComputeSession))
 }
 

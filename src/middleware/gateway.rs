@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use crate::actors::keypair;
 use crate::auth::{self, SignedParts};
 use crate::error::{ApiError, Problem};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::stores::Window;
 
 /// A request that passed authentication: the API version and the signing key.

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{problem_type, ApiError, Problem, PROBLEM_JSON};
 use crate::graphql::{self, GqlContext, Schemas, INTERNAL};
 use crate::middleware::Authenticated;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The GraphQL-over-HTTP media type that selects the standard response shape.
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -91,7 +91,12 @@ async fn graphql_handler(
     if let Some(operation_name) = body.operation_name {
         request = request.operation_name(operation_name);
     }
-    let context = GqlContext { db: state.db.clone(), stats: state.stores.stats.clone(), caller: auth.keypair };
+    let context = GqlContext {
+        db: state.db.clone(),
+        stats: state.stores.stats.clone(),
+        caller: auth.keypair,
+        directory: state.directory.clone(),
+    };
     let response = graphql::execute(&schemas, context, request).await;
     let standard = req
         .headers()

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::params::{params, part_filename, path_list, string_list, string_param};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::vfolders::{self, files, invitations, python_datetime};
 
 /// Most files in one upload.

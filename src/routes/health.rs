@@ -9,7 +9,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::error::Error;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 

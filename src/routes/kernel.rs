@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
 use crate::sessions::{self, CreateRequest, Resources};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Most files in one upload.
 pub const MAX_UPLOAD_FILES: usize = 20;

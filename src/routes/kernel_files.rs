@@ -11,7 +11,7 @@ use crate::actors::messages::{KernelRead, ReadKernel};
 use crate::error::{ApiError, Problem};
 use crate::middleware::Authenticated;
 use crate::sessions;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Most files one download names.
 pub const MAX_DOWNLOAD_FILES: usize = 5;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -139,75 +139,109 @@ impl ConfigStore for EtcdConfigStore {
     }
 }
 
-/// An in-process tree for the embedded deployment, kept in a JSON file so that
-/// the `etcd` CLI commands and a running `serve` see the same data.
-pub struct MemoryConfigStore {
-    path: Option<PathBuf>,
-    state: Mutex<MemoryState>,
+/// The embedded deployment's config store: an in-process tree kept in a JSON file, so
+/// that the `etcd` CLI commands and a running `serve` see the same data. File work runs
+/// on the blocking pool, under the store's lock (one change at a time, in order).
+pub struct EmbeddedConfigStore {
+    file: Arc<TreeFile>,
     /// Bumped on every change made through this store.
     changes: tokio::sync::watch::Sender<u64>,
 }
 
+/// The tree and the file that keeps it (none: memory only).
+struct TreeFile {
+    path: Option<PathBuf>,
+    state: Mutex<TreeState>,
+}
+
 #[derive(Default)]
-struct MemoryState {
+struct TreeState {
     tree: BTreeMap<String, String>,
     /// Modification time of the file when it was last read or written.
     seen: Option<SystemTime>,
 }
 
-impl MemoryConfigStore {
+impl EmbeddedConfigStore {
     /// A store kept only in memory (tests).
     pub fn ephemeral() -> Self {
-        Self { path: None, state: Mutex::new(MemoryState::default()), changes: tokio::sync::watch::Sender::new(0) }
+        Self::with_file(None)
     }
 
     /// A store kept in the JSON file at `path`, created on the first write.
     pub fn open(path: PathBuf) -> Result<Self, Error> {
-        let store = Self {
-            path: Some(path),
-            state: Mutex::new(MemoryState::default()),
-            changes: tokio::sync::watch::Sender::new(0),
-        };
-        store.with_state(|_| ())?;
+        let store = Self::with_file(Some(path));
+        store.file.with_tree(|_| ())?;
         Ok(store)
     }
 
-    fn file_error(&self, what: &str, error: impl std::fmt::Display) -> Error {
+    fn with_file(path: Option<PathBuf>) -> Self {
+        let file = TreeFile { path, state: Mutex::new(TreeState::default()) };
+        Self { file: Arc::new(file), changes: tokio::sync::watch::Sender::new(0) }
+    }
+
+    /// Runs `f` on the tree: inline when there is no file, else on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&TreeFile) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        if self.file.path.is_none() {
+            return f(&self.file);
+        }
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || f(&file))
+            .await
+            .map_err(|e| Error::ConfigStore(format!("config store task failed: {e}")))?
+    }
+
+    async fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>) + Send + 'static) -> Result<(), Error> {
+        let changed = self.run(move |file| file.modify(f)).await;
+        self.changes.send_modify(|n| *n += 1);
+        changed
+    }
+}
+
+impl TreeFile {
+    fn error(&self, what: &str, error: impl std::fmt::Display) -> Error {
         let path = self.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
         Error::ConfigStore(format!("{what} {path}: {error}"))
     }
 
-    /// Runs `f` on the tree, first re-reading the file if another process changed it.
-    fn with_state<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> Result<T, Error> {
-        let mut state = self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))?;
-        if let Some(path) = &self.path {
-            let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            if modified.is_some() && modified != state.seen {
-                let text = std::fs::read_to_string(path).map_err(|e| self.file_error("cannot read", e))?;
-                state.tree = serde_json::from_str(&text).map_err(|e| self.file_error("malformed", e))?;
-                state.seen = modified;
-            }
-        }
-        Ok(f(&mut state.tree))
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, TreeState>, Error> {
+        self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))
     }
 
-    fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
-        let changed = self.write(f);
-        self.changes.send_modify(|n| *n += 1);
-        changed
-    }
-
-    fn write(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
+    /// Re-reads the file if another process changed it since it was last seen.
+    fn refresh(&self, state: &mut TreeState) -> Result<(), Error> {
         let Some(path) = &self.path else {
-            return self.with_state(f);
+            return Ok(());
         };
-        let text = self.with_state(|tree| {
-            f(tree);
-            serde_json::to_string_pretty(tree)
-        })?;
-        let text = text.map_err(|e| self.file_error("cannot encode", e))?;
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if modified.is_some() && modified != state.seen {
+            let text = std::fs::read_to_string(path).map_err(|e| self.error("cannot read", e))?;
+            state.tree = serde_json::from_str(&text).map_err(|e| self.error("malformed", e))?;
+            state.seen = modified;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the current tree.
+    fn with_tree<T>(&self, f: impl FnOnce(&BTreeMap<String, String>) -> T) -> Result<T, Error> {
+        let mut state = self.lock()?;
+        self.refresh(&mut state)?;
+        Ok(f(&state.tree))
+    }
+
+    /// Changes the tree and writes the file, all under the lock.
+    fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
+        let mut state = self.lock()?;
+        self.refresh(&mut state)?;
+        f(&mut state.tree);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let text = serde_json::to_string_pretty(&state.tree).map_err(|e| self.error("cannot encode", e))?;
         if let Some(dir) = path.parent() {
-            crate::db::private_dir(dir).map_err(|e| self.file_error("cannot create the folder of", e))?;
+            crate::db::private_dir(dir).map_err(|e| self.error("cannot create the folder of", e))?;
         }
         // Write and rename, so a reader never sees half a file; the owner's only.
         let temporary = path.with_extension(format!("tmp{}", std::process::id()));
@@ -220,18 +254,17 @@ impl MemoryConfigStore {
                 .truncate(true)
                 .mode(0o600)
                 .open(&temporary)
-                .map_err(|e| self.file_error("cannot write", e))?;
-            file.write_all(text.as_bytes()).map_err(|e| self.file_error("cannot write", e))?;
+                .map_err(|e| self.error("cannot write", e))?;
+            file.write_all(text.as_bytes()).map_err(|e| self.error("cannot write", e))?;
         }
-        std::fs::rename(&temporary, path).map_err(|e| self.file_error("cannot write", e))?;
-        let mut state = self.state.lock().map_err(|_| Error::ConfigStore("config store lock poisoned".into()))?;
+        std::fs::rename(&temporary, path).map_err(|e| self.error("cannot write", e))?;
         state.seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(())
     }
 }
 
 #[async_trait]
-impl ConfigStore for MemoryConfigStore {
+impl ConfigStore for EmbeddedConfigStore {
     async fn watch_prefix(&self, _prefix: &str) -> Result<tokio::sync::mpsc::Receiver<()>, Error> {
         let mut changes = self.changes.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -246,34 +279,42 @@ impl ConfigStore for MemoryConfigStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>, Error> {
-        self.with_state(|tree| tree.get(key).cloned())
+        let key = key.to_owned();
+        self.run(move |file| file.with_tree(|tree| tree.get(&key).cloned())).await
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, Error> {
-        self.with_state(|tree| {
-            tree.range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+        let prefix = prefix.to_owned();
+        self.run(move |file| {
+            file.with_tree(|tree| {
+                tree.range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
         })
+        .await
     }
 
     async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), Error> {
-        self.modify(|tree| tree.extend(pairs.iter().cloned()))
+        let pairs = pairs.to_vec();
+        self.modify(move |tree| tree.extend(pairs)).await
     }
 
     async fn delete(&self, key: &str, prefix: bool) -> Result<(), Error> {
-        self.modify(|tree| {
+        let key = key.to_owned();
+        self.modify(move |tree| {
             if prefix {
-                tree.retain(|k, _| !k.starts_with(key));
+                tree.retain(|k, _| !k.starts_with(&key));
             } else {
-                tree.remove(key);
+                tree.remove(&key);
             }
         })
+        .await
     }
 
     async fn ping(&self) -> Result<(), Error> {
-        self.with_state(|_| ())
+        self.run(|file| file.with_tree(|_| ())).await
     }
 
     fn kind(&self) -> &'static str {

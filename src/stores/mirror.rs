@@ -87,7 +87,7 @@ pub fn under<'a>(entries: &'a Entries, prefix: &'a str) -> impl Iterator<Item = 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::stores::MemoryConfigStore;
+    use crate::stores::EmbeddedConfigStore;
 
     #[test]
     fn under_lists_one_prefix_only() {
@@ -101,7 +101,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_copy_follows_the_store_and_survives_its_failure() {
-        let store: Arc<dyn ConfigStore> = Arc::new(MemoryConfigStore::ephemeral());
+        let store: Arc<dyn ConfigStore> = Arc::new(EmbeddedConfigStore::ephemeral());
         store.put("config/overbook/cpu", "3").await.unwrap();
         let mirror = ConfigMirror::start(store.clone(), "config/").await.unwrap();
         assert_eq!(mirror.entries().get("config/overbook/cpu").map(String::as_str), Some("3"));

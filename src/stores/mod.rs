@@ -10,7 +10,7 @@ pub mod mirror;
 mod redis;
 
 pub use self::redis::RedisStore;
-pub use config_store::{ConfigStore, EtcdConfigStore, MemoryConfigStore};
+pub use config_store::{ConfigStore, EtcdConfigStore, EmbeddedConfigStore};
 pub use counters::{MemoryCounters, RateLimitStore, StatStore, TicketStore, Window};
 pub use mirror::ConfigMirror;
 
@@ -43,7 +43,7 @@ impl Stores {
         let namespace = &settings.manager.namespace;
         let config: Arc<dyn ConfigStore> = match &settings.etcd.addr {
             Some(addr) => Arc::new(EtcdConfigStore::connect(addr, namespace).await?),
-            None => Arc::new(MemoryConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
+            None => Arc::new(EmbeddedConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
         };
         let call_timeout = Duration::from_secs_f64(settings.redis.call_timeout);
         Ok(match &settings.redis.addr {

@@ -15,10 +15,8 @@ use std::time::Duration;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use base64::Engine;
-use entity::kernels::{self, KernelStatus};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -27,8 +25,7 @@ use uuid::Uuid;
 use super::hub::Event;
 use crate::error::{ApiError, Error, Problem};
 use crate::middleware::Authenticated;
-use crate::scheduler;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How long a stream ticket may wait to be used.
 pub const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -58,9 +55,8 @@ async fn ticket(auth: Authenticated, state: web::Data<AppState>, body: web::Byte
     let request: TicketRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(Problem::InvalidApiParams).with_detail(e.to_string()))?;
     let access_key = auth.keypair.access_key.clone();
-    if scheduler::live_session(&state.db, &access_key, &request.kernel).await?.is_none() {
-        return Err(ApiError::new(Problem::KernelNotFound));
-    }
+    // Through the session's actor, as every other session route (404 for anyone else's).
+    crate::sessions::require(&state, &access_key, &request.kernel).await?;
     let bytes: [u8; 24] = rand::rng().random();
     let ticket = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let value = serde_json::to_string(&TicketValue { access_key, token: request.kernel })
@@ -110,14 +106,15 @@ async fn pty(
         (None, None) if state.settings.manager.allow_unsigned_pty => None,
         (None, None) => return Err(ApiError::new(Problem::AuthFailed).with_detail("sign the upgrade or use a ticket")),
     };
-    let mut select = kernels::Entity::find()
-        .filter(kernels::Column::SessId.eq(path.token.clone()))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
-    if let Some(access_key) = &owner {
-        select = select.filter(kernels::Column::AccessKey.eq(access_key.clone()));
-    }
-    let kernel =
-        select.one(&state.db).await.map_err(Error::from)?.ok_or_else(|| ApiError::new(Problem::KernelNotFound))?;
+    let kernel = match &owner {
+        Some(access_key) => crate::sessions::row(&state, access_key, &path.token).await?,
+        // Unsigned development mode: the live session of that name, whoever owns it.
+        None => std::sync::Arc::new(
+            crate::ledger::live_session_named(&state.db, &path.token)
+                .await?
+                .ok_or_else(|| ApiError::new(Problem::KernelNotFound))?,
+        ),
+    };
     let agent_addr = kernel.agent_addr.clone().ok_or_else(|| ApiError::new(Problem::KernelNotFound))?;
 
     let url = format!("ws://{agent_addr}/kernels/{}/pty", kernel.id);

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use super::hub::Event;
 use crate::error::{ApiError, Error, Problem};
 use crate::middleware::Authenticated;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A comment line is sent after this long without an event.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);

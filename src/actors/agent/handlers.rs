@@ -12,7 +12,7 @@ use super::AgentActor;
 use crate::actors::messages::{AgentHeartbeat, AgentLost, AgentReport, AgentTerminated, SessionsEnded};
 use crate::agent_client::AgentClient;
 use crate::error::Error;
-use crate::scheduler::{self, AgentChange, Ending};
+use crate::ledger::{self, AgentChange, Ending};
 
 /// A session is judged by an agent's report only if it was placed this long before the
 /// report was taken (the agent may not have received its creation yet; clocks differ).
@@ -21,6 +21,7 @@ const REPORT_MARGIN_SECS: i64 = 10;
 impl Handler<AgentHeartbeat> for AgentActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "AgentActor::AgentHeartbeat", skip_all, level = "debug", fields(agent = %self.agent_id))]
     fn handle(&mut self, msg: AgentHeartbeat, _ctx: &mut Self::Context) -> Self::Result {
         let core = self.core.clone();
         let agent_id = self.agent_id.clone();
@@ -111,7 +112,7 @@ async fn reconcile(
         .unwrap_or_else(Utc::now)
         .min(Utc::now());
     let placed_before = (taken_at - chrono::Duration::seconds(REPORT_MARGIN_SECS)).fixed_offset();
-    let live = scheduler::agent_sessions(&core.db, agent_id).await?;
+    let live = ledger::agent_sessions(&core.db, agent_id).await?;
     let absent: Vec<_> =
         live.iter().filter(|k| !reported.contains(&k.id) && k.created_at < placed_before).cloned().collect();
     // A session being destroyed whose kernel is gone was destroyed; one being created
@@ -135,7 +136,7 @@ async fn reconcile(
             continue;
         }
         let ending = Ending { placed_before: Some(placed_before), ..Ending::new(status, info) };
-        let done = scheduler::end_sessions(&core.db, &sessions, &ending, None).await?.unwrap_or_default();
+        let done = ledger::end_sessions(&core.db, &sessions, &ending, None).await?.unwrap_or_default();
         if !done.is_empty() {
             if status == KernelStatus::Terminated {
                 // A destroy whose kernel the report already lacks: the usual race, not a fault.
@@ -157,7 +158,7 @@ async fn reconcile(
         return Ok(());
     }
     let still_live: HashSet<Uuid> =
-        scheduler::agent_sessions(&core.db, agent_id).await?.into_iter().map(|k| k.id).collect();
+        ledger::agent_sessions(&core.db, agent_id).await?.into_iter().map(|k| k.id).collect();
     for orphan in candidates.into_iter().filter(|id| !still_live.contains(id)) {
         let client = client.clone();
         let kernel_id = orphan.to_string();
@@ -174,17 +175,18 @@ async fn reconcile(
 impl Handler<AgentTerminated> for AgentActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "AgentActor::AgentTerminated", skip_all, fields(agent = %self.agent_id))]
     fn handle(&mut self, _msg: AgentTerminated, _ctx: &mut Self::Context) -> Self::Result {
         let core = self.core.clone();
         let agent_id = self.agent_id.clone();
         let registry = self.registry.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let sessions = scheduler::agent_sessions(&core.db, &agent_id).await?;
+                let sessions = ledger::agent_sessions(&core.db, &agent_id).await?;
                 let ending = Ending::new(KernelStatus::Terminated, "agent-terminated");
                 let change = AgentChange::Terminated { agent_id: &agent_id };
                 let ended =
-                    scheduler::end_sessions(&core.db, &sessions, &ending, Some(change)).await?.unwrap_or_default();
+                    ledger::end_sessions(&core.db, &sessions, &ending, Some(change)).await?.unwrap_or_default();
                 tracing::info!(agent = %agent_id, sessions = ended.len(), "agent terminated");
                 registry.do_send(SessionsEnded { kernel_ids: ended });
                 Ok(())
@@ -201,6 +203,7 @@ impl Handler<AgentTerminated> for AgentActor {
 impl Handler<AgentLost> for AgentActor {
     type Result = ();
 
+    #[tracing::instrument(name = "AgentActor::AgentLost", skip_all, fields(agent = %self.agent_id))]
     fn handle(&mut self, _msg: AgentLost, ctx: &mut Self::Context) {
         ctx.stop();
     }

@@ -11,11 +11,12 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::KeypairActor;
 use crate::actors::messages::{FlushUsage, LookupKeypair, ReserveSession};
 use crate::error::Error;
-use crate::scheduler::{self, SessionRequest};
+use crate::ledger::{self, SessionRequest};
 
 impl Handler<LookupKeypair> for KeypairActor {
     type Result = AtomicResponse<Self, Result<Option<Arc<keypairs::Model>>, Error>>;
 
+    #[tracing::instrument(name = "KeypairActor::LookupKeypair", skip_all, level = "debug", fields(access_key = %self.access_key))]
     fn handle(&mut self, _msg: LookupKeypair, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         if let Some(row) = self.shared.fresh() {
@@ -39,6 +40,7 @@ impl Handler<LookupKeypair> for KeypairActor {
 impl Handler<ReserveSession> for KeypairActor {
     type Result = AtomicResponse<Self, Result<(entity::kernels::Model, bool), Error>>;
 
+    #[tracing::instrument(name = "KeypairActor::ReserveSession", skip_all, fields(access_key = %self.access_key))]
     fn handle(&mut self, msg: ReserveSession, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         // Atomic: this process charges a key one session at a time, so its racing creates
@@ -50,7 +52,7 @@ impl Handler<ReserveSession> for KeypairActor {
             async move {
                 let request =
                     SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image, avoid: &msg.avoid };
-                scheduler::reserve(&db, &request).await
+                ledger::reserve(&db, &request).await
             }
             .into_actor(self),
         ))
@@ -60,6 +62,7 @@ impl Handler<ReserveSession> for KeypairActor {
 impl Handler<FlushUsage> for KeypairActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "KeypairActor::FlushUsage", skip_all, level = "debug", fields(access_key = %self.access_key))]
     fn handle(&mut self, _msg: FlushUsage, _ctx: &mut Self::Context) -> Self::Result {
         let write = self.usage_update();
         Box::pin(write.into_actor(self))

@@ -19,10 +19,10 @@ use actix::prelude::*;
 use entity::{kernels, keypairs};
 use sea_orm::DatabaseConnection;
 
-use super::messages::{GetKeypairActor, LookupKeypair, ReserveSession, Shutdown};
+use super::messages::{GetKeypairActor, LookupKeypair, ReserveSession};
 use super::registry::{Directory, Registry};
 use crate::error::Error;
-use crate::scheduler::ResolvedImage;
+use crate::images::ResolvedImage;
 
 /// How long a cached key is trusted: changes made by any manager process (a
 /// deactivation, a deletion) take effect within this time everywhere.
@@ -66,6 +66,49 @@ impl KeypairShared {
 
     fn count_query(&self) {
         self.pending_queries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops the cached row: the next request reads the key again.
+    fn invalidate(&self) {
+        *self.cached.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Changes columns of a key's row: the one way a key is changed after its creation.
+/// This process's cache of the key is dropped at once; other managers see the change
+/// within [`CACHE_TTL`]. `false`: no such key.
+pub async fn update_row(
+    db: &DatabaseConnection,
+    directory: &Directory,
+    access_key: &str,
+    changes: Vec<(keypairs::Column, sea_orm::sea_query::SimpleExpr)>,
+) -> Result<bool, sea_orm::DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let found = if changes.is_empty() {
+        keypairs::Entity::find_by_id(access_key.to_owned()).one(db).await?.is_some()
+    } else {
+        let mut update = keypairs::Entity::update_many().filter(keypairs::Column::AccessKey.eq(access_key));
+        for (column, value) in changes {
+            update = update.col_expr(column, value);
+        }
+        update.exec(db).await?.rows_affected > 0
+    };
+    invalidate(directory, access_key);
+    Ok(found)
+}
+
+/// Deletes a key's row, dropping this process's cache of it at once (see
+/// [`update_row`]). `false`: no such key.
+pub async fn delete_row(db: &DatabaseConnection, directory: &Directory, access_key: &str) -> Result<bool, sea_orm::DbErr> {
+    use sea_orm::EntityTrait;
+    let deleted = keypairs::Entity::delete_by_id(access_key.to_owned()).exec(db).await?.rows_affected > 0;
+    invalidate(directory, access_key);
+    Ok(deleted)
+}
+
+fn invalidate(directory: &Directory, access_key: &str) {
+    if let Some(shared) = directory.keypair_shared(access_key) {
+        shared.invalidate();
     }
 }
 
@@ -172,11 +215,6 @@ where
     Err(MailboxError::Closed.into())
 }
 
-/// Writes every counted request and stops the children (graceful shutdown).
-pub async fn shutdown(registry: &Addr<Registry>) -> Result<(), Error> {
-    Ok(registry.send(Shutdown).await?)
-}
-
 /// Test-only: makes the actor look idle for longer than [`IDLE_TIMEOUT`].
 #[cfg(test)]
 #[derive(Message)]
@@ -187,6 +225,7 @@ pub(crate) struct LookIdle;
 impl Handler<LookIdle> for KeypairActor {
     type Result = ();
 
+    #[tracing::instrument(name = "KeypairActor::LookIdle", skip_all, fields(access_key = %self.access_key))]
     fn handle(&mut self, _msg: LookIdle, _ctx: &mut Self::Context) {
         let long_ago = IDLE_TIMEOUT + Duration::from_secs(1);
         self.last_active = Instant::now().checked_sub(long_ago).expect("the machine is up for minutes");

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::agent::AgentActor;
 use super::keypair::{KeypairActor, KeypairShared};
-use super::messages::SessionEnded;
+use super::messages::RetireSession;
 use super::session::{SessionActor, SessionShared};
 use crate::error::{ApiError, Error, Problem};
 use crate::Core;
@@ -115,19 +115,48 @@ pub struct Registry {
     agents: HashMap<String, Addr<AgentActor>>,
     /// The running session actors, by kernel id, with their (access key, token).
     sessions: HashMap<Uuid, (Addr<SessionActor>, (String, String))>,
+    /// Where the children run.
+    arbiters: Arc<ArbiterPool>,
+}
+
+/// A few arbiters (threads with an event loop each) that the children are spread over,
+/// so that no one thread carries every actor: the registry keeps its own for its
+/// mailbox alone. Children are handed out in turn.
+pub struct ArbiterPool {
+    handles: Vec<ArbiterHandle>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ArbiterPool {
+    /// One arbiter per core, 2 to 4.
+    fn new() -> Self {
+        let size = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+        let handles = (0..size).map(|_| Arbiter::new().handle()).collect();
+        Self { handles, next: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// Starts `actor` on the next arbiter.
+    fn start<A>(&self, actor: A) -> Addr<A>
+    where
+        A: Actor<Context = Context<A>> + Send,
+    {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        A::start_in_arbiter(&self.handles[turn % self.handles.len()], move |_| actor)
+    }
 }
 
 impl Registry {
     /// A registry whose children use `core`.
-    pub fn new(core: Arc<Core>, directory: Arc<Directory>) -> Self {
-        Self { core, directory, agents: HashMap::new(), sessions: HashMap::new() }
+    fn new(core: Arc<Core>, directory: Arc<Directory>, arbiters: Arc<ArbiterPool>) -> Self {
+        Self { core, directory, agents: HashMap::new(), sessions: HashMap::new(), arbiters }
     }
 
     /// Starts the registry on its own arbiter, under a supervisor; handlers read
     /// its children's addresses from `directory`.
     pub fn start_supervised(core: Arc<Core>, directory: Arc<Directory>) -> Addr<Self> {
         let arbiter = Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, directory))
+        let arbiters = Arc::new(ArbiterPool::new());
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| Self::new(core, directory, arbiters))
     }
 
     /// Runs `body`, the work of the handler of `message`. A panic in it is caught:
@@ -163,7 +192,7 @@ impl Registry {
                     listed.insert(kernel_id);
                     return true;
                 }
-                addr.do_send(SessionEnded);
+                addr.do_send(RetireSession);
                 false
             });
         }
@@ -172,7 +201,7 @@ impl Registry {
             if listed.contains(kernel_id) {
                 return true;
             }
-            addr.do_send(SessionEnded);
+            addr.do_send(RetireSession);
             false
         });
     }
@@ -181,7 +210,7 @@ impl Registry {
     fn end_sessions(&mut self, kernel_ids: impl IntoIterator<Item = Uuid>) {
         for kernel_id in kernel_ids {
             if let Some(addr) = self.forget_session(&kernel_id) {
-                addr.do_send(SessionEnded);
+                addr.do_send(RetireSession);
             }
         }
     }
@@ -192,6 +221,12 @@ impl Registry {
         self.directory.remove_session(&token, &addr);
         Some(addr)
     }
+}
+
+/// Graceful shutdown of the registry's children: every key actor writes its counted
+/// requests, every session actor is retired.
+pub async fn shutdown(registry: &Addr<Registry>) -> Result<(), crate::error::Error> {
+    Ok(registry.send(super::messages::Shutdown).await?)
 }
 
 #[cfg(test)]

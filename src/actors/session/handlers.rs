@@ -1,4 +1,5 @@
 use actix::prelude::*;
+use tracing::Instrument;
 use entity::kernels::KernelStatus;
 use serde_json::Value;
 
@@ -6,12 +7,12 @@ use sea_orm::EntityTrait;
 
 use super::{SessionActor, ROW_TTL};
 use crate::actors::messages::{
-    Complete, Destroy, Execute, GetKernel, Interrupt, KernelRead, KernelTerminated, ReadKernel, Restart, SessionEnded,
+    Complete, Destroy, Execute, GetKernel, Interrupt, KernelRead, KernelTerminated, ReadKernel, Restart, RetireSession,
     StartError, StartKernel, UploadFile,
 };
 use crate::agent_client::{AgentClient, AgentError};
 use crate::error::{ApiError, Error, Problem};
-use crate::scheduler::{self, Ending};
+use crate::ledger::{self, Ending};
 use protocol::{KernelSpec, KernelStats};
 
 impl SessionActor {
@@ -36,7 +37,7 @@ impl SessionActor {
         let queries = std::mem::take(&mut self.pending_queries);
         async move {
             let ending = Ending { stats, unwritten_queries: queries, ..Ending::new(status, &info) };
-            match scheduler::release(&core.db, kernel_id, &ending).await {
+            match ledger::release(&core.db, kernel_id, &ending).await {
                 Ok(true) => tracing::info!(%kernel_id, ?status, %info, "session ended"),
                 Ok(false) => {}
                 Err(error) => tracing::error!(%error, %kernel_id, "could not end the session"),
@@ -56,6 +57,7 @@ impl SessionActor {
 impl Handler<StartKernel> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), StartError>>;
 
+    #[tracing::instrument(name = "SessionActor::StartKernel", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: StartKernel, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let agent = match self.live_agent() {
@@ -72,7 +74,7 @@ impl Handler<StartKernel> for SessionActor {
                 let created = agent.create_kernel(&spec).await;
                 if let Ok(runtime) = &created {
                     let container = runtime.get("id").and_then(Value::as_str).map(str::to_owned);
-                    scheduler::set_status(&core.db, &kernel, KernelStatus::Running, container).await?;
+                    ledger::set_status(&core.db, &kernel, KernelStatus::Running, container).await?;
                 }
                 Ok::<_, Error>(created)
             }
@@ -113,7 +115,8 @@ impl SessionActor {
             Err(error) => return Box::pin(fut::ready(Err(error))),
         };
         let kernel_id = self.kernel.id.to_string();
-        Box::pin(call(agent, kernel_id).into_actor(self).then(move |result, actor, _ctx| match result {
+        let span = tracing::info_span!("agent_call", kernel = %kernel_id);
+        Box::pin(call(agent, kernel_id).instrument(span).into_actor(self).then(move |result, actor, _ctx| match result {
             Ok(value) => Box::pin(fut::ready(Ok(value))) as ResponseActFuture<Self, Result<T, Error>>,
             Err(AgentError::KernelNotFound) => {
                 let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), None);
@@ -142,6 +145,7 @@ impl SessionActor {
 impl Handler<Execute> for SessionActor {
     type Result = ResponseActFuture<Self, Result<Value, Error>>;
 
+    #[tracing::instrument(name = "SessionActor::Execute", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: Execute, _ctx: &mut Self::Context) -> Self::Result {
         if self.kernel.status.is_live() {
             self.pending_queries += 1;
@@ -156,6 +160,7 @@ impl Handler<Execute> for SessionActor {
 impl Handler<Interrupt> for SessionActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "SessionActor::Interrupt", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, _msg: Interrupt, _ctx: &mut Self::Context) -> Self::Result {
         self.relay_call(Problem::KernelExecutionFailed, |agent, id| async move { agent.interrupt(&id).await })
     }
@@ -164,6 +169,7 @@ impl Handler<Interrupt> for SessionActor {
 impl Handler<Complete> for SessionActor {
     type Result = ResponseActFuture<Self, Result<Value, Error>>;
 
+    #[tracing::instrument(name = "SessionActor::Complete", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: Complete, _ctx: &mut Self::Context) -> Self::Result {
         self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
             agent.complete(&id, &msg.code, &msg.options).await
@@ -174,6 +180,7 @@ impl Handler<Complete> for SessionActor {
 impl Handler<UploadFile> for SessionActor {
     type Result = ResponseActFuture<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "SessionActor::UploadFile", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: UploadFile, _ctx: &mut Self::Context) -> Self::Result {
         // A file the agent refuses (its name or type) is the client's error; an agent
         // that fails or does not answer is not.
@@ -192,6 +199,7 @@ impl Handler<UploadFile> for SessionActor {
 impl Handler<ReadKernel> for SessionActor {
     type Result = ResponseActFuture<Self, Result<KernelRead, Error>>;
 
+    #[tracing::instrument(name = "SessionActor::ReadKernel", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: ReadKernel, _ctx: &mut Self::Context) -> Self::Result {
         // A path the agent refuses is the client's error, as for uploads.
         let relayed = self.relay_call(Problem::KernelExecutionFailed, move |agent, id| async move {
@@ -214,6 +222,7 @@ impl Handler<ReadKernel> for SessionActor {
 impl Handler<Restart> for SessionActor {
     type Result = AtomicResponse<Self, Result<(), Error>>;
 
+    #[tracing::instrument(name = "SessionActor::Restart", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, _msg: Restart, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let agent = match self.live_agent() {
@@ -224,10 +233,10 @@ impl Handler<Restart> for SessionActor {
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                scheduler::set_status(&core.db, &kernel, KernelStatus::Restarting, None).await?;
+                ledger::set_status(&core.db, &kernel, KernelStatus::Restarting, None).await?;
                 let restarted = agent.restart_kernel(&kernel.id.to_string()).await;
                 if restarted.is_ok() {
-                    scheduler::set_status(&core.db, &kernel, KernelStatus::Running, None).await?;
+                    ledger::set_status(&core.db, &kernel, KernelStatus::Running, None).await?;
                 }
                 Ok::<_, Error>(restarted)
             }
@@ -248,6 +257,7 @@ impl Handler<Restart> for SessionActor {
 impl Handler<Destroy> for SessionActor {
     type Result = AtomicResponse<Self, Result<Value, Error>>;
 
+    #[tracing::instrument(name = "SessionActor::Destroy", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, _msg: Destroy, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let agent = match self.live_agent() {
@@ -258,7 +268,7 @@ impl Handler<Destroy> for SessionActor {
         let core = self.core.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                scheduler::set_status(&core.db, &kernel, KernelStatus::Terminating, None).await?;
+                ledger::set_status(&core.db, &kernel, KernelStatus::Terminating, None).await?;
                 Ok::<_, Error>(agent.destroy_kernel(&kernel.id.to_string()).await)
             }
             .into_actor(self)
@@ -269,7 +279,7 @@ impl Handler<Destroy> for SessionActor {
                         (
                             KernelStatus::Terminated,
                             "user-requested".to_owned(),
-                            scheduler::parse_stats(&stats),
+                            ledger::parse_stats(&stats),
                             Ok(stats),
                         )
                     }
@@ -295,6 +305,7 @@ impl Handler<Destroy> for SessionActor {
 impl Handler<KernelTerminated> for SessionActor {
     type Result = AtomicResponse<Self, ()>;
 
+    #[tracing::instrument(name = "SessionActor::KernelTerminated", skip_all, fields(kernel = %self.kernel.id))]
     fn handle(&mut self, msg: KernelTerminated, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         let status = if msg.reason.is_normal() { KernelStatus::Terminated } else { KernelStatus::Error };
@@ -302,10 +313,11 @@ impl Handler<KernelTerminated> for SessionActor {
     }
 }
 
-impl Handler<SessionEnded> for SessionActor {
+impl Handler<RetireSession> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, _msg: SessionEnded, ctx: &mut Self::Context) {
+    #[tracing::instrument(name = "SessionActor::RetireSession", skip_all, fields(kernel = %self.kernel.id))]
+    fn handle(&mut self, _msg: RetireSession, ctx: &mut Self::Context) {
         self.edit(|kernel| kernel.status = KernelStatus::Error);
         ctx.stop();
     }
@@ -314,6 +326,7 @@ impl Handler<SessionEnded> for SessionActor {
 impl Handler<GetKernel> for SessionActor {
     type Result = AtomicResponse<Self, Result<entity::kernels::Model, Error>>;
 
+    #[tracing::instrument(name = "SessionActor::GetKernel", skip_all, level = "debug", fields(kernel = %self.kernel.id))]
     fn handle(&mut self, _msg: GetKernel, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         if !self.kernel.status.is_live() {

@@ -8,8 +8,9 @@
 //! the console stays in order.
 //!
 //! Here: the kernel's state and its lifecycle calls. Beside it: `interpreter` (spawning,
-//! adopting and killing the interpreter), `driver` (the pipes), `run` (the run state
-//! machine) and `pty` (terminal shells).
+//! adopting and killing the interpreter), `driver` (the pipes), `machine` (the run state
+//! machine, without processes), `run` (runs of the kernel: the machine under the state
+//! lock, and what it asks for) and `pty` (terminal shells).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -26,16 +27,18 @@ use tokio::time::Instant;
 use super::sandbox::{self, PreExec, Rlimits, UidLease};
 mod driver;
 mod interpreter;
+mod machine;
 mod pty;
 mod run;
 
 pub(super) use self::driver::pipe_pair;
 use self::driver::*;
+use self::machine::{result, Phase, RunState};
 
 pub use self::pty::resize_pty;
 use super::runner::{runner_program, spawn_runner, RunnerSpawn, SpawnedRunner};
 use super::Settings;
-use crate::runtime::console::{Console, RunStatus, Stream};
+use crate::runtime::console::{RunStatus, Stream};
 use crate::runtime::{
     ExecMode, ExecRequest, KernelSpec, KernelStats, RunResult, RunnerKind, RuntimeError, RuntimeResult,
     TerminationReason,
@@ -56,41 +59,6 @@ pub struct Death {
 }
 
 pub use protocol::KernelStatus;
-
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Code is running.
-    Running,
-    /// The code waits for an input line.
-    WaitingInput { is_password: bool },
-    /// The run ended with this status (finished or exec-timeout).
-    Done(RunStatus),
-}
-
-/// The run in flight (or ended but not yet fully returned).
-#[derive(Debug)]
-struct RunState {
-    /// The caller's run id.
-    run_id: String,
-    /// Output not yet returned.
-    console: Console,
-    /// Where the run stands.
-    phase: Phase,
-    /// Sequence number of the step (exec, build or exec command) the runner works on.
-    step_seq: u64,
-    /// Batch: the exec command to run once the build step succeeded.
-    next_exec: Option<String>,
-    /// Batch: the build step ended and `build-finished` was not returned yet; holds the
-    /// build's output (the exec step's output goes to the next answer).
-    build_output: Option<Vec<Value>>,
-    /// When the run times out.
-    deadline: Instant,
-    /// The exit code of the last step that ended (batch commands; 0 for code that ran).
-    exit_code: Option<i64>,
-    /// The interpreter generation the run lives in.
-    generation: u64,
-}
 
 /// The current interpreter process.
 #[derive(Debug)]
@@ -266,25 +234,37 @@ impl Kernel {
         self.last_stats()
     }
 
-    /// Sends SIGINT to the interpreter's process group.
-    pub fn interrupt(&self) -> RuntimeResult<()> {
-        let pid = self.pid().ok_or(RuntimeError::KernelNotFound)?;
-        self.interrupt_group(pid);
+    /// Interrupts the run in flight: SIGINT to the kernel's processes once the runner has
+    /// started the run's step (held until then, see `machine`). Without a run in flight,
+    /// whatever the code left running in the background gets it.
+    pub async fn interrupt(&self) -> RuntimeResult<()> {
+        let pid = {
+            let mut st = self.lock();
+            let pid = st.proc.as_ref().map(|p| p.pid).ok_or(RuntimeError::KernelNotFound)?;
+            let now = st.run.as_mut().filter(|r| r.is_live()).is_none_or(RunState::interrupt);
+            now.then_some(pid)
+        };
+        if let Some(pid) = pid {
+            self.interrupt_group(pid);
+        }
         Ok(())
     }
 
     /// SIGINT to the kernel's processes. Inside bubblewrap the group leader is bwrap's
-    /// monitor, which would die of it: every other member gets the signal instead.
+    /// monitor, which would die of it: every other member gets the signal instead, found
+    /// by a scan of /proc on the blocking pool.
     fn interrupt_group(&self, pgid: u32) {
         if self.bwrap.is_none() {
             signal_group(pgid, nix::sys::signal::Signal::SIGINT);
             return;
         }
-        for pid in super::stats::group_members(pgid as i32) {
-            if pid != pgid as i32 {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+        self.rt.spawn_blocking(move || {
+            for pid in super::stats::group_members(pgid as i32) {
+                if pid != pgid as i32 {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+                }
             }
-        }
+        });
     }
 
     /// Samples fresh usage statistics of the kernel's processes.
@@ -317,7 +297,7 @@ impl Kernel {
     /// The run deadline the driver of `generation` must watch.
     fn deadline(&self, generation: u64) -> Option<Instant> {
         let st = self.lock();
-        st.run.as_ref().filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_))).map(|r| r.deadline)
+        st.run.as_ref().filter(|r| r.generation == generation && r.is_live()).map(|r| r.deadline)
     }
 }
 
@@ -326,10 +306,6 @@ pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) {
     if pgid > 1 {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal);
     }
-}
-
-fn result(status: RunStatus, console: Vec<Value>, options: Option<Value>) -> RunResult {
-    RunResult { status, console, completions: None, options, files: Vec::new(), exit_code: None }
 }
 
 /// Quotes a string for bash.

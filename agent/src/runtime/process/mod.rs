@@ -418,7 +418,7 @@ impl Runtime for ProcessRuntime {
     }
 
     fn interrupt<'a>(&'a self, kernel_id: &'a str) -> BoxFuture<'a, RuntimeResult<()>> {
-        Box::pin(async move { self.inner.get(kernel_id)?.interrupt() })
+        Box::pin(async move { self.inner.get(kernel_id)?.interrupt().await })
     }
 
     fn complete<'a>(

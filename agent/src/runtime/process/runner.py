@@ -5,7 +5,9 @@
 # because importing json costs more than the rest of the start-up.
 #   fd 3, agent -> runner:  exec "<seq>\n<code>" | shell "<seq>\n<cmd>" | input "<line>" |
 #                           complete "<col or -1>\n<line>\n<code>"
-#   fd 4, runner -> agent:  ready "" | done "<seq> <rc>" | out1 / out2 "<stdout / stderr text>" |
+#   fd 4, runner -> agent:  ready "" | start "<seq>" (user code runs from here: the agent holds
+#                           an interrupt asked for before it) | done "<seq> <rc>" |
+#                           out1 / out2 "<stdout / stderr text>" |
 #                           input "0" / "1" (password) | media "<mime>\n<data>" |
 #                           html "<text>" | completions "<item>\n<item>..."
 # Python-level output (sys.stdout/sys.stderr) travels as out frames, in order with the other
@@ -196,7 +198,7 @@ def _print_exception(skip_frames):
     traceback.print_exception(etype, value, tb)
 
 
-def _run(code):
+def _run(seq, code):
     # The ast module is not imported: compile() builds the tree with the builtin _ast types.
     import _ast
 
@@ -211,6 +213,7 @@ def _run(code):
         _print_exception(99)
         return 1
     try:
+        _send("start", seq)
         exec(body, namespace)
         if tail is not None:
             exec(tail, namespace)
@@ -222,10 +225,11 @@ def _run(code):
         return 1
 
 
-def _shell(cmd):
+def _shell(seq, cmd):
     import subprocess
 
     try:
+        _send("start", seq)
         return subprocess.call(cmd, shell=True)
     except KeyboardInterrupt:
         return 130
@@ -264,10 +268,10 @@ def main():
                 seq, _, text = payload.partition("\n")
                 current = seq
                 if op == "exec":
-                    rc = _run(text)
+                    rc = _run(seq, text)
                 else:
                     _flush()
-                    rc = _shell(text)
+                    rc = _shell(seq, text)
                 _flush()
                 _send("done", "%s %d" % (current, rc))
                 current = None

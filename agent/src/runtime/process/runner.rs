@@ -14,11 +14,12 @@ use crate::runtime::{RunnerKind, RuntimeResult};
 const PYTHON_RUNNER: &str = include_str!("runner.py");
 
 /// The persistent bash of shell kernels: reads NUL-terminated `<seq>\n<code>` commands from
-/// fd 3, evaluates them in the shell itself (state persists), reports on fd 4. An interrupt
-/// returns from the running snippet (`return` in the INT trap) and keeps the shell alive.
+/// fd 3, evaluates them in the shell itself (state persists), reports on fd 4 (`start`
+/// before the code runs, as the Python runner). An interrupt returns from the running
+/// snippet (`return` in the INT trap) and keeps the shell alive.
 const SHELL_RUNNER: &str = r#"exec 0</dev/null
 trap 'return 130 2>/dev/null' INT
-__bai_run() { eval "$1"; }
+__bai_run() { printf 'start %d\n%s' "${#__bai_seq}" "$__bai_seq" >&4; eval "$__bai_code" 3<&- 4>&-; }
 printf 'ready 0\n' >&4
 while :; do
   IFS= read -r -d '' __bai_cmd <&3
@@ -28,7 +29,8 @@ while :; do
     exit 0
   fi
   __bai_seq=${__bai_cmd%%$'\n'*}
-  __bai_run "${__bai_cmd#*$'\n'}" 3<&- 4>&-
+  __bai_code=${__bai_cmd#*$'\n'}
+  __bai_run
   __bai_done="$__bai_seq $?"
   printf 'done %d\n%s' "${#__bai_done}" "$__bai_done" >&4
 done

@@ -30,11 +30,7 @@ impl Kernel {
         st.proc = None;
         st.completion = None;
         if let Some(run) = st.run.as_mut() {
-            if !matches!(run.phase, Phase::Done(_)) {
-                run.console.flush();
-                run.console.note(note);
-                run.phase = Phase::Done(RunStatus::Finished);
-            }
+            run.end(RunStatus::Finished, note);
         }
         drop(st);
         self.changed.notify_waiters();

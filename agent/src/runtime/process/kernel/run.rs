@@ -1,6 +1,7 @@
-//! The run state machine of a kernel: starting or resuming a run, collecting its
-//! output within the continuation window, and reacting to what the driver reports
-//! (output, runner frames, the deadline, the interpreter's exit).
+//! Runs of a kernel: starting or resuming a run, collecting its output within the
+//! continuation window, and handing what the driver reports (output, runner frames, the
+//! deadline, the interpreter's exit) to the run state machine (`machine`), then doing
+//! what it asks for.
 
 use super::*;
 
@@ -11,25 +12,13 @@ impl Kernel {
         let mut window_end = Instant::now() + self.settings.continuation;
         let resumed = {
             let mut st = self.lock();
-            let frame = match st.run.as_mut() {
-                Some(run) if run.run_id == req.run_id => {
-                    let frame = match run.phase {
-                        Phase::WaitingInput { .. } if req.mode != ExecMode::Continue => {
-                            run.phase = Phase::Running;
-                            Some(frame_bytes("input", &[&req.code]))
-                        }
-                        _ => None,
-                    };
-                    Some(frame)
-                }
-                _ => None,
-            };
-            match frame {
-                Some(Some(frame)) => {
-                    send_frame(&st, frame);
+            match st.run.as_mut().filter(|run| run.run_id == req.run_id) {
+                Some(run) => {
+                    if let Some(line) = run.resume(req.mode, &req.code) {
+                        send_frame(&st, frame_bytes("input", &[&line]));
+                    }
                     true
                 }
-                Some(None) => true,
                 None => false,
             }
         };
@@ -87,17 +76,7 @@ impl Kernel {
         let timeout = self.spec.limits.exec_timeout.unwrap_or(self.settings.exec_timeout);
         let timeout = Duration::from_secs_f64(timeout.clamp(0.05, 365.0 * 86400.0));
         let cap = self.spec.limits.max_output_bytes.unwrap_or(self.settings.max_output_bytes);
-        let mut run = RunState {
-            run_id: req.run_id.clone(),
-            console: Console::new(cap),
-            phase: Phase::Running,
-            step_seq: seq,
-            next_exec: None,
-            build_output: None,
-            deadline: Instant::now() + timeout,
-            exit_code: None,
-            generation,
-        };
+        let mut run = RunState::new(req.run_id.clone(), cap, Instant::now() + timeout, generation, seq);
         let frame = match req.mode {
             ExecMode::Batch => {
                 let opts = req.options.clone().unwrap_or(Value::Null);
@@ -112,7 +91,7 @@ impl Kernel {
                     None => match exec {
                         Some(exec) => self.step_frame(seq, &exec, true),
                         None => {
-                            run.phase = Phase::Done(RunStatus::Finished);
+                            run.finish_empty();
                             Vec::new()
                         }
                     },
@@ -176,30 +155,11 @@ impl Kernel {
                     // Superseded or already fully returned.
                     return result(RunStatus::Finished, Vec::new(), None);
                 };
-                if let Some(console) = run.build_output.take() {
-                    return result(RunStatus::BuildFinished, console, None);
-                }
-                let status = match run.phase {
-                    Phase::Done(status) => Some(status),
-                    Phase::WaitingInput { .. } => Some(RunStatus::WaitingInput),
-                    Phase::Running if Instant::now() >= window_end => Some(RunStatus::Continued),
-                    Phase::Running => None,
-                };
-                if let Some(status) = status {
-                    let options = match run.phase {
-                        Phase::WaitingInput { is_password } => Some(json!({ "is_password": is_password })),
-                        _ => None,
-                    };
-                    let done = matches!(run.phase, Phase::Done(_));
-                    if done {
-                        run.console.flush();
-                    }
-                    let console = run.console.take();
-                    let exit_code = if done { run.exit_code } else { None };
+                if let Some((answer, done)) = run.answer(Instant::now(), window_end) {
                     if done {
                         st.run = None;
                     }
-                    return RunResult { exit_code, ..result(status, console, options) };
+                    return answer;
                 }
             }
             let _ = tokio::time::timeout_at(window_end, notified).await;
@@ -217,7 +177,7 @@ impl Kernel {
         };
         let rx = {
             let mut st = self.lock();
-            let busy = st.run.as_ref().is_some_and(|r| !matches!(r.phase, Phase::Done(_)));
+            let busy = st.run.as_ref().is_some_and(RunState::is_live);
             if busy || st.status != KernelStatus::Running {
                 return Vec::new();
             }
@@ -250,11 +210,9 @@ impl Kernel {
         let mut st = self.lock();
         let st = &mut *st;
         keep_log(&mut st.log, bytes);
-        match st.run.as_mut() {
-            Some(run) if run.generation == generation && !matches!(run.phase, Phase::Done(_)) => {
-                run.console.push_bytes(stream, bytes);
-            }
-            _ => {
+        match st.run.as_mut().filter(|run| run.generation == generation && run.is_live()) {
+            Some(run) => run.output(stream, bytes),
+            None => {
                 if let Some(p) = st.proc.as_mut().filter(|p| !p.ready) {
                     if p.startup_log.len() < 4096 {
                         p.startup_log.push_str(&String::from_utf8_lossy(bytes));
@@ -288,62 +246,20 @@ impl Kernel {
                 if kind == "out1" || kind == "out2" {
                     keep_log(&mut st.log, payload.as_bytes());
                 }
-                let Some(run) =
-                    st.run.as_mut().filter(|r| r.generation == generation && !matches!(r.phase, Phase::Done(_)))
-                else {
+                let st = &mut *st;
+                let Some(run) = st.run.as_mut().filter(|r| r.generation == generation) else {
                     return;
                 };
-                match kind {
-                    "done" => {
-                        let mut fields = payload.split(' ');
-                        let seq = fields.next().and_then(|f| f.parse::<u64>().ok());
-                        if seq != Some(run.step_seq) {
-                            return;
-                        }
-                        let rc = fields.next().and_then(|f| f.trim().parse::<i64>().ok()).unwrap_or(0);
-                        run.exit_code = Some(rc);
-                        match run.next_exec.take() {
-                            Some(exec) if rc == 0 => {
-                                run.console.flush();
-                                run.build_output = Some(run.console.take());
-                                let seq = st.next_seq;
-                                st.next_seq += 1;
-                                let frame = self.step_frame(seq, &exec, true);
-                                if let Some(run) = st.run.as_mut() {
-                                    run.step_seq = seq;
-                                }
-                                send_frame(&st, frame);
-                            }
-                            Some(_) => {
-                                run.console.flush();
-                                run.console
-                                    .note(&format!("\n[backend.ai: the build step failed with exit code {rc}]\n"));
-                                run.phase = Phase::Done(RunStatus::Finished);
-                            }
-                            None => {
-                                run.console.flush();
-                                run.phase = Phase::Done(RunStatus::Finished);
-                            }
-                        }
-                    }
-                    "input" => {
-                        run.phase = Phase::WaitingInput { is_password: payload == "1" };
-                    }
-                    "media" => {
-                        let (mime, data) = payload.split_once('\n').unwrap_or((&payload, ""));
-                        run.console.push_media(mime.to_owned(), data.to_owned());
-                        return;
-                    }
-                    "out1" | "out2" => {
-                        let stream = if kind == "out2" { Stream::Stderr } else { Stream::Stdout };
-                        run.console.push_text(stream, payload.into_owned());
-                        return;
-                    }
-                    "html" => {
-                        run.console.push_other("html", payload.into_owned());
-                        return;
-                    }
-                    _ => return,
+                let reaction = run.frame(kind, &payload, &mut st.next_seq);
+                if let Some((seq, exec)) = reaction.next_step {
+                    send_frame(st, self.step_frame(seq, &exec, true));
+                }
+                let pid = st.proc.as_ref().map(|p| p.pid);
+                if let Some(pid) = pid.filter(|_| reaction.interrupt) {
+                    self.interrupt_group(pid);
+                }
+                if !reaction.changed {
+                    return;
                 }
             }
         }
@@ -356,14 +272,10 @@ impl Kernel {
     pub(super) fn timed_out(self: &Arc<Self>, generation: u64) {
         {
             let mut st = self.lock();
-            let Some(run) = st.run.as_mut().filter(|r| {
-                r.generation == generation && !matches!(r.phase, Phase::Done(_)) && Instant::now() >= r.deadline
-            }) else {
+            let timed_out = st.run.as_mut().filter(|r| r.generation == generation).is_some_and(|r| r.time_out(Instant::now()));
+            if !timed_out {
                 return;
-            };
-            run.console.flush();
-            run.console.note("\n[backend.ai: the run exceeded its time limit; the kernel was restarted]\n");
-            run.phase = Phase::Done(RunStatus::ExecTimeout);
+            }
             // Until the fresh interpreter is up, new runs wait.
             st.status = KernelStatus::Restarting;
         }
@@ -421,11 +333,7 @@ impl Kernel {
         }
         st.status = KernelStatus::Terminating;
         if let Some(run) = st.run.as_mut() {
-            if !matches!(run.phase, Phase::Done(_)) {
-                run.console.flush();
-                run.console.note("\n[backend.ai: the kernel process ended unexpectedly]\n");
-                run.phase = Phase::Done(RunStatus::Finished);
-            }
+            run.end(RunStatus::Finished, "\n[backend.ai: the kernel process ended unexpectedly]\n");
         }
         drop(st);
         // Background processes of the group must not outlive their kernel.

@@ -1,5 +1,6 @@
-//! Scheduling: resolving images, reserving an agent's slots and a key's quota
-//! atomically, and releasing them exactly once.
+//! The session ledger: the database side of sessions. Reserving an agent's slots and a
+//! key's quota atomically (where the agent is chosen: [`crate::placement`]), releasing
+//! them exactly once (`ending`), status changes and their lifecycle events.
 //!
 //! # Lock order
 //! Every transaction that writes more than one of keypairs, agents and kernels takes
@@ -11,7 +12,7 @@
 //! loses a race all the same (a deadlock or serialization failure) is run again by
 //! [`crate::db::retrying`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use chrono::Utc;
 use entity::agents::{self, AgentStatus};
@@ -25,8 +26,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{ApiError, Error, Problem};
-use crate::stores::mirror::{self, ConfigMirror, Entries};
-use crate::stores::ConfigStore;
+use crate::images::ResolvedImage;
+use crate::placement;
 
 mod ending;
 
@@ -34,106 +35,16 @@ pub use ending::{
     agent_sessions, declare_lost_agents, end_sessions, end_sessions_of_gone_agents, end_stranded_sessions, release,
     AgentChange, Ending,
 };
-use protocol::{ImageSpec, KernelStats};
+use protocol::KernelStats;
 
-/// An image resolved from the config store, with the slots a session needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ResolvedImage {
-    /// What the agent needs to start it.
-    pub spec: ImageSpec,
-    /// CPU cores.
-    pub cpu: f64,
-    /// Memory in MiB.
-    pub mem: i64,
-    /// GPUs.
-    pub gpu: f64,
-}
-
-impl ResolvedImage {
-    /// `name:tag`, as stored in `kernels.lang`.
-    pub fn reference(&self) -> String {
-        format!("{}:{}", self.spec.name, self.spec.tag)
-    }
-}
-
-fn image_not_found(lang: &str) -> Error {
-    ApiError::new(Problem::ImageNotFound).with_detail(lang.chars().take(128).collect::<String>()).into()
-}
-
-/// Where the image catalogue lives in the config store.
-pub const IMAGES_PREFIX: &str = "images/";
-
-/// Resolves `lang` (an alias, `name` or `name:tag`; the default tag is `latest`) from
-/// the in-memory copy of the image catalogue, so that creating a session needs no
-/// config store round trip and works while it is down. A name the copy lacks is looked
-/// up in the store (the copy may be a moment behind a change); if the store does not
-/// answer then, the copy's answer (not found) stands.
-pub async fn resolve_image(images: &ConfigMirror, store: &dyn ConfigStore, lang: &str) -> Result<ResolvedImage, Error> {
-    match resolve_in(&images.entries(), lang) {
-        Err(ResolveError::NotFound) => {}
-        found => return found.map_err(|e| e.into_error(lang)),
-    }
-    if let Err(error) = images.refresh(store).await {
-        tracing::warn!(%error, "cannot read the image catalogue; answering from the last copy");
-    }
-    resolve_in(&images.entries(), lang).map_err(|e| e.into_error(lang))
-}
-
-/// Why an image could not be resolved.
-enum ResolveError {
-    NotFound,
-    /// The catalogue's definition of the image is broken.
-    Bad(String),
-}
-
-impl ResolveError {
-    fn into_error(self, lang: &str) -> Error {
-        match self {
-            Self::NotFound => image_not_found(lang),
-            Self::Bad(why) => Error::ConfigStore(why),
-        }
-    }
-}
-
-fn resolve_in(catalogue: &Entries, lang: &str) -> Result<ResolvedImage, ResolveError> {
-    let valid = |s: &str| s.len() <= 128 && crate::images::valid_name(s);
-    if !valid(lang) {
-        return Err(ResolveError::NotFound);
-    }
-    let target = catalogue.get(&format!("{IMAGES_PREFIX}_aliases/{lang}")).map_or(lang, String::as_str);
-    let (name, tag) = target.split_once(':').unwrap_or((target, "latest"));
-    if !valid(name) || !valid(tag) {
-        return Err(ResolveError::NotFound);
-    }
-    let prefix = format!("{IMAGES_PREFIX}{name}/");
-    let fields: HashMap<&str, &str> = mirror::under(catalogue, &prefix).collect();
-    if !fields.contains_key(format!("tags/{tag}").as_str()) {
-        return Err(ResolveError::NotFound);
-    }
-    let number = |key: &str| -> Result<f64, ResolveError> {
-        fields
-            .get(key)
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing or bad {key}")))
-    };
-    let text = |key: &str| {
-        fields
-            .get(key)
-            .map(|v| (*v).to_owned())
-            .ok_or_else(|| ResolveError::Bad(format!("image {name}: missing {key}")))
-    };
-    Ok(ResolvedImage {
-        spec: ImageSpec {
-            name: name.to_owned(),
-            tag: tag.to_owned(),
-            runner: text("runner")?.parse().map_err(|e| ResolveError::Bad(format!("image {name}: {e}")))?,
-            command: Some(text("command")?),
-        },
-        cpu: number("cpu")?,
-        mem: number("mem")?.ceil() as i64,
-        gpu: number("gpu").unwrap_or(0.0),
-    })
+/// A live session named `token`, whoever owns it (the unsigned PTY of development
+/// setups, `manager.allow_unsigned_pty`).
+pub async fn live_session_named(db: &DatabaseConnection, token: &str) -> Result<Option<kernels::Model>, Error> {
+    Ok(kernels::Entity::find()
+        .filter(kernels::Column::SessId.eq(token))
+        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
+        .one(db)
+        .await?)
 }
 
 /// The live session of `access_key` named `token`, if any.
@@ -228,18 +139,6 @@ async fn lock_agents(txn: &DatabaseTransaction, agent_ids: &BTreeSet<String>) ->
     Ok(())
 }
 
-/// Whether an agent heard from at `last_heartbeat`, beating every `interval` seconds,
-/// may get new sessions: not when it missed two heartbeats.
-fn recently_heard(agent: &agents::Model, now: chrono::DateTime<Utc>) -> bool {
-    match (agent.heartbeat_interval, agent.last_heartbeat) {
-        (Some(interval), Some(last)) if interval > 0.0 => {
-            let silent = now.signed_duration_since(last.with_timezone(&Utc));
-            silent.num_milliseconds() as f64 <= 2.0 * interval * 1000.0
-        }
-        _ => true,
-    }
-}
-
 /// `None` when a live session of that key and token exists.
 async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> Result<Option<kernels::Model>, Error> {
     // The key's row first: concurrent creates of one key are ordered (the second one
@@ -259,15 +158,8 @@ async fn reserve_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
     }
     let image = request.image;
     let now = Utc::now();
-    let mut candidates: Vec<agents::Model> = agents::Entity::find()
-        .filter(agents::Column::Status.eq(AgentStatus::Alive))
-        .all(txn)
-        .await?
-        .into_iter()
-        .filter(|agent| agent.has_room(image.cpu, image.mem, image.gpu) && recently_heard(agent, now))
-        .filter(|agent| !request.avoid.contains(&agent.id))
-        .collect();
-    candidates.sort_by(|a, b| b.free_slots().partial_cmp(&a.free_slots()).unwrap_or(std::cmp::Ordering::Equal));
+    let alive = agents::Entity::find().filter(agents::Column::Status.eq(AgentStatus::Alive)).all(txn).await?;
+    let candidates = placement::candidates(alive, image, request.avoid, now);
     // One agent row is locked: the first whose conditional update finds it still alive
     // and with room (another create may have taken the room since the read).
     let mut chosen = None;
