@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Settings;
 use crate::startup::Application;
-use crate::stores::{ConfigStore, EtcdConfigStore, EmbeddedConfigStore};
+use crate::stores::{ConfigStore, EmbeddedConfigStore, EtcdConfigStore};
 use crate::{db, fixtures, images, telemetry};
 
 /// The Backend.AI manager: API gateway, scheduler and agent registry.

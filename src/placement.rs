@@ -36,7 +36,6 @@ fn recently_heard(agent: &agents::Model, now: chrono::DateTime<Utc>) -> bool {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -65,7 +64,12 @@ mod tests {
     }
 
     fn image(mem: i64) -> ResolvedImage {
-        let spec = ImageSpec { name: "python3".to_owned(), tag: "latest".to_owned(), runner: RunnerKind::Python, command: None };
+        let spec = ImageSpec {
+            name: "python3".to_owned(),
+            tag: "latest".to_owned(),
+            runner: RunnerKind::Python,
+            command: None,
+        };
         ResolvedImage { spec, cpu: 1.0, mem, gpu: 0.0 }
     }
 

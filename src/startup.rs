@@ -21,8 +21,8 @@ use crate::error::{ApiError, Problem};
 use crate::middleware;
 use crate::overbook::Overbook;
 use crate::routes;
-use crate::stores::{ConfigMirror, Stores};
 use crate::state::AppState;
+use crate::stores::{ConfigMirror, Stores};
 use crate::{db, fixtures, images, Core};
 
 /// The value of every response's `Server` header.

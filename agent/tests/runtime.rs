@@ -154,7 +154,9 @@ async fn an_interrupt_before_the_runner_reads_the_code_still_interrupts_it() {
         let uid_code = if runner == "python" { "import os\nprint(os.getuid())" } else { "id -u" };
         let uid: u32 = stream(&agent.run_to_end(&k, uid_code).await, "stdout").trim().parse().unwrap();
         if uid == nix::unistd::getuid().as_raw() {
-            eprintln!("SKIP an_interrupt_before_the_runner_reads_the_code: kernels run as the test's own uid (not root)");
+            eprintln!(
+                "SKIP an_interrupt_before_the_runner_reads_the_code: kernels run as the test's own uid (not root)"
+            );
             agent.stop().await;
             return;
         }

@@ -10,7 +10,7 @@ pub mod mirror;
 mod redis;
 
 pub use self::redis::RedisStore;
-pub use config_store::{ConfigStore, EtcdConfigStore, EmbeddedConfigStore};
+pub use config_store::{ConfigStore, EmbeddedConfigStore, EtcdConfigStore};
 pub use counters::{MemoryCounters, RateLimitStore, StatStore, TicketStore, Window};
 pub use mirror::ConfigMirror;
 

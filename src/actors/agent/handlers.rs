@@ -185,8 +185,7 @@ impl Handler<AgentTerminated> for AgentActor {
                 let sessions = ledger::agent_sessions(&core.db, &agent_id).await?;
                 let ending = Ending::new(KernelStatus::Terminated, "agent-terminated");
                 let change = AgentChange::Terminated { agent_id: &agent_id };
-                let ended =
-                    ledger::end_sessions(&core.db, &sessions, &ending, Some(change)).await?.unwrap_or_default();
+                let ended = ledger::end_sessions(&core.db, &sessions, &ending, Some(change)).await?.unwrap_or_default();
                 tracing::info!(agent = %agent_id, sessions = ended.len(), "agent terminated");
                 registry.do_send(SessionsEnded { kernel_ids: ended });
                 Ok(())

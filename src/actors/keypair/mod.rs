@@ -99,7 +99,11 @@ pub async fn update_row(
 
 /// Deletes a key's row, dropping this process's cache of it at once (see
 /// [`update_row`]). `false`: no such key.
-pub async fn delete_row(db: &DatabaseConnection, directory: &Directory, access_key: &str) -> Result<bool, sea_orm::DbErr> {
+pub async fn delete_row(
+    db: &DatabaseConnection,
+    directory: &Directory,
+    access_key: &str,
+) -> Result<bool, sea_orm::DbErr> {
     use sea_orm::EntityTrait;
     let deleted = keypairs::Entity::delete_by_id(access_key.to_owned()).exec(db).await?.rows_affected > 0;
     invalidate(directory, access_key);

@@ -5,7 +5,7 @@ use crate::actors::agent::AgentActor;
 use crate::actors::keypair::KeypairActor;
 use crate::actors::messages::{
     AgentActorStopped, AgentLost, AgentsLost, FlushUsage, GetAgentActor, GetKeypairActor, GetSessionActor,
-    KeypairActorStopped, SessionActorStopped, RetireSession, SessionsEnded, Shutdown,
+    KeypairActorStopped, RetireSession, SessionActorStopped, SessionsEnded, Shutdown,
 };
 use crate::actors::session::SessionActor;
 
@@ -97,7 +97,8 @@ impl Handler<GetAgentActor> for Registry {
             if let Some(addr) = registry.agents.get(&msg.agent_id).filter(|addr| addr.connected()) {
                 return addr.clone();
             }
-            let addr = registry.arbiters.start(AgentActor::new(msg.agent_id.clone(), registry.core.clone(), ctx.address()));
+            let addr =
+                registry.arbiters.start(AgentActor::new(msg.agent_id.clone(), registry.core.clone(), ctx.address()));
             registry.agents.insert(msg.agent_id, addr.clone());
             addr
         }))

@@ -1,7 +1,7 @@
 use actix::prelude::*;
-use tracing::Instrument;
 use entity::kernels::KernelStatus;
 use serde_json::Value;
+use tracing::Instrument;
 
 use sea_orm::EntityTrait;
 
@@ -116,14 +116,16 @@ impl SessionActor {
         };
         let kernel_id = self.kernel.id.to_string();
         let span = tracing::info_span!("agent_call", kernel = %kernel_id);
-        Box::pin(call(agent, kernel_id).instrument(span).into_actor(self).then(move |result, actor, _ctx| match result {
-            Ok(value) => Box::pin(fut::ready(Ok(value))) as ResponseActFuture<Self, Result<T, Error>>,
-            Err(AgentError::KernelNotFound) => {
-                let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), None);
-                Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
-            }
-            Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
-        }))
+        Box::pin(call(agent, kernel_id).instrument(span).into_actor(self).then(
+            move |result, actor, _ctx| match result {
+                Ok(value) => Box::pin(fut::ready(Ok(value))) as ResponseActFuture<Self, Result<T, Error>>,
+                Err(AgentError::KernelNotFound) => {
+                    let ended = actor.end(KernelStatus::Error, "kernel-lost".to_owned(), None);
+                    Box::pin(ended.map(|(), _, _| Err(ApiError::new(Problem::KernelNotFound).into())))
+                }
+                Err(error) => Box::pin(fut::ready(Err(error.into_api(problem).into()))),
+            },
+        ))
     }
 
     /// Ends the session with ERROR `<what>: <cause>` (the agent's error, when it
@@ -276,12 +278,7 @@ impl Handler<Destroy> for SessionActor {
                 let (status, info, stats, answer) = match result {
                     Ok(Ok(stats)) => {
                         let stats = if stats.is_object() { stats } else { Value::Object(Default::default()) };
-                        (
-                            KernelStatus::Terminated,
-                            "user-requested".to_owned(),
-                            ledger::parse_stats(&stats),
-                            Ok(stats),
-                        )
+                        (KernelStatus::Terminated, "user-requested".to_owned(), ledger::parse_stats(&stats), Ok(stats))
                     }
                     // Already gone on the agent: the session ends all the same.
                     Ok(Err(AgentError::KernelNotFound)) => (

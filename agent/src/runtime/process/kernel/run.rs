@@ -272,7 +272,8 @@ impl Kernel {
     pub(super) fn timed_out(self: &Arc<Self>, generation: u64) {
         {
             let mut st = self.lock();
-            let timed_out = st.run.as_mut().filter(|r| r.generation == generation).is_some_and(|r| r.time_out(Instant::now()));
+            let timed_out =
+                st.run.as_mut().filter(|r| r.generation == generation).is_some_and(|r| r.time_out(Instant::now()));
             if !timed_out {
                 return;
             }
