@@ -321,3 +321,31 @@ impl ConfigStore for EmbeddedConfigStore {
         "embedded"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Changes made at once from many tasks all land, in the file too: each change is
+    /// applied and written under the lock, on the blocking pool.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_of_the_file_store_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config-store.json");
+        let store = Arc::new(EmbeddedConfigStore::open(path.clone()).unwrap());
+        let writers = (0..32).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put_many(&[(format!("k/{i:02}"), i.to_string())]).await })
+        });
+        for writer in writers {
+            writer.await.unwrap().unwrap();
+        }
+        store.delete("k/00", false).await.unwrap();
+        let reopened = EmbeddedConfigStore::open(path).unwrap();
+        let pairs = reopened.get_prefix("k/").await.unwrap();
+        assert_eq!(pairs.len(), 31, "{pairs:?}");
+        assert_eq!(reopened.get("k/31").await.unwrap().as_deref(), Some("31"));
+        assert_eq!(reopened.get("k/00").await.unwrap(), None);
+    }
+}

@@ -77,7 +77,8 @@ async fn racing_creates_and_destroys_of_one_key_never_deadlock_nor_fail() {
         .await
         .unwrap();
     assert!(stuck.is_empty(), "sessions not TERMINATED: {stuck:?}");
-    // A backend reports its deadlocks when its transaction ends (at most every second).
+    // A backend reports its deadlocks when its transaction ends (at most every second):
+    // fixed on purpose, as there is no sign to wait for that none will be reported.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _ = app.state.db.execute_unprepared("SELECT pg_stat_force_next_flush()").await;
     assert_eq!(deadlocks(&app).await - before, 0, "PostgreSQL detected deadlocks");
@@ -158,7 +159,8 @@ async fn three_hundred_creates_back_to_back_on_the_embedded_default_all_run() {
         let response = crate::helpers::create_session(&app, "bash", token).await;
         assert_eq!(response.status().as_u16(), 201, "{token}: {:?}", response.text().await);
     }
-    // Longer than the heartbeat timeout after the burst: nothing was declared lost.
+    // Longer than the heartbeat timeout after the burst: nothing was declared lost (fixed
+    // on purpose: nothing may happen in that time).
     tokio::time::sleep(Duration::from_secs(4)).await;
     let running = kernels::Entity::find()
         .filter(kernels::Column::AccessKey.eq(app.access_key.clone()))

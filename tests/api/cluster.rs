@@ -12,7 +12,7 @@ use sea_orm::EntityTrait;
 use serde_json::json;
 
 use crate::faults::{agent, create, fake_agent};
-use crate::helpers::{spawn_app_with, start_app, test_settings, unique, Backend, TestApp, BACKENDS};
+use crate::helpers::{eventually, spawn_app_with, start_app, test_settings, unique, Backend, TestApp, BACKENDS};
 
 fn without_agent(settings: &mut Settings) {
     settings.local_agent.enabled = false;
@@ -46,10 +46,10 @@ async fn one_manager_checks_liveness_and_another_takes_over_when_it_stops() {
     let ids = [first.state.manager_id.clone(), second.state.manager_id.clone()];
 
     // One checker while both run, and it stays the same.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let holder = checker(&first).await.expect("a liveness checker");
+    let holder = eventually("a manager holds the liveness lease", Duration::from_secs(30), || checker(&first)).await;
     assert!(ids.contains(&holder), "{holder}");
     for _ in 0..5 {
+        // Fixed on purpose: the lease must not change hands while both run.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(checker(&first).await.as_deref(), Some(holder.as_str()));
     }
@@ -82,11 +82,14 @@ async fn a_checker_that_died_is_replaced_when_its_lease_expires() {
         // Another manager holds the lease, and stops renewing it (it died).
         let far = chrono::Utc::now().timestamp_millis() + 60_000;
         config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {far}")).await.unwrap();
-        // Again after a check round: a renewal in flight may have overwritten the first.
+        // Again after a check round: a renewal in flight may have overwritten the first
+        // (fixed on purpose: a renewal that read the lease before the first put lands
+        // meanwhile; none started after it writes).
         tokio::time::sleep(Duration::from_millis(700)).await;
         config.put(LIVENESS_LEASE_KEY, &format!("manager-gone {far}")).await.unwrap();
         let agent_id = unique("i-silent");
         fake_agent(&app, &agent_id, json!({"cpu": 2, "mem": 2048, "gpu": 0})).await;
+        // Fixed on purpose: over twice the heartbeat timeout in which nothing may happen.
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(agent(&app, &agent_id).await.status, AgentStatus::Alive, "{backend:?}: only the holder checks");
 
@@ -169,7 +172,8 @@ async fn an_agent_on_the_redis_bus_outlives_the_manager_it_first_reached() {
     let token = unique("bus");
     assert_eq!(create(&first, &token).await.status().as_u16(), 201);
     first.stop().await;
-    // Several heartbeat timeouts with only the second manager reading the bus.
+    // Several heartbeat timeouts with only the second manager reading the bus (fixed on
+    // purpose: the agent must not be declared lost in all that time).
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(agent(&second, &agent_id).await.status, AgentStatus::Alive, "no false LOST");
     let run = json!({"mode": "query", "code": "print(6 * 7)", "runId": "r1"});

@@ -59,6 +59,7 @@ async fn answer(how: Answer, ok: Value) -> HttpResponse {
         Answer::Fail => HttpResponse::InternalServerError()
             .json(json!({"type": "https://api.backend.ai/probs/internal-server-error", "title": "boom"})),
         Answer::Stall => {
+            // Fixed on purpose: a stalled agent answers long after any call timeout.
             tokio::time::sleep(Duration::from_secs(30)).await;
             HttpResponse::Ok().json(ok)
         }

@@ -7,7 +7,8 @@ use actix_web::dev::ServerHandle;
 use actix_web::web;
 use backendai_manager::auth::{self, HashAlgorithm, SignedParts};
 use backendai_manager::config::{Secret, Settings};
-use backendai_manager::startup::{AppState, Application};
+use backendai_manager::startup::Application;
+use backendai_manager::state::AppState;
 use backendai_manager::{db, fixtures};
 use chrono::{DateTime, FixedOffset, Utc};
 use sea_orm::{ConnectionTrait, Database};
@@ -159,6 +160,24 @@ pub async fn fds_settled(before: usize, margin: usize, polls: usize) -> usize {
         after = open_fds();
     }
     after
+}
+
+/// Polls `check` every 50 ms until it gives `Some`, for up to `within`, and returns
+/// its value: for a condition that must come true, however busy the machine is.
+/// Panics, naming `what`, when it never does.
+pub async fn eventually<T, F, Fut>(what: &str, within: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not so after {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// A self-signed certificate and key for 127.0.0.1 in `dir` (skipped without openssl).

@@ -12,13 +12,19 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    add_keypair, assert_problem, create_session as create, sessions_named, spawn_app, spawn_app_with, unique, Backend,
-    TestApp, BACKENDS,
+    add_keypair, assert_problem, create_session as create, eventually, sessions_named, spawn_app, spawn_app_with,
+    unique, Backend, TestApp, BACKENDS,
 };
 
 async fn execute(app: &TestApp, token: &str, code: &str, run_id: &str) -> reqwest::Response {
     let body = json!({"mode": "query", "code": code, "runId": run_id});
     app.send(app.signed("POST", &format!("/v3/kernel/{token}"), Some(body))).await
+}
+
+/// The runs session `token` counted (a run is counted as the session actor takes it).
+async fn queries_counted(app: &TestApp, token: &str) -> i64 {
+    let info: Value = app.send(app.signed("GET", &format!("/v3/kernel/{token}"), None)).await.json().await.unwrap();
+    info["numQueriesExecuted"].as_i64().unwrap_or_default()
 }
 
 async fn keypair(app: &TestApp, access_key: &str) -> keypairs::Model {
@@ -328,7 +334,11 @@ async fn runs_of_one_session_are_served_in_order() {
     // The first run sleeps; the second, sent meanwhile, must wait for it.
     let first = execute(&app, &token, "import time\ntime.sleep(1)\nlog.append(1)", "r1");
     let second = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once the session took the first (and relayed it to the agent at once).
+        eventually("the session takes the first run", Duration::from_secs(30), || async {
+            (queries_counted(&app, &token).await >= 2).then_some(())
+        })
+        .await;
         execute(&app, &token, "log.append(2)\nprint(log)", "r2").await
     };
     let (first, second) = tokio::join!(first, second);
@@ -435,8 +445,11 @@ async fn uploads_together_hold_a_bounded_amount_of_memory() {
     let token = unique("budget");
     assert_eq!(create(&app, "python3", &token).await.status().as_u16(), 201);
     let holding = start_upload(&app, &token, 900 << 10).await;
-    // Let the server read what was sent.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the server read enough of what was sent that 300 KiB more do not fit.
+    eventually("the first upload holds the budget", Duration::from_secs(30), || async {
+        (app.state.upload_budget.available_permits() < 300).then_some(())
+    })
+    .await;
     let mut refused = start_upload(&app, &token, 300 << 10).await;
     let mut buf = vec![0u8; 4096];
     let read = tokio::time::timeout(Duration::from_secs(30), refused.read(&mut buf)).await;
@@ -501,7 +514,11 @@ async fn a_killed_agent_ends_its_sessions_after_the_heartbeat_timeout() {
 
     let running = execute(&app, &token, "import time\ntime.sleep(1.5)\nprint('never seen')", "r1");
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the session took the run (and relayed it to the agent at once).
+        eventually("the session takes the run", Duration::from_secs(30), || async {
+            (queries_counted(&app, &token).await >= 1).then_some(())
+        })
+        .await;
         agent.start_kill().unwrap();
     };
     let (response, ()) = tokio::join!(running, kill);
@@ -556,7 +573,7 @@ async fn a_dead_session_actor_is_restarted_from_the_database() {
     assert_eq!(execute(&app, &token, "x = 41", "r1").await.status().as_u16(), 200);
 
     let (actor, _) = app.state.directory.session(&app.access_key, &token).expect("a running session actor");
-    actor.send(backendai_manager::actors::messages::SessionEnded).await.unwrap();
+    actor.send(backendai_manager::actors::messages::RetireSession).await.unwrap();
     for _ in 0..100 {
         if !actor.connected() {
             break;

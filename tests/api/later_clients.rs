@@ -32,8 +32,12 @@ fn client(variable: &str, venv: &str, version: &str) -> Option<PathBuf> {
     }
 }
 
-fn client_1_5_1() -> Option<PathBuf> {
+pub fn client_1_5_1() -> Option<PathBuf> {
     client("BACKENDAI_SDK151_PYTHON", ".venv151", "1.5.1")
+}
+
+pub fn client_1_4_2() -> Option<PathBuf> {
+    client("BACKENDAI_SDK142_PYTHON", ".venv142", "1.4.2")
 }
 
 /// Runs the CLI as `key` in `dir`, with `input` on its stdin; its stdout and stderr.
@@ -183,7 +187,7 @@ async fn client_1_5_1_shares_folders_and_reads_the_admin_tables() {
 
 #[actix_web::test]
 async fn client_1_4_2_signs_get_bodies_and_uses_folders_and_files() {
-    let Some(bin) = client("BACKENDAI_SDK142_PYTHON", ".venv142", "1.4.2") else { return };
+    let Some(bin) = client_1_4_2() else { return };
     for backend in BACKENDS {
         let Some(app) = spawn_app(backend).await else { continue };
         app.wait_for_agent().await;

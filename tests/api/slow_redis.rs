@@ -121,6 +121,7 @@ async fn answers_again(app: &TestApp, polls: usize) -> u16 {
 /// With 50 ms added to every Redis exchange, concurrent requests all succeed, and the
 /// rate limit still counts each of them exactly once.
 #[actix_web::test]
+#[cfg_attr(not(services), ignore = "needs BACKENDAI_TEST_* (PostgreSQL, Redis, etcd)")]
 async fn a_slow_redis_slows_requests_but_loses_no_count() {
     let Some(services) = services() else { return };
     let proxy = Laggy::to(services.redis_addr).await;
@@ -139,6 +140,7 @@ async fn a_slow_redis_slows_requests_but_loses_no_count() {
 /// each request at most the call timeout: 503 service-unavailable, never a hang; and
 /// requests succeed again once it answers.
 #[actix_web::test]
+#[cfg_attr(not(services), ignore = "needs BACKENDAI_TEST_* (PostgreSQL, Redis, etcd)")]
 async fn a_silent_redis_answers_503_within_the_call_timeout() {
     let Some(services) = services() else { return };
     let proxy = Laggy::to(services.redis_addr).await;
@@ -161,6 +163,7 @@ async fn a_silent_redis_answers_503_within_the_call_timeout() {
 /// Redis goes away (connections cut, new ones closed) and comes back: requests answer
 /// 503 meanwhile, and the store reconnects by itself afterwards.
 #[actix_web::test]
+#[cfg_attr(not(services), ignore = "needs BACKENDAI_TEST_* (PostgreSQL, Redis, etcd)")]
 async fn the_store_reconnects_after_redis_comes_back() {
     let Some(services) = services() else { return };
     let proxy = Laggy::to(services.redis_addr).await;

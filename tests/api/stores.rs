@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backendai_manager::stores::{
-    ConfigStore, EtcdConfigStore, MemoryConfigStore, MemoryCounters, RateLimitStore, RedisStore, StatStore,
+    ConfigStore, EmbeddedConfigStore, EtcdConfigStore, MemoryCounters, RateLimitStore, RedisStore, StatStore,
 };
 use futures_util::future::join_all;
 
@@ -16,8 +16,8 @@ use crate::helpers::{assert_problem, create_session, services, start_app, test_s
 async fn config_stores() -> Vec<Box<dyn ConfigStore>> {
     let dir = tempfile::tempdir().unwrap().keep();
     let mut stores: Vec<Box<dyn ConfigStore>> = vec![
-        Box::new(MemoryConfigStore::ephemeral()),
-        Box::new(MemoryConfigStore::open(dir.join("store.json")).unwrap()),
+        Box::new(EmbeddedConfigStore::ephemeral()),
+        Box::new(EmbeddedConfigStore::open(dir.join("store.json")).unwrap()),
     ];
     if let Some(services) = services() {
         stores.push(Box::new(EtcdConfigStore::connect(&services.etcd_addr, &unique("test")).await.unwrap()));
@@ -54,11 +54,13 @@ async fn config_stores_get_put_prefix_and_delete() {
 async fn the_embedded_config_store_is_shared_through_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.json");
-    let server = MemoryConfigStore::open(path.clone()).unwrap();
+    let server = EmbeddedConfigStore::open(path.clone()).unwrap();
     server.put("nodes/manager", "m1").await.unwrap();
     // Another process (the CLI) writes while the server runs.
-    let cli = MemoryConfigStore::open(path).unwrap();
+    let cli = EmbeddedConfigStore::open(path).unwrap();
     assert_eq!(cli.get("nodes/manager").await.unwrap().as_deref(), Some("m1"));
+    // Fixed on purpose: the server notices the file's change by its modification time,
+    // which must tick past the one it last saw.
     tokio::time::sleep(Duration::from_millis(20)).await;
     cli.put("config/overbook/cpu", "4").await.unwrap();
     assert_eq!(server.get("config/overbook/cpu").await.unwrap().as_deref(), Some("4"));
@@ -114,6 +116,7 @@ async fn a_rate_limit_window_resets() {
         let key = unique("ratelimit:test:");
         store.hit(&key, 100).await.unwrap();
         store.hit(&key, 100).await.unwrap();
+        // Fixed on purpose: real time must pass the 100 ms window (it expires by the clock).
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(store.peek(&key).await.unwrap().count, 0, "{}", store.kind());
         assert_eq!(store.hit(&key, 100).await.unwrap().count, 1, "{}", store.kind());
@@ -135,6 +138,7 @@ async fn kernel_stats_are_stored_and_expire() {
         assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
         assert_eq!(stats.kernel_stat_fields(&kernel, &["cpu_used"]).await.unwrap(), vec![None]);
         stats.set_kernel_stats(&kernel, &values, Duration::from_millis(100)).await.unwrap();
+        // Fixed on purpose: real time must pass the 100 ms TTL (it expires by the clock).
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(stats.kernel_stats(&kernel).await.unwrap().is_empty());
     }

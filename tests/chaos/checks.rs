@@ -8,8 +8,9 @@ pub(super) async fn deadlocks(chaos: &Chaos) -> i64 {
     rows.first().and_then(|r| r.try_get::<i64>("", "deadlocks").ok()).unwrap_or(0)
 }
 
-/// The kernel ids each agent reported in its last heartbeat (from the bus).
-pub(super) async fn reported_kernels(chaos: &Chaos) -> HashMap<String, Vec<String>> {
+/// The kernel ids each agent reported in its last heartbeat (from the bus), and when
+/// it took that list (Unix ms, 0 when the report does not say).
+pub(super) async fn reported_kernels(chaos: &Chaos) -> HashMap<String, (i64, Vec<String>)> {
     let mut conn = chaos.redis.get_multiplexed_async_connection().await.unwrap();
     let stream = protocol::bus::heartbeats_stream(&chaos.namespace);
     let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
@@ -33,7 +34,8 @@ pub(super) async fn reported_kernels(chaos: &Chaos) -> HashMap<String, Vec<Strin
             .as_array()
             .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        out.insert(agent, kernels);
+        let taken_at = envelope["data"]["taken_at"].as_i64().unwrap_or_default();
+        out.insert(agent, (taken_at, kernels));
     }
     out
 }
@@ -141,8 +143,27 @@ pub(super) async fn final_checks(chaos: &Chaos) {
         .iter()
         .map(|r| r.try_get("", "id").unwrap())
         .collect();
-    tokio::time::sleep(Duration::from_secs_f64(HEARTBEAT_INTERVAL * 2.0)).await;
-    for (agent, kernels) in reported_kernels(chaos).await {
+    // Judged on reports taken after that read: a kernel ended just before it may still
+    // be in an older one.
+    let read_at = Utc::now().timestamp_millis();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reports = loop {
+        let reports = reported_kernels(chaos).await;
+        let stale: Vec<&String> = chaos
+            .agent_ids
+            .iter()
+            .filter(|id| reports.get(*id).is_none_or(|(taken_at, _)| *taken_at <= read_at))
+            .collect();
+        if stale.is_empty() {
+            break reports;
+        }
+        if Instant::now() > deadline {
+            chaos.violation(format!("no heartbeat taken after the final checks began from {stale:?}"));
+            break reports;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (agent, (_, kernels)) in reports {
         let unowned: Vec<&String> = kernels.iter().filter(|k| !live_ids.contains(*k)).collect();
         if !unowned.is_empty() {
             chaos.violation(format!("{agent} holds kernels no live session owns: {unowned:?}"));
@@ -152,11 +173,15 @@ pub(super) async fn final_checks(chaos: &Chaos) {
     for agent in &chaos.agents {
         agent_pids.extend(agent.lock().await.pid());
     }
-    // Seen twice a second apart: not a process starting or exiting at that moment.
-    let first = stray_kernel_processes(&agent_pids);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let again: HashSet<u32> = stray_kernel_processes(&agent_pids).into_iter().map(|(pid, _, _)| pid).collect();
-    let strays: Vec<_> = first.into_iter().filter(|(pid, _, _)| again.contains(pid)).collect();
+    // Seen in every look for 10 s: not a process starting or exiting at that moment,
+    // however busy the machine.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut strays = stray_kernel_processes(&agent_pids);
+    while !strays.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let again: HashSet<u32> = stray_kernel_processes(&agent_pids).into_iter().map(|(pid, _, _)| pid).collect();
+        strays.retain(|(pid, _, _)| again.contains(pid));
+    }
     if !strays.is_empty() {
         chaos.violation(format!("kernel processes outside any agent: {strays:?}"));
     }

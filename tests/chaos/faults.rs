@@ -45,6 +45,7 @@ pub(super) async fn wait_etcd(port: u16) {
 pub(super) async fn kill_manager(chaos: &Chaos, which: usize) {
     chaos.begin_outage(Target::Manager(which));
     chaos.managers[which].lock().await.kill9().await;
+    // Fixed on purpose: the outage lasts a while, with the load running.
     tokio::time::sleep(Duration::from_secs(3)).await;
     chaos.managers[which].lock().await.start();
     wait_manager(chaos, which).await;
@@ -113,13 +114,15 @@ pub(super) async fn kill_agent(chaos: &Chaos, which: usize) {
 pub(super) async fn kill_etcd(chaos: &Chaos) {
     chaos.begin_outage(Target::Etcd);
     chaos.etcd.lock().await.kill9().await;
+    // Fixed on purpose: etcd stays down for longer than the heartbeat timeout.
     tokio::time::sleep(Duration::from_secs_f64(HEARTBEAT_TIMEOUT * 1.6)).await;
     chaos.etcd.lock().await.start();
     wait_etcd(chaos.etcd_port).await;
     chaos.end_outage(Target::Etcd);
 }
 
-/// One round of faults, each followed by a quiet spell.
+/// One round of faults, each followed by a quiet spell (the quiet spells are fixed on
+/// purpose: the load runs through them, and nothing may go wrong meanwhile).
 pub(super) async fn fault_round(chaos: &Chaos) {
     let quiet = Duration::from_secs(5);
     for which in 0..MANAGERS {

@@ -397,6 +397,7 @@ async fn watch_agents(chaos: Arc<Chaos>) {
 const LIVE: &str = "status::text NOT IN ('TERMINATED', 'ERROR')";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(not(services), ignore = "needs BACKENDAI_TEST_* (PostgreSQL, Redis, etcd)")]
 async fn the_cluster_survives_the_kill_of_any_process() {
     let Some(chaos) = setup().await else { return };
     let started = Instant::now();
@@ -405,6 +406,7 @@ async fn the_cluster_survives_the_kill_of_any_process() {
     let deadlocks_before = deadlocks(&chaos).await;
     let mut load: Vec<_> = (0..clients).map(|n| tokio::spawn(client(chaos.clone(), n))).collect();
     load.push(tokio::spawn(watch_agents(chaos.clone())));
+    // Fixed on purpose: the load runs a while before the first fault, with sessions live.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let mut rounds = 0;
     while rounds == 0 || started.elapsed().as_secs() < min_secs {
@@ -417,7 +419,8 @@ async fn the_cluster_survives_the_kill_of_any_process() {
     }
     final_checks(&chaos).await;
     let mut figures = judge(&chaos).await;
-    // Let the backends flush their statistics.
+    // Let the backends flush their statistics (fixed on purpose: they report deadlocks
+    // at most every second, and there is no sign to wait for that none will come).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     figures.insert("deadlocks (pg_stat_database)", (deadlocks(&chaos).await - deadlocks_before) as usize);
     figures.insert("fault rounds", rounds);
