@@ -270,6 +270,35 @@ pub struct Signed<'a> {
     pub secret_key: &'a str,
 }
 
+/// The headers that sign `request` to the server at `host`, as the official client makes them.
+pub fn signature_headers(host: &str, request: &Signed<'_>) -> Vec<(&'static str, String)> {
+    let date_header = request.date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let signed_body: &[u8] = if request.version >= "v4.20181215" { b"" } else { &request.body };
+    let body_hash = HashAlgorithm::Sha256.hex_digest(signed_body);
+    let parts = SignedParts {
+        method: request.method,
+        path_and_query: request.path,
+        date_header: &date_header,
+        date: request.date,
+        host,
+        // The media type without parameters (`multipart/form-data; boundary=...`).
+        content_type: request.content_type.split(';').next().unwrap_or_default().trim(),
+        version_header: "x-backendai-version",
+        version: request.version,
+        body_hash: &body_hash,
+    };
+    let signature = auth::sign(HashAlgorithm::Sha256, request.secret_key, &parts);
+    let mut headers = vec![
+        ("Date", date_header),
+        ("X-BackendAI-Version", request.version.to_owned()),
+        ("Authorization", format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", request.access_key)),
+    ];
+    if !request.content_type.is_empty() {
+        headers.push(("Content-Type", request.content_type.to_owned()));
+    }
+    headers
+}
+
 impl TestApp {
     /// A handle on an application built by the test itself, signing with the
     /// embedded example key.
@@ -309,34 +338,7 @@ impl TestApp {
 
     /// The headers that sign `request`, as the official client makes them.
     pub fn signature_headers(&self, request: &Signed<'_>) -> Vec<(&'static str, String)> {
-        let date_header = request.date.to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-        let signed_body: &[u8] = if request.version >= "v4.20181215" { b"" } else { &request.body };
-        let body_hash = HashAlgorithm::Sha256.hex_digest(signed_body);
-        let parts = SignedParts {
-            method: request.method,
-            path_and_query: request.path,
-            date_header: &date_header,
-            date: request.date,
-            host: &self.host,
-            // The media type without parameters (`multipart/form-data; boundary=...`).
-            content_type: request.content_type.split(';').next().unwrap_or_default().trim(),
-            version_header: "x-backendai-version",
-            version: request.version,
-            body_hash: &body_hash,
-        };
-        let signature = auth::sign(HashAlgorithm::Sha256, request.secret_key, &parts);
-        let mut headers = vec![
-            ("Date", date_header),
-            ("X-BackendAI-Version", request.version.to_owned()),
-            (
-                "Authorization",
-                format!("BackendAI signMethod=HMAC-SHA256, credential={}:{signature}", request.access_key),
-            ),
-        ];
-        if !request.content_type.is_empty() {
-            headers.push(("Content-Type", request.content_type.to_owned()));
-        }
-        headers
+        signature_headers(&self.host, request)
     }
 
     /// Sends a signed request, signed as the official client does.
