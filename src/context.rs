@@ -24,6 +24,8 @@ pub struct Core {
     pub overbook: Arc<crate::overbook::Overbook>,
     /// Where agents' heartbeats are heard.
     pub bus: Arc<crate::bus::Bus>,
+    /// The running key and session actors of this process (see the registry).
+    pub directory: Arc<crate::actors::registry::Directory>,
 }
 
 impl Core {

@@ -87,6 +87,7 @@ impl Application {
             None => None,
         };
         let bus = Arc::new(Bus { board: Default::default(), redis: redis_bus });
+        let directory = Arc::new(Directory::default());
         let core = Arc::new(Core {
             settings: settings.clone(),
             db: db.clone(),
@@ -94,8 +95,8 @@ impl Application {
             http,
             overbook: overbook.clone(),
             bus: bus.clone(),
+            directory: directory.clone(),
         });
-        let directory = Arc::new(Directory::default());
         let registry = Registry::start_supervised(core.clone(), directory.clone());
         let applier = Applier { core: core.clone(), registry: registry.clone() };
         if let Some(redis) = &bus.redis {

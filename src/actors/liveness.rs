@@ -151,6 +151,9 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
         return Pass::Grace { ended };
     }
     let heard = |agent_id: &str| ages.get(agent_id).is_some_and(|age| (*age as f64) < timeout * 1000.0);
+    // The sessions this pass may end (on agents not heard from) are held until it is done:
+    // no reader sees one live after the database says it ended.
+    let hold = core.directory.hold_sessions(|kernel| kernel.agent.as_deref().is_some_and(|agent| !heard(agent)));
     let lost = match ledger::declare_lost_agents(&core.db, timeout, heard).await {
         Ok(lost) => lost,
         Err(error) => return Pass::Impaired(error),
@@ -160,6 +163,7 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
         Ok(more) => ended.extend(more),
         Err(error) => tracing::error!(%error, "could not end the sessions of gone agents"),
     }
+    hold.release(&ended);
     Pass::Checked { lost: lost.into_iter().map(|(agent, _)| agent).collect(), ended }
 }
 

@@ -37,28 +37,25 @@ pub use ending::{
 };
 use protocol::KernelStats;
 
-/// A live session named `token`, whoever owns it (the unsigned PTY of development
-/// setups, `manager.allow_unsigned_pty`).
-pub async fn live_session_named(db: &DatabaseConnection, token: &str) -> Result<Option<kernels::Model>, Error> {
-    Ok(kernels::Entity::find()
-        .filter(kernels::Column::SessId.eq(token))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
-        .one(db)
-        .await?)
-}
-
 /// The live session of `access_key` named `token`, if any.
 pub async fn live_session(
     db: &impl ConnectionTrait,
     access_key: &str,
     token: &str,
 ) -> Result<Option<kernels::Model>, Error> {
-    Ok(kernels::Entity::find()
-        .filter(kernels::Column::AccessKey.eq(access_key))
+    Ok(live_named(token).filter(kernels::Column::AccessKey.eq(access_key)).one(db).await?)
+}
+
+/// A live session named `token`, whoever owns it (the unsigned PTY of development
+/// setups, `manager.allow_unsigned_pty`).
+pub async fn live_session_named(db: &DatabaseConnection, token: &str) -> Result<Option<kernels::Model>, Error> {
+    Ok(live_named(token).one(db).await?)
+}
+
+fn live_named(token: &str) -> sea_orm::Select<kernels::Entity> {
+    kernels::Entity::find()
         .filter(kernels::Column::SessId.eq(token))
         .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
-        .one(db)
-        .await?)
 }
 
 /// What to reserve for a new session.

@@ -22,6 +22,7 @@ mod sdk;
 mod slow_redis;
 mod stores;
 mod streams;
+mod uploads;
 mod v4;
 mod vfolders;
 

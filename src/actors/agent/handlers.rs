@@ -136,7 +136,10 @@ async fn reconcile(
             continue;
         }
         let ending = Ending { placed_before: Some(placed_before), ..Ending::new(status, info) };
+        let ids: HashSet<Uuid> = sessions.iter().map(|k| k.id).collect();
+        let hold = core.directory.hold_sessions(|kernel| ids.contains(&kernel.id));
         let done = ledger::end_sessions(&core.db, &sessions, &ending, None).await?.unwrap_or_default();
+        hold.release(&done);
         if !done.is_empty() {
             if status == KernelStatus::Terminated {
                 // A destroy whose kernel the report already lacks: the usual race, not a fault.
@@ -185,7 +188,9 @@ impl Handler<AgentTerminated> for AgentActor {
                 let sessions = ledger::agent_sessions(&core.db, &agent_id).await?;
                 let ending = Ending::new(KernelStatus::Terminated, "agent-terminated");
                 let change = AgentChange::Terminated { agent_id: &agent_id };
+                let hold = core.directory.hold_sessions(|kernel| kernel.agent.as_deref() == Some(agent_id.as_str()));
                 let ended = ledger::end_sessions(&core.db, &sessions, &ending, Some(change)).await?.unwrap_or_default();
+                hold.release(&ended);
                 tracing::info!(agent = %agent_id, sessions = ended.len(), "agent terminated");
                 registry.do_send(SessionsEnded { kernel_ids: ended });
                 Ok(())

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::agent::AgentActor;
 use super::keypair::{KeypairActor, KeypairShared};
 use super::messages::RetireSession;
-use super::session::{SessionActor, SessionShared};
+use super::session::{SessionActor, SessionHold, SessionShared};
 use crate::error::{ApiError, Error, Problem};
 use crate::Core;
 
@@ -76,6 +76,14 @@ impl Directory {
     ) -> Option<T> {
         let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
         sessions.get(access_key)?.get(token).filter(|(addr, _)| addr.connected()).and_then(read)
+    }
+
+    /// Holds the running session actors whose published row matches `pick`, for a change
+    /// made to their sessions outside them (see [`SessionHold`]).
+    pub fn hold_sessions(&self, pick: impl Fn(&entity::kernels::Model) -> bool) -> SessionHold {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let held = sessions.values().flat_map(|tokens| tokens.values()).map(|(_, shared)| shared);
+        SessionHold::new(held.filter(|shared| pick(&shared.row())).cloned().collect())
     }
 
     fn insert_session(&self, (access_key, token): (String, String), entry: SessionEntry) {
@@ -278,8 +286,10 @@ mod tests {
             http: reqwest::Client::new(),
             overbook: Arc::default(),
             bus: Arc::new(crate::bus::Bus::local()),
+            directory: Arc::default(),
         };
-        Registry::start_supervised(Arc::new(core), Arc::default())
+        let directory = core.directory.clone();
+        Registry::start_supervised(Arc::new(core), directory)
     }
 
     #[actix_web::test]

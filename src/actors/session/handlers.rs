@@ -329,7 +329,7 @@ impl Handler<GetKernel> for SessionActor {
         if !self.kernel.status.is_live() {
             return AtomicResponse::new(Box::pin(fut::ready(Err(ApiError::new(Problem::KernelNotFound).into()))));
         }
-        if self.row_checked.elapsed() < ROW_TTL {
+        if self.row_checked.elapsed() < ROW_TTL && !self.shared.is_held() {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(self.kernel.clone()))));
         }
         let db = self.core.db.clone();

@@ -42,12 +42,18 @@ pub struct SessionShared {
     snapshot: RwLock<Snapshot>,
     /// Set by a reader that used the snapshot: the session is not idle.
     touched: AtomicBool,
+    /// Held for a change made outside the actor (see [`SessionHold`]): every read goes
+    /// to the database.
+    held: AtomicBool,
 }
 
 impl SessionShared {
     /// The row while the session is live and the copy fresh (see [`ROW_TTL`]);
     /// otherwise the caller asks the actor, which re-reads the database.
     pub fn fresh(&self) -> Option<Arc<kernels::Model>> {
+        if self.is_held() {
+            return None;
+        }
         let (row, checked) = &*self.snapshot.read().unwrap_or_else(|e| e.into_inner());
         if !row.status.is_live() || checked.elapsed() >= ROW_TTL {
             return None;
@@ -62,6 +68,47 @@ impl SessionShared {
     /// The session's kernel.
     pub fn kernel_id(&self) -> uuid::Uuid {
         self.kernel_id
+    }
+
+    /// The row as the actor last published it, fresh or not.
+    pub fn row(&self) -> Arc<kernels::Model> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Whether a change made outside the actor is under way.
+    pub fn is_held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// Sessions held for a change made to them outside their actors (ended wholesale: their
+/// agent was lost or terminated, or it no longer holds their kernels). Taken before the
+/// change and released after it: meanwhile no reader uses a cached copy, so none sees a
+/// session live after the database says it ended. Sessions the change ended stay held
+/// until their actors are retired; dropping the hold releases every other one.
+#[must_use]
+pub struct SessionHold(Vec<Arc<SessionShared>>);
+
+impl SessionHold {
+    /// Holds `sessions`.
+    pub fn new(sessions: Vec<Arc<SessionShared>>) -> Self {
+        for shared in &sessions {
+            shared.held.store(true, Ordering::Release);
+        }
+        Self(sessions)
+    }
+
+    /// Releases the sessions not in `ended`.
+    pub fn release(mut self, ended: &[uuid::Uuid]) {
+        self.0.retain(|shared| !ended.contains(&shared.kernel_id));
+    }
+}
+
+impl Drop for SessionHold {
+    fn drop(&mut self) {
+        for shared in &self.0 {
+            shared.held.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -96,6 +143,7 @@ impl SessionActor {
             kernel_id: kernel.id,
             snapshot: RwLock::new((Arc::new(kernel.clone()), now)),
             touched: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         });
         Self { kernel, agent, core, registry, pending_queries: 0, last_active: now, row_checked: now, shared }
     }
@@ -110,5 +158,64 @@ impl SessionActor {
         change(&mut self.kernel);
         *self.shared.snapshot.write().unwrap_or_else(|e| e.into_inner()) =
             (Arc::new(self.kernel.clone()), self.row_checked);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use entity::kernels::KernelStatus;
+
+    fn shared(status: KernelStatus) -> Arc<SessionShared> {
+        let now = chrono::Utc::now().fixed_offset();
+        let row = kernels::Model {
+            id: uuid::Uuid::new_v4(),
+            sess_id: "s".to_owned(),
+            role: "master".to_owned(),
+            lang: "python3:latest".to_owned(),
+            access_key: "AKIATEST".to_owned(),
+            agent: Some("i-a".to_owned()),
+            agent_addr: None,
+            container_id: None,
+            status,
+            status_info: None,
+            created_at: now,
+            terminated_at: None,
+            mem_slot: 1,
+            cpu_slot: 1.0,
+            gpu_slot: 0.0,
+            num_queries: 0,
+            cpu_used: 0,
+            mem_max_bytes: 0,
+            mem_cur_bytes: 0,
+            net_rx_bytes: 0,
+            net_tx_bytes: 0,
+            io_read_bytes: 0,
+            io_write_bytes: 0,
+            io_max_scratch_size: 0,
+            io_cur_scratch_size: 0,
+        };
+        Arc::new(SessionShared {
+            kernel_id: row.id,
+            snapshot: RwLock::new((Arc::new(row), Instant::now())),
+            touched: AtomicBool::new(false),
+            held: AtomicBool::new(false),
+        })
+    }
+
+    /// While held, no reader gets the cached copy; releasing keeps the ended ones held
+    /// (their actors are being retired) and frees the others.
+    #[test]
+    fn a_hold_hides_the_cached_row_until_released_and_keeps_the_ended_ones() {
+        let (ended, kept) = (shared(KernelStatus::Running), shared(KernelStatus::Running));
+        assert!(ended.fresh().is_some() && kept.fresh().is_some());
+        let hold = SessionHold::new(vec![ended.clone(), kept.clone()]);
+        assert!(ended.fresh().is_none() && kept.fresh().is_none(), "held: readers go to the database");
+        hold.release(&[ended.kernel_id()]);
+        assert!(ended.fresh().is_none(), "ended: stays held until its actor is retired");
+        assert!(kept.fresh().is_some(), "not ended: released");
+        drop(SessionHold::new(vec![kept.clone()]));
+        assert!(kept.fresh().is_some(), "a hold dropped without release (its change failed) frees all");
     }
 }
