@@ -315,3 +315,33 @@ async fn an_agent_runs_embedded_in_an_actix_system() {
     assert_eq!(status, 200);
     agent.stop().await;
 }
+
+/// A kernel holds no fd of the agent's but its stdio and runner pipes, even when it is
+/// spawned while the agent holds a terminal of another kernel open (an inherited terminal
+/// would let one kernel read and write another's, and keep it from ever closing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_inherits_no_fd_of_the_agent() {
+    let agent = TestAgent::spawn().await;
+    let first = agent.create("python", json!({})).await;
+    let mut ws = Ws::connect(&agent, &format!("/kernels/{first}/pty")).await;
+    ws.send(stdin("echo ready-$((1 + 1))\n")).await;
+    ws.read_until("ready-2", Duration::from_secs(10)).await;
+    let code = "import os\nfds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n\
+                print([(f, os.readlink(f'/proc/self/fd/{f}')) for f in fds if f > 4])";
+    for runner in ["python", "shell"] {
+        let k = agent.create(runner, json!({})).await;
+        let code = if runner == "python" {
+            code.to_owned()
+        } else {
+            format!("python3 -c \"{}\"", code.replace('\n', ";").replace('"', "\\\""))
+        };
+        let results = agent.run_to_end(&k, &code).await;
+        let out = stream(&results, "stdout");
+        // Only the listing's own descriptor (of /proc/self/fd) may show.
+        assert!(
+            !out.contains("pts") && !out.contains("ptmx") && !out.contains("socket") && !out.contains("pipe"),
+            "{runner}: {out}"
+        );
+    }
+    agent.stop().await;
+}

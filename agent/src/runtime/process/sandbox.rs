@@ -266,6 +266,10 @@ impl PreExec {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // No fd of the agent's reaches the kernel but the ones placed below: whatever
+            // another thread opened without close-on-exec is closed at exec (Linux 5.11+;
+            // older kernels refuse the flag, and every fd the agent opens is close-on-exec).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             // Out of the way of fds 3 and 4 first; placed at its fd after them.
             let seccomp_fd = match self.seccomp {
                 SeccompMode::Bwrap(fd) => {

@@ -24,8 +24,7 @@ impl Kernel {
     }
 
     fn spawn_pty_inner(self: &Arc<Self>) -> RuntimeResult<crate::runtime::PtyHandle> {
-        let pty = nix::pty::openpty(None, None).context("openpty")?;
-        let slave = pty.slave;
+        let (master, slave) = open_pty().context("opening a pty")?;
         let stdio = |fd: &OwnedFd| -> RuntimeResult<std::process::Stdio> {
             Ok(std::process::Stdio::from(fd.try_clone().context("dup pty")?))
         };
@@ -72,10 +71,7 @@ impl Kernel {
             let _ = child.wait().await;
             this.ptys.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid);
         });
-        let flags = nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_GETFL).context("fcntl")?;
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&pty.master, nix::fcntl::FcntlArg::F_SETFL(flags)).context("fcntl")?;
-        Ok(crate::runtime::PtyHandle { master: pty.master, pid })
+        Ok(crate::runtime::PtyHandle { master, pid })
     }
 
     /// Kills the PTY shells of the kernel (their sessions).
@@ -87,6 +83,23 @@ impl Kernel {
     }
 }
 
+/// A new pseudo terminal: its master (non-blocking) and slave, both close-on-exec from the
+/// start. (openpty(3) opens them inheritable: a kernel spawned by another thread at that
+/// moment would keep them, holding this terminal open and able to read and write it.)
+pub(super) fn open_pty() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    Ok((OwnedFd::from(master), slave))
+}
+
 /// Sets the window size of a pty.
 pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> std::io::Result<()> {
     let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
@@ -95,4 +108,24 @@ pub fn resize_pty(master: std::os::fd::BorrowedFd<'_>, rows: u16, cols: u16) -> 
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::fd::AsFd;
+
+    use super::open_pty;
+
+    #[test]
+    fn both_ends_of_a_new_pty_are_close_on_exec_and_the_master_never_blocks() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+        let (master, slave) = open_pty().unwrap();
+        for fd in [master.as_fd(), slave.as_fd()] {
+            assert!(FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap()).contains(FdFlag::FD_CLOEXEC));
+        }
+        assert!(
+            OFlag::from_bits_truncate(fcntl(master.as_fd(), FcntlArg::F_GETFL).unwrap()).contains(OFlag::O_NONBLOCK)
+        );
+    }
 }
