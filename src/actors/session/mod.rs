@@ -11,7 +11,7 @@
 mod actor;
 mod handlers;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -42,9 +42,9 @@ pub struct SessionShared {
     snapshot: RwLock<Snapshot>,
     /// Set by a reader that used the snapshot: the session is not idle.
     touched: AtomicBool,
-    /// Held for a change made outside the actor (see [`SessionHold`]): every read goes
-    /// to the database.
-    held: AtomicBool,
+    /// How many changes made outside the actor hold it (see [`SessionHold`]): while any
+    /// does, every read goes to the database.
+    held: AtomicUsize,
 }
 
 impl SessionShared {
@@ -77,7 +77,7 @@ impl SessionShared {
 
     /// Whether a change made outside the actor is under way.
     pub fn is_held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+        self.held.load(Ordering::Acquire) > 0
     }
 }
 
@@ -93,7 +93,7 @@ impl SessionHold {
     /// Holds `sessions`.
     pub fn new(sessions: Vec<Arc<SessionShared>>) -> Self {
         for shared in &sessions {
-            shared.held.store(true, Ordering::Release);
+            shared.held.fetch_add(1, Ordering::AcqRel);
         }
         Self(sessions)
     }
@@ -107,7 +107,7 @@ impl SessionHold {
 impl Drop for SessionHold {
     fn drop(&mut self) {
         for shared in &self.0 {
-            shared.held.store(false, Ordering::Release);
+            shared.held.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -143,7 +143,7 @@ impl SessionActor {
             kernel_id: kernel.id,
             snapshot: RwLock::new((Arc::new(kernel.clone()), now)),
             touched: AtomicBool::new(false),
-            held: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
         });
         Self { kernel, agent, core, registry, pending_queries: 0, last_active: now, row_checked: now, shared }
     }
@@ -200,7 +200,7 @@ mod tests {
             kernel_id: row.id,
             snapshot: RwLock::new((Arc::new(row), Instant::now())),
             touched: AtomicBool::new(false),
-            held: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
         })
     }
 
@@ -217,5 +217,10 @@ mod tests {
         assert!(kept.fresh().is_some(), "not ended: released");
         drop(SessionHold::new(vec![kept.clone()]));
         assert!(kept.fresh().is_some(), "a hold dropped without release (its change failed) frees all");
+        let (first, second) = (SessionHold::new(vec![kept.clone()]), SessionHold::new(vec![kept.clone()]));
+        first.release(&[]);
+        assert!(kept.fresh().is_none(), "another change still holds it");
+        second.release(&[]);
+        assert!(kept.fresh().is_some());
     }
 }

@@ -245,26 +245,26 @@ impl Kernel {
             now.then_some(pid)
         };
         if let Some(pid) = pid {
-            self.interrupt_group(pid);
+            self.interrupt_group(pid).await;
         }
         Ok(())
     }
 
     /// SIGINT to the kernel's processes. Inside bubblewrap the group leader is bwrap's
     /// monitor, which would die of it: every other member gets the signal instead, found
-    /// by a scan of /proc on the blocking pool.
-    fn interrupt_group(&self, pgid: u32) {
+    /// by a scan of /proc on the blocking pool. Returns once the signal is sent: a caller
+    /// that delivers a held interrupt handles no later frame before it.
+    pub(super) async fn interrupt_group(&self, pgid: u32) {
         if self.bwrap.is_none() {
             signal_group(pgid, nix::sys::signal::Signal::SIGINT);
             return;
         }
-        self.rt.spawn_blocking(move || {
-            for pid in super::stats::group_members(pgid as i32) {
-                if pid != pgid as i32 {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
-                }
+        let members = tokio::task::spawn_blocking(move || super::stats::group_members(pgid as i32)).await;
+        for pid in members.unwrap_or_default() {
+            if pid != pgid as i32 {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
             }
-        });
+        }
     }
 
     /// Samples fresh usage statistics of the kernel's processes.

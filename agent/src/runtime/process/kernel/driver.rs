@@ -40,7 +40,9 @@ pub(super) async fn drive(
             r = evt.read(&mut evt_buf), if evt_open => match r {
                 Ok(n) if n > 0 => {
                     lines.extend_from_slice(&evt_buf[..n]);
-                    handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                    while let Some(pgid) = handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch) {
+                        kernel.interrupt_group(pgid).await;
+                    }
                 }
                 _ => evt_open = false,
             },
@@ -48,7 +50,8 @@ pub(super) async fn drive(
                 drain(&kernel, generation, Stream::Stdout, &out, &mut scratch);
                 drain(&kernel, generation, Stream::Stderr, &err, &mut scratch);
                 drain_events(&evt, &mut lines, &mut scratch);
-                handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch);
+                // The process is gone: a held interrupt has nothing left to reach.
+                while handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch).is_some() {}
                 kernel.exited(generation, status);
                 return;
             },
@@ -65,8 +68,9 @@ pub(super) async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Handles every complete frame (`<kind> <length>\n<payload>`) in `frames`, draining
-/// stdout/stderr before each.
+/// Handles the complete frames (`<kind> <length>\n<payload>`) in `frames`, draining
+/// stdout/stderr before each, until one asks for an interrupt: then returns the process
+/// group to signal, leaving the frames after it for the next call.
 pub(super) fn handle_frames(
     kernel: &Kernel,
     generation: u64,
@@ -74,13 +78,13 @@ pub(super) fn handle_frames(
     out: &pipe::Receiver,
     err: &pipe::Receiver,
     buf: &mut [u8],
-) {
+) -> Option<u32> {
     loop {
         let Some(end) = frames.iter().position(|&b| b == b'\n') else {
             if frames.len() > 256 {
                 desync(kernel, frames);
             }
-            return;
+            return None;
         };
         let header = String::from_utf8_lossy(&frames[..end]).into_owned();
         let Some((kind, len)) = header
@@ -89,16 +93,18 @@ pub(super) fn handle_frames(
             .filter(|(_, l)| *l <= MAX_FRAME)
         else {
             desync(kernel, frames);
-            return;
+            return None;
         };
         if frames.len() < end + 1 + len {
-            return;
+            return None;
         }
         let payload: Vec<u8> = frames[end + 1..end + 1 + len].to_vec();
         frames.drain(..end + 1 + len);
         drain(kernel, generation, Stream::Stdout, out, buf);
         drain(kernel, generation, Stream::Stderr, err, buf);
-        kernel.frame(generation, &kind, &payload);
+        if let Some(pgid) = kernel.frame(generation, &kind, &payload) {
+            return Some(pgid);
+        }
     }
 }
 

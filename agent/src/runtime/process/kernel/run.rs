@@ -43,11 +43,11 @@ impl Kernel {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let abandoned = {
                 let mut st = self.lock();
                 match st.status {
                     KernelStatus::Terminating => return Err(RuntimeError::KernelNotFound),
-                    KernelStatus::Restarting => {}
+                    KernelStatus::Restarting => None,
                     KernelStatus::Running => match st.run.as_ref().map(|r| r.phase) {
                         None => break,
                         Some(Phase::Done(_)) => {
@@ -55,15 +55,14 @@ impl Kernel {
                             st.run = None;
                             break;
                         }
-                        Some(Phase::WaitingInput { .. }) => {
-                            // Nobody answers it any more; an interrupt ends it.
-                            if let Some(pid) = st.proc.as_ref().map(|p| p.pid) {
-                                self.interrupt_group(pid);
-                            }
-                        }
-                        Some(Phase::Running) => {}
+                        // Nobody answers it any more; an interrupt ends it.
+                        Some(Phase::WaitingInput { .. }) => st.proc.as_ref().map(|p| p.pid),
+                        Some(Phase::Running) => None,
                     },
                 }
+            };
+            if let Some(pid) = abandoned {
+                self.interrupt_group(pid).await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
         }
@@ -222,12 +221,15 @@ impl Kernel {
         }
     }
 
-    /// A frame from the runner's fd 4.
-    pub(super) fn frame(&self, generation: u64, kind: &str, payload: &[u8]) {
+    /// A frame from the runner's fd 4. Returns the process group to interrupt now (an
+    /// interrupt held until the runner's `start`): the driver signals it before it handles
+    /// the next frame, so it reaches that step and no later one.
+    #[must_use]
+    pub(super) fn frame(&self, generation: u64, kind: &str, payload: &[u8]) -> Option<u32> {
         let payload = String::from_utf8_lossy(payload);
         let mut st = self.lock();
         if st.proc.as_ref().map(|p| p.generation) != Some(generation) {
-            return;
+            return None;
         }
         match kind {
             "ready" => {
@@ -240,31 +242,27 @@ impl Kernel {
                 if let Some(tx) = st.completion.take() {
                     let _ = tx.send(items);
                 }
-                return;
+                return None;
             }
             _ => {
                 if kind == "out1" || kind == "out2" {
                     keep_log(&mut st.log, payload.as_bytes());
                 }
                 let st = &mut *st;
-                let Some(run) = st.run.as_mut().filter(|r| r.generation == generation) else {
-                    return;
-                };
+                let run = st.run.as_mut().filter(|r| r.generation == generation)?;
                 let reaction = run.frame(kind, &payload, &mut st.next_seq);
                 if let Some((seq, exec)) = reaction.next_step {
                     send_frame(st, self.step_frame(seq, &exec, true));
                 }
-                let pid = st.proc.as_ref().map(|p| p.pid);
-                if let Some(pid) = pid.filter(|_| reaction.interrupt) {
-                    self.interrupt_group(pid);
-                }
+                let interrupt = st.proc.as_ref().map(|p| p.pid).filter(|_| reaction.interrupt);
                 if !reaction.changed {
-                    return;
+                    return interrupt;
                 }
             }
         }
         drop(st);
         self.changed.notify_waiters();
+        None
     }
 
     /// The run's deadline passed: it ends as `exec-timeout` and the interpreter is replaced
