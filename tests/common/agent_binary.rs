@@ -41,20 +41,20 @@ fn build_if_stale() -> PathBuf {
     binary
 }
 
-/// The newest modification time of a file under `dir`.
+/// The newest modification time of a file under `dir`, leaving out `tests` and `target`
+/// folders below it.
 fn newest(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
+    let mut latest = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
-        let time = if meta.is_dir() { newest_of_dir(&entry.path()) } else { meta.modified().ok() };
-        newest = newest.max(time);
+        let time = if !meta.is_dir() {
+            meta.modified().ok()
+        } else if matches!(entry.file_name().to_str(), Some("tests" | "target")) {
+            None
+        } else {
+            newest(&entry.path())
+        };
+        latest = latest.max(time);
     }
-    newest
-}
-
-fn newest_of_dir(dir: &Path) -> Option<SystemTime> {
-    match dir.file_name().and_then(|n| n.to_str()) {
-        Some("tests" | "target") => None,
-        _ => newest(dir),
-    }
+    latest
 }
