@@ -343,7 +343,10 @@ async fn etcd(command: EtcdCommand, settings: &Settings) -> anyhow::Result<()> {
         None => Box::new(EmbeddedConfigStore::open(settings.db.data_dir.join("config-store.json"))?),
     };
     match command {
-        EtcdCommand::Put { key, value } => store.put(&key, &value).await?,
+        EtcdCommand::Put { key, value } => {
+            crate::scheduler::validate_setting(&key, &value).map_err(anyhow::Error::msg)?;
+            store.put(&key, &value).await?
+        }
         EtcdCommand::Get { key, prefix: false } => match store.get(&key).await? {
             Some(value) => println!("{value}"),
             None => anyhow::bail!("no such key: {key}"),

@@ -12,7 +12,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// The sections of the configuration; environment variables outside them are ignored.
-const SECTIONS: &[&str] = &["manager", "db", "etcd", "redis", "logging", "ratelimit", "local_agent", "vfolder"];
+const SECTIONS: &[&str] =
+    &["manager", "db", "etcd", "redis", "logging", "ratelimit", "scheduler", "local_agent", "vfolder"];
 
 pub use protocol::Secret;
 
@@ -32,6 +33,8 @@ pub struct Settings {
     pub logging: LoggingSettings,
     /// Request rate limits.
     pub ratelimit: RateLimitSettings,
+    /// The session queue.
+    pub scheduler: SchedulerSettings,
     /// The agent built into `serve`.
     pub local_agent: LocalAgentSettings,
     /// Virtual folders.
@@ -229,6 +232,30 @@ impl Default for RateLimitSettings {
     }
 }
 
+/// The session queue. The queue's policy and placement are per cluster, in the config
+/// store (`config/scheduler/policy`, `config/scheduler/placement`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// Seconds a create call waits for its session to be placed; past it the call
+    /// answers 503 and the session leaves the queue (CANCELLED).
+    pub create_wait: f64,
+    /// Seconds a session may wait in the queue at all; past it, it ends CANCELLED with
+    /// reason `pending-timeout`.
+    pub max_wait: f64,
+    /// Most sessions one access key may have waiting; past it a create answers 503 and
+    /// nothing is enqueued.
+    pub max_pending_per_key: u64,
+    /// Most sessions waiting in the whole cluster (the same answer past it).
+    pub max_pending: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self { create_wait: 30.0, max_wait: 600.0, max_pending_per_key: 100, max_pending: 10_000 }
+    }
+}
+
 /// The agent that `serve` starts in the same process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -348,6 +375,17 @@ impl Settings {
         }
         if self.vfolder.max_files < 1 || self.vfolder.max_size < 1 {
             return bad("vfolder.max_files", "max_files and max_size must be positive");
+        }
+        for (key, seconds, least) in [
+            ("scheduler.create_wait", self.scheduler.create_wait, 0.1),
+            ("scheduler.max_wait", self.scheduler.max_wait, 1.0),
+        ] {
+            if !(seconds.is_finite() && (least..=604_800.0).contains(&seconds)) {
+                return bad(key, &format!("must be {least} to 604800 seconds"));
+            }
+        }
+        if self.scheduler.max_pending_per_key == 0 || self.scheduler.max_pending == 0 {
+            return bad("scheduler.max_pending", "max_pending and max_pending_per_key must be at least 1");
         }
         if self.ratelimit.window == 0 {
             return bad("ratelimit.window", "must be at least one second");

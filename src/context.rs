@@ -26,6 +26,8 @@ pub struct Core {
     pub bus: Arc<crate::bus::Bus>,
     /// The running key and session actors of this process (see the registry).
     pub directory: Arc<crate::actors::registry::Directory>,
+    /// What this process's scheduler shares (wakes, placements).
+    pub scheduling: Arc<crate::scheduler::Scheduling>,
 }
 
 impl Core {

@@ -20,6 +20,7 @@ pub mod middleware;
 pub mod overbook;
 pub mod placement;
 pub mod routes;
+pub mod scheduler;
 pub mod sessions;
 pub mod startup;
 pub mod state;

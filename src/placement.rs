@@ -1,27 +1,23 @@
-//! Placement: which agents may take a session, in the order they are tried. The ledger
-//! (`crate::ledger`) then reserves the first that still has room in its transaction.
+//! Which agents the scheduler may place sessions on, as the planner sees them
+//! ([`planner::AgentSlots`]): alive, heard from recently, and not suspected of being
+//! unreachable. What goes where is the planner's decision ([`crate::scheduler`]).
 
 use chrono::Utc;
 use entity::agents;
 
-use crate::images::ResolvedImage;
+/// The agents among `alive` that may take sessions now: agents that missed two
+/// heartbeats and agents in `avoid` (found unreachable by a create) are left out.
+pub fn eligible(alive: Vec<agents::Model>, avoid: &[String], now: chrono::DateTime<Utc>) -> Vec<agents::Model> {
+    alive.into_iter().filter(|agent| recently_heard(agent, now) && !avoid.contains(&agent.id)).collect()
+}
 
-/// The agents among `alive` that may take a session of `image` now, most free first
-/// (sessions spread out: "dispersed"). Agents in `avoid` (where this create already
-/// failed) and agents that missed two heartbeats are left out.
-pub fn candidates(
-    alive: Vec<agents::Model>,
-    image: &ResolvedImage,
-    avoid: &[String],
-    now: chrono::DateTime<Utc>,
-) -> Vec<agents::Model> {
-    let mut candidates: Vec<agents::Model> = alive
-        .into_iter()
-        .filter(|agent| agent.has_room(image.cpu, image.mem, image.gpu) && recently_heard(agent, now))
-        .filter(|agent| !avoid.contains(&agent.id))
-        .collect();
-    candidates.sort_by(|a, b| b.free_slots().partial_cmp(&a.free_slots()).unwrap_or(std::cmp::Ordering::Equal));
-    candidates
+/// The planner's view of an agent.
+pub fn slots_of(agent: &agents::Model) -> planner::AgentSlots {
+    planner::AgentSlots {
+        id: agent.id.clone(),
+        capacity: planner::Slots { cpu: agent.cpu_slots, mem: agent.mem_slots, gpu: agent.gpu_slots },
+        used: planner::Slots { cpu: agent.used_cpu_slots, mem: agent.used_mem_slots, gpu: agent.used_gpu_slots },
+    }
 }
 
 /// Whether an agent heard from at `last_heartbeat`, beating every `interval` seconds,
@@ -41,7 +37,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use entity::agents::AgentStatus;
-    use protocol::{ImageSpec, RunnerKind};
 
     fn agent(id: &str, free_mem: i64, heard_secs_ago: i64) -> agents::Model {
         let now = Utc::now().fixed_offset();
@@ -63,29 +58,17 @@ mod tests {
         }
     }
 
-    fn image(mem: i64) -> ResolvedImage {
-        let spec = ImageSpec {
-            name: "python3".to_owned(),
-            tag: "latest".to_owned(),
-            runner: RunnerKind::Python,
-            command: None,
-        };
-        ResolvedImage { spec, cpu: 1.0, mem, gpu: 0.0 }
-    }
-
-    fn ids(agents: &[agents::Model]) -> Vec<&str> {
-        agents.iter().map(|a| a.id.as_str()).collect()
-    }
-
     #[test]
-    fn most_free_first_and_only_agents_with_room() {
-        let alive = vec![agent("small", 512, 0), agent("big", 4096, 0), agent("full", 100, 0), agent("mid", 2048, 0)];
-        assert_eq!(ids(&candidates(alive, &image(256), &[], Utc::now())), ["big", "mid", "small"]);
-    }
-
-    #[test]
-    fn agents_that_missed_two_heartbeats_or_failed_this_create_are_left_out() {
+    fn agents_that_missed_two_heartbeats_or_failed_a_create_are_left_out() {
         let alive = vec![agent("silent", 4096, 7), agent("failed", 4096, 0), agent("ok", 1024, 5)];
-        assert_eq!(ids(&candidates(alive, &image(256), &["failed".to_owned()], Utc::now())), ["ok"]);
+        let ids: Vec<String> = eligible(alive, &["failed".to_owned()], Utc::now()).into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["ok"]);
+    }
+
+    #[test]
+    fn the_planner_sees_capacity_and_use() {
+        let slots = slots_of(&agent("a", 1024, 0));
+        assert_eq!(slots.capacity, planner::Slots { cpu: 4.0, mem: 4096, gpu: 0.0 });
+        assert_eq!(slots.used.mem, 3072);
     }
 }

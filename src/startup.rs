@@ -21,6 +21,7 @@ use crate::error::{ApiError, Problem};
 use crate::middleware;
 use crate::overbook::Overbook;
 use crate::routes;
+use crate::scheduler::{Scheduler, StopScheduling};
 use crate::state::AppState;
 use crate::stores::{ConfigMirror, Stores};
 use crate::{db, fixtures, images, Core};
@@ -96,6 +97,7 @@ impl Application {
             overbook: overbook.clone(),
             bus: bus.clone(),
             directory: directory.clone(),
+            scheduling: Arc::default(),
         });
         let registry = Registry::start_supervised(core.clone(), directory.clone());
         let applier = Applier { core: core.clone(), registry: registry.clone() };
@@ -107,6 +109,10 @@ impl Application {
             LivenessChecker::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
                 LivenessChecker::new(core, manager_id, registry)
             })
+        };
+        let scheduler = {
+            let (core, manager_id) = (core.clone(), manager_id.clone());
+            Scheduler::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| Scheduler::new(core, manager_id))
         };
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
         let upload_budget = tokio::sync::Semaphore::new(settings.manager.upload_memory / 1024);
@@ -125,6 +131,8 @@ impl Application {
             overbook,
             images,
             liveness,
+            scheduler,
+            core: core.clone(),
             auth_failures: Arc::default(),
             upload_budget,
             db_reachability,
@@ -235,6 +243,9 @@ impl Application {
         }
         if let Err(error) = self.state.liveness.send(StopChecking).await {
             tracing::warn!(%error, "the liveness checker is gone");
+        }
+        if let Err(error) = self.state.scheduler.send(StopScheduling).await {
+            tracing::warn!(%error, "the scheduler is gone");
         }
         if let Err(error) = registry::shutdown(&self.state.registry).await {
             tracing::error!(%error, "could not stop the actors cleanly");

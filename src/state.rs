@@ -41,6 +41,10 @@ pub struct AppState {
     pub images: Arc<ConfigMirror>,
     /// This manager's liveness checker.
     pub liveness: Addr<LivenessChecker>,
+    /// This manager's scheduler.
+    pub scheduler: Addr<crate::scheduler::Scheduler>,
+    /// What the actors share (the scheduler's handle among it).
+    pub core: Arc<crate::Core>,
     /// When this process last refused an authentication.
     pub auth_failures: Arc<crate::middleware::FailureWatch>,
     /// KiB of upload bodies all requests together may hold at once

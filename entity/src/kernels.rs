@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 #[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum KernelStatus {
+    /// Waiting in the scheduler's queue for an agent with room; its key's quota is held.
+    #[sea_orm(string_value = "PENDING")]
+    Pending,
     /// Slots reserved, the agent is starting the kernel.
     #[sea_orm(string_value = "PREPARING")]
     Preparing,
@@ -35,12 +38,19 @@ pub enum KernelStatus {
     /// Ended by a failure.
     #[sea_orm(string_value = "ERROR")]
     Error,
+    /// Left the queue without being placed (the create gave up, a pending timeout, a
+    /// destroy while pending).
+    #[sea_orm(string_value = "CANCELLED")]
+    Cancelled,
 }
 
 impl KernelStatus {
-    /// Whether a session in this status still holds slots and quota.
+    /// The statuses of sessions that ended: they hold no slots and no quota.
+    pub const ENDED: [Self; 3] = [Self::Terminated, Self::Error, Self::Cancelled];
+
+    /// Whether a session in this status still holds quota (and slots, once placed).
     pub fn is_live(self) -> bool {
-        !matches!(self, Self::Terminated | Self::Error)
+        !Self::ENDED.contains(&self)
     }
 }
 
@@ -73,6 +83,8 @@ pub struct Model {
     pub created_at: DateTimeWithTimeZone,
     /// When it ended.
     pub terminated_at: Option<DateTimeWithTimeZone>,
+    /// When the scheduler placed it on its agent (none while it is PENDING).
+    pub scheduled_at: Option<DateTimeWithTimeZone>,
     /// Reserved memory (MiB).
     pub mem_slot: i64,
     /// Reserved CPU cores.

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod kernels;
 pub mod keypairs;
+pub mod scheduler_fence;
 pub mod session_events;
 pub mod vfolder_attachment;
 pub mod vfolder_invitations;

@@ -11,6 +11,7 @@ mod m20261128_000006_add_agents_last_heartbeat;
 mod m20261128_000007_create_session_events;
 mod m20261201_000008_add_agents_heartbeat_interval;
 mod m20261201_000009_api_v4;
+mod m20261202_000010_scheduler;
 
 /// Every migration of the schema, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000007_create_session_events::Migration),
             Box::new(m20261201_000008_add_agents_heartbeat_interval::Migration),
             Box::new(m20261201_000009_api_v4::Migration),
+            Box::new(m20261202_000010_scheduler::Migration),
         ]
     }
 }

@@ -41,18 +41,18 @@ pub struct Shutdown;
 #[rtype(result = "Result<Option<Arc<keypairs::Model>>, Error>")]
 pub struct LookupKeypair;
 
-/// Keypair actor: charge the key's concurrency quota and reserve an agent's slots for
-/// a new session (one transaction), or find the key's live session of that token
+/// Keypair actor: charge the key's concurrency quota and put a new session in the
+/// scheduler's queue (one transaction), or find the key's live session of that token
 /// (`false`: not created).
 #[derive(Message)]
 #[rtype(result = "Result<(kernels::Model, bool), Error>")]
-pub struct ReserveSession {
+pub struct EnqueueSession {
     /// The client's session token.
     pub token: String,
     /// The image and its slots.
     pub image: ResolvedImage,
-    /// Agents not to place it on (found unreachable by an earlier attempt).
-    pub avoid: Vec<String>,
+    /// The queue's bounds.
+    pub bounds: crate::ledger::QueueBounds,
 }
 
 /// Keypair actor: write the counted requests now.

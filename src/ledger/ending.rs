@@ -171,9 +171,15 @@ async fn end_one(
     }
     let mut update = update
         .filter(kernels::Column::Id.eq(kernel.id))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]));
+        .filter(kernels::Column::Status.is_not_in(KernelStatus::ENDED))
+        // Still where it was read: a session read as PENDING and placed since is left
+        // alone (its agent's slots would not be given back).
+        .filter(match &kernel.agent {
+            Some(agent) => kernels::Column::Agent.eq(agent.clone()),
+            None => kernels::Column::Agent.is_null(),
+        });
     if let Some(cutoff) = ending.placed_before {
-        update = update.filter(kernels::Column::CreatedAt.lt(cutoff));
+        update = update.filter(kernels::Column::ScheduledAt.lt(cutoff));
     }
     if update.exec(txn).await?.rows_affected == 0 {
         return Ok(false);
@@ -201,7 +207,7 @@ async fn end_one(
 pub async fn agent_sessions(db: &DatabaseConnection, agent_id: &str) -> Result<Vec<kernels::Model>, Error> {
     Ok(kernels::Entity::find()
         .filter(kernels::Column::Agent.eq(agent_id))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
+        .filter(kernels::Column::Status.is_not_in(KernelStatus::ENDED))
         .all(db)
         .await?)
 }
@@ -248,7 +254,7 @@ pub async fn end_sessions_of_gone_agents(db: &DatabaseConnection) -> Result<Vec<
     let ids: Vec<String> = gone.iter().map(|a| a.id.clone()).collect();
     let orphaned = kernels::Entity::find()
         .filter(kernels::Column::Agent.is_in(ids))
-        .filter(kernels::Column::Status.is_not_in([KernelStatus::Terminated, KernelStatus::Error]))
+        .filter(kernels::Column::Status.is_not_in(KernelStatus::ENDED))
         .all(db)
         .await?;
     let mut ended = Vec::new();

@@ -202,7 +202,15 @@ fn resource(name: &str, value: Option<&Value>) -> Result<Option<f64>, ApiError> 
 }
 
 async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
-    let body: CreateBody = parse_json(&body)?;
+    let request = create_request(&auth, &body)?;
+    let token = request.token.clone();
+    let created = sessions::create(&state, &auth.keypair.access_key, request).await?;
+    Ok(HttpResponse::Created().json(json!({"kernelId": token, "created": created})))
+}
+
+/// Reads a create body (also the body of `POST /scheduler/explain`).
+pub(super) fn create_request(auth: &Authenticated, body: &[u8]) -> Result<CreateRequest, ApiError> {
+    let body: CreateBody = parse_json(body)?;
     let limits = body.limits.or(body.resource_limits).unwrap_or_default();
     let exec_timeout = limits.exec_timeout.filter(|t| t.is_finite() && *t > 0.0).map(|t| t.ceil() as u64);
     let config = body.config.unwrap_or_default();
@@ -213,17 +221,15 @@ async fn create(auth: Authenticated, state: web::Data<AppState>, body: web::Byte
         mem: resource("instanceMemory", config.instance_memory.as_ref())?.map(|mib| mib.ceil() as i64),
         gpu: resource("instanceGPUs", config.instance_gpus.as_ref())?,
     };
-    let request = CreateRequest {
+    Ok(CreateRequest {
         lang: body.lang,
-        token: body.client_session_token.clone(),
+        token: body.client_session_token,
         api_version: auth.api_version,
         exec_timeout: exec_timeout.unwrap_or(0),
         mounts,
         environ: config.environ.or(config.envs).unwrap_or_default(),
         resources,
-    };
-    let created = sessions::create(&state, &auth.keypair.access_key, request).await?;
-    Ok(HttpResponse::Created().json(json!({"kernelId": body.client_session_token, "created": created})))
+    })
 }
 
 async fn info(auth: &Authenticated, state: &AppState, token: &str) -> Result<HttpResponse, ApiError> {

@@ -8,6 +8,7 @@ mod kernel;
 mod kernel_files;
 mod params;
 mod root;
+mod scheduler;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -23,11 +24,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, version: u8) {
     if version >= 2 {
         folders::configure(cfg);
     }
+    scheduler::configure(cfg);
     crate::streams::configure(cfg);
 }
 
 /// The first path segments of the unprefixed (API 4) routes.
-const UNPREFIXED_ROOTS: &[&str] = &["auth", "authorize", "kernel", "folders", "admin", "stream"];
+const UNPREFIXED_ROOTS: &[&str] = &["auth", "authorize", "kernel", "folders", "admin", "stream", "scheduler"];
 
 /// Whether an unprefixed path belongs to API 4: `/` or below one of its modules.
 pub fn is_unprefixed_route(path: &str) -> bool {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use etcd_client::{Client, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Txn, TxnOp};
 
 use super::CONNECT_TIMEOUT;
 use crate::error::Error;
@@ -23,6 +23,9 @@ pub trait ConfigStore: Send + Sync {
     async fn put_many(&self, pairs: &[(String, String)]) -> Result<(), Error>;
     /// Deletes one key, or every key under it when `prefix` is set.
     async fn delete(&self, key: &str, prefix: bool) -> Result<(), Error>;
+    /// Sets `key` to `new` if its value is `expected` (`None`: if it is absent), as one
+    /// atomic step; whether it did.
+    async fn compare_and_swap(&self, key: &str, expected: Option<&str>, new: &str) -> Result<bool, Error>;
     /// Whether the store answers.
     async fn ping(&self) -> Result<(), Error>;
     /// A label for logs and health reports.
@@ -129,6 +132,16 @@ impl ConfigStore for EtcdConfigStore {
         Ok(())
     }
 
+    async fn compare_and_swap(&self, key: &str, expected: Option<&str>, new: &str) -> Result<bool, Error> {
+        let key = self.full(key);
+        let compare = match expected {
+            Some(value) => Compare::value(key.as_str(), CompareOp::Equal, value),
+            None => Compare::version(key.as_str(), CompareOp::Equal, 0),
+        };
+        let txn = Txn::new().when([compare]).and_then([TxnOp::put(key.as_str(), new, None)]);
+        Ok(self.client.clone().txn(txn).await.map_err(etcd_error)?.succeeded())
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         self.client.clone().status().await.map_err(etcd_error)?;
         Ok(())
@@ -193,7 +206,10 @@ impl EmbeddedConfigStore {
             .map_err(|e| Error::ConfigStore(format!("config store task failed: {e}")))?
     }
 
-    async fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>) + Send + 'static) -> Result<(), Error> {
+    async fn modify<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BTreeMap<String, String>) -> T + Send + 'static,
+    ) -> Result<T, Error> {
         let changed = self.run(move |file| file.modify(f)).await;
         self.changes.send_modify(|n| *n += 1);
         changed
@@ -232,12 +248,12 @@ impl TreeFile {
     }
 
     /// Changes the tree and writes the file, all under the lock.
-    fn modify(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), Error> {
+    fn modify<T>(&self, f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> Result<T, Error> {
         let mut state = self.lock()?;
         self.refresh(&mut state)?;
-        f(&mut state.tree);
+        let outcome = f(&mut state.tree);
         let Some(path) = &self.path else {
-            return Ok(());
+            return Ok(outcome);
         };
         let text = serde_json::to_string_pretty(&state.tree).map_err(|e| self.error("cannot encode", e))?;
         if let Some(dir) = path.parent() {
@@ -259,7 +275,7 @@ impl TreeFile {
         }
         std::fs::rename(&temporary, path).map_err(|e| self.error("cannot write", e))?;
         state.seen = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        Ok(())
+        Ok(outcome)
     }
 }
 
@@ -309,6 +325,18 @@ impl ConfigStore for EmbeddedConfigStore {
             } else {
                 tree.remove(&key);
             }
+        })
+        .await
+    }
+
+    async fn compare_and_swap(&self, key: &str, expected: Option<&str>, new: &str) -> Result<bool, Error> {
+        let (key, expected, new) = (key.to_owned(), expected.map(str::to_owned), new.to_owned());
+        self.modify(move |tree| {
+            let matches = tree.get(&key) == expected.as_ref();
+            if matches {
+                tree.insert(key, new);
+            }
+            matches
         })
         .await
     }

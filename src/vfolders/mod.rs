@@ -198,7 +198,7 @@ pub async fn mounted_by(db: &impl ConnectionTrait, folder: Uuid) -> Result<Vec<S
     let rows = kernels::Entity::find()
         .join(JoinType::InnerJoin, vfolder_attachment::Relation::Kernel.def().rev())
         .filter(vfolder_attachment::Column::Vfolder.eq(folder))
-        .filter(kernels::Column::Status.is_not_in([kernels::KernelStatus::Terminated, kernels::KernelStatus::Error]))
+        .filter(kernels::Column::Status.is_not_in(kernels::KernelStatus::ENDED))
         .all(db)
         .await?;
     Ok(rows.into_iter().map(|k| k.sess_id).collect())

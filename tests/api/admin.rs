@@ -49,6 +49,7 @@ async fn add_session(state: &AppState, access_key: &str, sess_id: &str, status: 
         status_info: Set(ended.then(|| "user-requested".to_owned())),
         created_at: Set(Utc::now().fixed_offset()),
         terminated_at: Set(ended.then(|| Utc::now().fixed_offset())),
+        scheduled_at: Set(None),
         mem_slot: Set(256),
         cpu_slot: Set(1.0),
         gpu_slot: Set(0.0),

@@ -97,7 +97,7 @@ async fn a_report_judges_only_sessions_placed_before_it_was_taken() {
         let report = |taken_at: i64| json!({"addr": addr, "slots": {"cpu": 8, "mem": 8192}, "kernels": [], "taken_at": taken_at});
 
         // A report taken before the session was placed does not list it: it stays.
-        let earlier = kernel.created_at.timestamp_millis() - 60_000;
+        let earlier = kernel.scheduled_at.unwrap().timestamp_millis() - 60_000;
         send_event(&app, "instance_heartbeat", &agent_id, report(earlier)).await;
         assert_eq!(session(&app, &token).await.status, KernelStatus::Running, "{backend:?}");
         // Nor does one taken just after (the agent may not have the creation yet).
@@ -108,6 +108,7 @@ async fn a_report_judges_only_sessions_placed_before_it_was_taken() {
         let long_ago = (chrono::Utc::now() - chrono::Duration::seconds(30)).fixed_offset();
         kernels::Entity::update_many()
             .col_expr(kernels::Column::CreatedAt, Expr::value(long_ago))
+            .col_expr(kernels::Column::ScheduledAt, Expr::value(long_ago))
             .filter(kernels::Column::Id.eq(kernel.id))
             .exec(&app.state.db)
             .await
@@ -193,6 +194,7 @@ async fn strand(app: &TestApp, token: &str, status: KernelStatus) -> kernels::Mo
     kernels::Entity::update_many()
         .col_expr(kernels::Column::Status, Expr::value(status))
         .col_expr(kernels::Column::CreatedAt, Expr::value(long_ago))
+        .col_expr(kernels::Column::ScheduledAt, Expr::value(long_ago))
         .filter(kernels::Column::Id.eq(kernel.id))
         .exec(&app.state.db)
         .await

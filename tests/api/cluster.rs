@@ -106,6 +106,8 @@ async fn racing_managers_never_overbook_an_agent() {
     let Some((mut settings, _dir)) = test_settings(Backend::Services).await else { return };
     without_agent(&mut settings);
     settings.manager.heartbeat_timeout = 120.0;
+    // The creates that find no room wait this long in the queue, then answer 503.
+    settings.scheduler.create_wait = 2.0;
     let first = start_app(settings.clone()).await;
     let second = start_app(settings).await;
     let config = first.state.stores.config.clone();

@@ -278,7 +278,7 @@ async fn the_quota_is_checked_and_comes_back() {
 }
 
 #[actix_web::test]
-async fn no_room_is_503_and_reserves_nothing() {
+async fn a_session_bigger_than_every_agent_is_400_and_reserves_nothing() {
     let app = spawn_app(Backend::Embedded).await.unwrap();
     app.wait_for_agent().await;
     let config = app.state.stores.config.clone();
@@ -294,7 +294,10 @@ async fn no_room_is_503_and_reserves_nothing() {
     .map(|(k, v)| (format!("images/huge/{k}"), v.to_string()))
     .collect();
     config.put_many(&pairs).await.unwrap();
-    assert_problem(create(&app, "huge", &unique("tok")).await, 503, "instance-not-available").await;
+    let problem = assert_problem(create(&app, "huge", &unique("tok")).await, 400, "invalid-api-params").await;
+    let detail =
+        problem["title"].as_str().unwrap_or_default().to_owned() + problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("no agent could ever hold"), "{problem}");
     assert_eq!(keypair(&app, &app.access_key).await.concurrency_used, 0);
     let agent = agents::Entity::find().one(&app.state.db).await.unwrap().unwrap();
     assert_eq!(agent.used_mem_slots, 0);

@@ -77,8 +77,9 @@ async fn a_session_stream_shows_its_lifecycle_in_order() {
         let token = unique("sse");
         create(&app, &token).await;
         let path = format!("/v3/stream/kernel/{token}/events");
-        let first = read_events(&app, &path, Some(0), 2).await;
-        assert_eq!(first.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["preparing", "running"], "{backend:?}");
+        let first = read_events(&app, &path, Some(0), 3).await;
+        let names: Vec<&str> = first.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["pending", "preparing", "running"], "{backend:?}");
         assert_eq!(first[0].data["sessionId"], token);
         // Live: a stream opened now sees the destroy as it happens.
         let live = open_events(&app, &path, None).await;
@@ -86,7 +87,7 @@ async fn a_session_stream_shows_its_lifecycle_in_order() {
         let events = collect(live, 2).await;
         assert_eq!(events.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["terminating", "terminated"]);
         assert_eq!(events[1].data["reason"], "user-requested");
-        assert!(events[0].id > first[1].id && events[1].id > events[0].id);
+        assert!(events[0].id > first[2].id && events[1].id > events[0].id);
         app.stop().await;
     }
 }
@@ -99,19 +100,19 @@ async fn resuming_with_last_event_id_sends_each_later_event_once() {
     create(&app, &token).await;
     destroy(&app, &token).await;
     let path = format!("/v3/stream/kernel/{token}/events");
-    let all = read_events(&app, &path, Some(0), 4).await;
+    let all = read_events(&app, &path, Some(0), 5).await;
     assert_eq!(
         all.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
-        ["preparing", "running", "terminating", "terminated"]
+        ["pending", "preparing", "running", "terminating", "terminated"]
     );
-    let resumed = read_events(&app, &path, Some(all[1].id), 2).await;
-    assert_eq!(resumed.iter().map(|e| e.id).collect::<Vec<_>>(), [all[2].id, all[3].id]);
+    let resumed = read_events(&app, &path, Some(all[2].id), 2).await;
+    assert_eq!(resumed.iter().map(|e| e.id).collect::<Vec<_>>(), [all[3].id, all[4].id]);
     // Nothing more arrives after those two: a new event is the next thing read.
     let second = unique("sse");
-    let later = open_events(&app, "/v3/stream/events", Some(all[3].id)).await;
+    let later = open_events(&app, "/v3/stream/events", Some(all[4].id)).await;
     create(&app, &second).await;
     let later = collect(later, 1).await;
-    assert_eq!(later[0].name, "preparing");
+    assert_eq!(later[0].name, "pending");
     assert_eq!(later[0].data["sessionId"], second);
     app.stop().await;
 }
@@ -131,9 +132,12 @@ async fn the_key_stream_shows_only_the_callers_sessions() {
     assert_eq!(app.send(request).await.status().as_u16(), 201);
     let second = unique("mine");
     create(&app, &second).await;
-    let events = read_events(&app, "/v3/stream/events", Some(0), 4).await;
+    let events = read_events(&app, "/v3/stream/events", Some(0), 6).await;
     let sessions: Vec<&str> = events.iter().map(|e| e.data["sessionId"].as_str().unwrap()).collect();
-    assert_eq!(sessions, [mine.as_str(), mine.as_str(), second.as_str(), second.as_str()]);
+    assert_eq!(
+        sessions,
+        [mine.as_str(), mine.as_str(), mine.as_str(), second.as_str(), second.as_str(), second.as_str()]
+    );
     app.stop().await;
 }
 

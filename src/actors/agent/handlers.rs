@@ -113,8 +113,11 @@ async fn reconcile(
         .min(Utc::now());
     let placed_before = (taken_at - chrono::Duration::seconds(REPORT_MARGIN_SECS)).fixed_offset();
     let live = ledger::agent_sessions(&core.db, agent_id).await?;
-    let absent: Vec<_> =
-        live.iter().filter(|k| !reported.contains(&k.id) && k.created_at < placed_before).cloned().collect();
+    let absent: Vec<_> = live
+        .iter()
+        .filter(|k| !reported.contains(&k.id) && k.scheduled_at.is_some_and(|at| at < placed_before))
+        .cloned()
+        .collect();
     // A session being destroyed whose kernel is gone was destroyed; one being created
     // whose kernel never came was interrupted (its manager died before the agent got it).
     let (mut destroyed, mut interrupted, mut lost) = (Vec::new(), Vec::new(), Vec::new());

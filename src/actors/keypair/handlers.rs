@@ -9,7 +9,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
 use super::KeypairActor;
-use crate::actors::messages::{FlushUsage, LookupKeypair, ReserveSession};
+use crate::actors::messages::{EnqueueSession, FlushUsage, LookupKeypair};
 use crate::error::Error;
 use crate::ledger::{self, SessionRequest};
 
@@ -37,11 +37,11 @@ impl Handler<LookupKeypair> for KeypairActor {
     }
 }
 
-impl Handler<ReserveSession> for KeypairActor {
+impl Handler<EnqueueSession> for KeypairActor {
     type Result = AtomicResponse<Self, Result<(entity::kernels::Model, bool), Error>>;
 
-    #[tracing::instrument(name = "KeypairActor::ReserveSession", skip_all, fields(access_key = %self.access_key))]
-    fn handle(&mut self, msg: ReserveSession, _ctx: &mut Self::Context) -> Self::Result {
+    #[tracing::instrument(name = "KeypairActor::EnqueueSession", skip_all, fields(access_key = %self.access_key))]
+    fn handle(&mut self, msg: EnqueueSession, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
         // Atomic: this process charges a key one session at a time, so its racing creates
         // queue here instead of on the key's row lock. The transaction is what keeps
@@ -50,9 +50,13 @@ impl Handler<ReserveSession> for KeypairActor {
         let access_key = self.access_key.clone();
         AtomicResponse::new(Box::pin(
             async move {
-                let request =
-                    SessionRequest { access_key: &access_key, token: &msg.token, image: &msg.image, avoid: &msg.avoid };
-                ledger::reserve(&db, &request).await
+                let request = SessionRequest {
+                    access_key: &access_key,
+                    token: &msg.token,
+                    image: &msg.image,
+                    bounds: msg.bounds,
+                };
+                ledger::enqueue(&db, &request).await
             }
             .into_actor(self),
         ))

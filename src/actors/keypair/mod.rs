@@ -1,7 +1,7 @@
 //! The per-access-key actor: caches the key for the gateway, so that a request
 //! costs no database write (and at most one read every [`CACHE_TTL`]), and writes
 //! `last_used`/`num_queries` in batches. New sessions of the key are charged to
-//! its concurrency quota through it ([`reserve`]).
+//! its concurrency quota through it ([`enqueue`]).
 //!
 //! The actor publishes what it caches in a [`KeypairShared`] that the gateway
 //! reads without a message while it is fresh, and counts requests in atomics
@@ -19,7 +19,7 @@ use actix::prelude::*;
 use entity::{kernels, keypairs};
 use sea_orm::DatabaseConnection;
 
-use super::messages::{GetKeypairActor, LookupKeypair, ReserveSession};
+use super::messages::{EnqueueSession, GetKeypairActor, LookupKeypair};
 use super::registry::{Directory, Registry};
 use crate::error::Error;
 use crate::images::ResolvedImage;
@@ -177,18 +177,18 @@ pub async fn lookup(
     Ok(found?.map(|keypair| KeypairHandle { keypair, shared }))
 }
 
-/// Charges `access_key`'s concurrency quota and reserves slots for the new session
-/// `token`, through the key's actor; or finds its live session of that token
+/// Charges `access_key`'s concurrency quota and puts the new session `token` in the
+/// scheduler's queue, through the key's actor; or finds its live session of that token
 /// (`false`: not created).
-pub async fn reserve(
+pub async fn enqueue(
     registry: &Addr<Registry>,
     directory: &Directory,
     access_key: &str,
     token: &str,
     image: &ResolvedImage,
-    avoid: &[String],
+    bounds: crate::ledger::QueueBounds,
 ) -> Result<(kernels::Model, bool), Error> {
-    let message = || ReserveSession { token: token.to_owned(), image: image.clone(), avoid: avoid.to_vec() };
+    let message = || EnqueueSession { token: token.to_owned(), image: image.clone(), bounds };
     ask(registry, directory, access_key, message).await?.0
 }
 

@@ -287,6 +287,7 @@ mod tests {
             overbook: Arc::default(),
             bus: Arc::new(crate::bus::Bus::local()),
             directory: Arc::default(),
+            scheduling: Arc::default(),
         };
         let directory = core.directory.clone();
         Registry::start_supervised(Arc::new(core), directory)

@@ -182,6 +182,7 @@ mod tests {
             status_info: None,
             created_at: now,
             terminated_at: None,
+            scheduled_at: Some(now),
             mem_slot: 1,
             cpu_slot: 1.0,
             gpu_slot: 0.0,

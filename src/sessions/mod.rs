@@ -5,24 +5,25 @@ use actix::Addr;
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use entity::kernels;
+use entity::kernels::{self, KernelStatus};
 use sea_orm::EntityTrait;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::actors::keypair;
 use crate::actors::messages::{
     Complete, Destroy, Execute, GetKernel, GetSessionActor, Interrupt, KernelRead, KernelTerminated, ReadKernel,
-    Restart, StartError, StartKernel, UploadFile,
+    Restart, UploadFile,
 };
 use crate::actors::registry::Registry;
 use crate::actors::session::SessionActor;
 use crate::error::{ApiError, Error, Problem};
-use crate::images::{self, ResolvedImage};
+use crate::images::ResolvedImage;
 use crate::ledger;
 use crate::state::AppState;
-use crate::vfolders;
-use protocol::{KernelLimits, KernelSpec, MountSpec};
+
+mod create;
+
+pub use create::{create, explain};
 
 /// What a client asks for when creating a session.
 pub struct CreateRequest {
@@ -94,88 +95,6 @@ fn clamp(image: &mut ResolvedImage, asked: Resources) {
     }
 }
 
-/// Gets or creates the session `token` of `access_key`; returns whether it was created.
-/// A live session of that token with another image is refused (`kernel-already-exists`).
-#[tracing::instrument(name = "sessions::create", skip_all, fields(access_key = %access_key, token = %request.token))]
-pub async fn create(state: &AppState, access_key: &str, request: CreateRequest) -> Result<bool, Error> {
-    validate_token(&request.token, request.api_version)?;
-    protocol::validate_environ(&request.environ)
-        .map_err(|why| ApiError::new(Problem::InvalidApiParams).with_detail(why))?;
-    let mut image = images::resolve_image(&state.images, state.stores.config.as_ref(), &request.lang).await?;
-    if let Some(existing) = ledger::live_session(&state.db, access_key, &request.token).await? {
-        return reuse(&state.registry, existing, &image).await;
-    }
-    clamp(&mut image, request.resources);
-    let mounts = vfolders::mounts(&state.db, access_key, &request.mounts).await?;
-    let spec = KernelSpec {
-        kernel_id: String::new(),
-        image: image.spec.clone(),
-        limits: KernelLimits {
-            cpu_slot: image.cpu,
-            mem_slot: image.mem,
-            gpu_slot: image.gpu,
-            exec_timeout: (request.exec_timeout > 0).then_some(request.exec_timeout as f64),
-            max_output_bytes: None,
-        },
-        mounts: mounts
-            .iter()
-            .map(|m| MountSpec {
-                name: m.folder.name.clone(),
-                path: vfolders::files::dir_of(&state.settings, &m.folder).to_string_lossy().into_owned(),
-                read_only: m.read_only,
-            })
-            .collect(),
-        environ: request.environ,
-    };
-    // Agents found unreachable: an agent that just died still looks alive for up to
-    // two heartbeat intervals, and a create that never reached it is placed again.
-    let mut avoid: Vec<String> = Vec::new();
-    loop {
-        let (kernel, created) =
-            keypair::reserve(&state.registry, &state.directory, access_key, &request.token, &image, &avoid).await?;
-        if !created {
-            return reuse(&state.registry, kernel, &image).await;
-        }
-        let agent = kernel.agent.clone();
-        vfolders::attach(&state.db, kernel.id, &mounts).await?;
-        let actor = session_actor(&state.registry, kernel).await?;
-        match actor.send(StartKernel { spec: spec.clone() }).await? {
-            Ok(()) => return Ok(true),
-            Err(StartError { unreachable: true, .. }) if avoid.len() + 1 < MAX_PLACEMENTS => {
-                tracing::warn!(
-                    agent = agent.as_deref().unwrap_or_default(),
-                    "agent unreachable: placing the session again"
-                );
-                avoid.extend(agent);
-            }
-            Err(failed) => return Err(failed.error),
-        }
-    }
-}
-
-/// The answer to a create that found the session live: reused (once started) if it
-/// runs the same image, `kernel-already-exists` otherwise.
-async fn reuse(registry: &Addr<Registry>, existing: kernels::Model, image: &ResolvedImage) -> Result<bool, Error> {
-    if existing.lang != image.reference() {
-        return Err(ApiError::new(Problem::KernelAlreadyExists).into());
-    }
-    wait_until_started(registry, existing).await?;
-    Ok(false)
-}
-
-/// How many agents a create tries when the ones it was placed on cannot be reached.
-const MAX_PLACEMENTS: usize = 3;
-
-/// Waits until a session another caller is starting is ready (its actor handles
-/// the start first); a start that failed ended the session and stopped the actor.
-async fn wait_until_started(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<(), Error> {
-    match session_actor(registry, kernel).await?.send(GetKernel).await {
-        Ok(ready) => ready.map(|_| ()),
-        Err(actix::MailboxError::Closed) => Err(ApiError::new(Problem::KernelCreationFailed).into()),
-        Err(error) => Err(error.into()),
-    }
-}
-
 async fn session_actor(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<Addr<SessionActor>, Error> {
     registry.send(GetSessionActor { kernel }).await?
 }
@@ -185,7 +104,8 @@ pub async fn require(state: &AppState, access_key: &str, token: &str) -> Result<
     find(state, access_key, token).await.map(|_| ())
 }
 
-/// The actor of the live session `token` of `access_key`; 404 for anyone else's.
+/// The actor of the live session `token` of `access_key`; 404 for anyone else's, 503
+/// while it waits in the queue (it has no kernel yet).
 async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<SessionActor>, Error> {
     // The hot path: a session with a running actor needs no database query.
     if let Some((actor, _)) = state.directory.session(access_key, token) {
@@ -194,6 +114,11 @@ async fn find(state: &AppState, access_key: &str, token: &str) -> Result<Addr<Se
     let kernel = ledger::live_session(&state.db, access_key, token)
         .await?
         .ok_or_else(|| Error::Api(ApiError::new(Problem::KernelNotFound)))?;
+    if kernel.status == KernelStatus::Pending {
+        return Err(ApiError::new(Problem::ServiceUnavailable)
+            .with_detail("the session is waiting for an agent with room (PENDING)")
+            .into());
+    }
     session_actor(&state.registry, kernel).await
 }
 
@@ -218,6 +143,14 @@ where
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionInfo {
+    /// The session's status (`PENDING`, `PREPARING`, `RUNNING`, ...).
+    status: KernelStatus,
+    /// Its place in the queue while PENDING (0: the head).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<usize>,
+    /// Why it waits, while PENDING.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_reason: Option<String>,
     lang: String,
     /// Milliseconds since creation.
     age: i64,
@@ -246,17 +179,46 @@ pub async fn row(state: &AppState, access_key: &str, token: &str) -> Result<std:
 #[tracing::instrument(name = "sessions::info", skip_all, level = "debug", fields(access_key = %access_key, token = %token))]
 pub async fn info(state: &AppState, access_key: &str, token: &str) -> Result<SessionInfo, Error> {
     // The hot path: the session actor's published row, while it is fresh.
-    let kernel = row(state, access_key, token).await?;
+    let kernel = match state.directory.session_row(access_key, token) {
+        Some(kernel) => kernel,
+        None => match ledger::live_session(&state.db, access_key, token).await? {
+            Some(kernel) if kernel.status == KernelStatus::Pending => return pending_info(state, kernel).await,
+            _ => std::sync::Arc::new(ask(state, access_key, token, || GetKernel).await?),
+        },
+    };
     let live = state.stores.stats.kernel_stat_fields(&kernel.id.to_string(), &["mem_cur_bytes", "cpu_used"]).await;
     let live = live.unwrap_or_default();
     let stat = |index: usize, stored: i64| live.get(index).copied().flatten().unwrap_or(stored);
     Ok(SessionInfo {
+        status: kernel.status,
+        queue_position: None,
+        pending_reason: None,
         lang: kernel.lang.clone(),
         age: (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0),
         memory_limit: kernel.mem_slot * 1024,
         num_queries_executed: kernel.num_queries,
         memory_used: stat(0, kernel.mem_cur_bytes) / 1024,
         cpu_credit_used: stat(1, kernel.cpu_used),
+        query_timeout: -1,
+        idle_timeout: -1,
+        max_cpu_credit: -1,
+        idle: -1,
+    })
+}
+
+/// The info of a session waiting in the queue: where it is, and why.
+async fn pending_info(state: &AppState, kernel: kernels::Model) -> Result<SessionInfo, Error> {
+    let queue = crate::scheduler::pending_info(&state.core, &kernel).await?;
+    Ok(SessionInfo {
+        status: kernel.status,
+        queue_position: Some(queue.queue_position),
+        pending_reason: Some(queue.pending_reason),
+        lang: kernel.lang.clone(),
+        age: (Utc::now() - kernel.created_at.with_timezone(&Utc)).num_milliseconds().max(0),
+        memory_limit: kernel.mem_slot * 1024,
+        num_queries_executed: 0,
+        memory_used: 0,
+        cpu_credit_used: 0,
         query_timeout: -1,
         idle_timeout: -1,
         max_cpu_credit: -1,
@@ -320,7 +282,19 @@ pub async fn read(
 /// Destroys the session; its final stats.
 #[tracing::instrument(name = "sessions::destroy", skip_all, fields(access_key = %access_key, token = %token))]
 pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<Value, Error> {
-    ask(state, access_key, token, || Destroy).await
+    if state.directory.session(access_key, token).is_none() {
+        // A session still in the queue leaves it (unless it is being placed just now).
+        let waiting = ledger::live_session(&state.db, access_key, token).await?;
+        if let Some(kernel) = waiting.filter(|k| k.status == KernelStatus::Pending) {
+            if !ledger::cancel_pending(&state.db, std::slice::from_ref(&kernel), "user-requested").await?.is_empty() {
+                return Ok(serde_json::json!({}));
+            }
+        }
+    }
+    let stats = ask(state, access_key, token, || Destroy).await?;
+    // Its room may fit a waiting session.
+    state.core.scheduling.nudge();
+    Ok(stats)
 }
 
 /// The agent reported that a kernel ended (by itself, or destroyed). Idempotent: a
