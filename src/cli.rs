@@ -173,6 +173,20 @@ enum KeypairCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// Change a key's session limits (its resource policy); unset flags are left as they are.
+    SetLimits {
+        /// The access key.
+        access_key: String,
+        /// Seconds a session may go unused before it is reclaimed; 0: never [default: unchanged]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=2_592_000))]
+        idle_timeout: Option<i32>,
+        /// Seconds a session may run at all, from RUNNING; 0: no limit [default: unchanged]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=2_592_000))]
+        max_session_lifetime: Option<i32>,
+        /// How many sessions (running and waiting) the key may have [default: unchanged]
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..=1_000_000))]
+        concurrency_limit: Option<i32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +314,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 fixtures::populate(&db, fixture).await?;
             }
             println!("access_key: {access_key}\nsecret_key: {secret_key}");
+            Ok(())
+        }
+        Command::Keypair(KeypairCommand::SetLimits {
+            access_key,
+            idle_timeout,
+            max_session_lifetime,
+            concurrency_limit,
+        }) => {
+            use entity::keypairs::Column;
+            use sea_orm::sea_query::Expr;
+            let changes: Vec<_> = [
+                (Column::IdleTimeout, idle_timeout),
+                (Column::MaxSessionLifetime, max_session_lifetime),
+                (Column::ConcurrencyLimit, concurrency_limit),
+            ]
+            .into_iter()
+            .filter_map(|(column, value)| value.map(|v| (column, Expr::value(v))))
+            .collect();
+            let db = db::connect(&settings.db).await?;
+            let directory = crate::actors::registry::Directory::default();
+            if !crate::actors::keypair::update_row(&db, &directory, &access_key, changes).await? {
+                anyhow::bail!("no such key: {access_key}");
+            }
+            println!("updated {access_key}");
             Ok(())
         }
         Command::Etcd(command) => etcd(command, &settings).await,

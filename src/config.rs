@@ -248,11 +248,20 @@ pub struct SchedulerSettings {
     pub max_pending_per_key: u64,
     /// Most sessions waiting in the whole cluster (the same answer past it).
     pub max_pending: u64,
+    /// Seconds before a session is reclaimed (its key's idle timeout or session
+    /// lifetime) that its event stream gets a `warning` event.
+    pub reclaim_warning: f64,
 }
 
 impl Default for SchedulerSettings {
     fn default() -> Self {
-        Self { create_wait: 30.0, max_wait: 600.0, max_pending_per_key: 100, max_pending: 10_000 }
+        Self {
+            create_wait: 30.0,
+            max_wait: 600.0,
+            max_pending_per_key: 100,
+            max_pending: 10_000,
+            reclaim_warning: 60.0,
+        }
     }
 }
 
@@ -379,6 +388,7 @@ impl Settings {
         for (key, seconds, least) in [
             ("scheduler.create_wait", self.scheduler.create_wait, 0.1),
             ("scheduler.max_wait", self.scheduler.max_wait, 1.0),
+            ("scheduler.reclaim_warning", self.scheduler.reclaim_warning, 0.0),
         ] {
             if !(seconds.is_finite() && (least..=604_800.0).contains(&seconds)) {
                 return bad(key, &format!("must be {least} to 604800 seconds"));

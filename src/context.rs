@@ -28,6 +28,8 @@ pub struct Core {
     pub directory: Arc<crate::actors::registry::Directory>,
     /// What this process's scheduler shares (wakes, placements).
     pub scheduling: Arc<crate::scheduler::Scheduling>,
+    /// When sessions were last used here, written in batches.
+    pub activity: Arc<crate::scheduler::Activity>,
 }
 
 impl Core {

@@ -45,6 +45,10 @@ pub struct KeypairRow {
     rate_limit: i32,
     #[serde(default)]
     num_queries: i64,
+    #[serde(default)]
+    idle_timeout: i32,
+    #[serde(default)]
+    max_session_lifetime: i32,
 }
 
 /// A user id: a string, or a number (as 1.0.x fixtures have them).
@@ -101,6 +105,8 @@ pub async fn populate(db: &DatabaseConnection, fixture: Fixture) -> Result<u64, 
         concurrency_used: Set(row.concurrency_used),
         rate_limit: Set(row.rate_limit),
         num_queries: Set(row.num_queries),
+        idle_timeout: Set(row.idle_timeout),
+        max_session_lifetime: Set(row.max_session_lifetime),
     });
     let inserted = keypairs::Entity::insert_many(rows)
         .on_conflict(OnConflict::column(keypairs::Column::AccessKey).do_nothing().to_owned())

@@ -98,6 +98,7 @@ impl Application {
             bus: bus.clone(),
             directory: directory.clone(),
             scheduling: Arc::default(),
+            activity: Arc::default(),
         });
         let registry = Registry::start_supervised(core.clone(), directory.clone());
         let applier = Applier { core: core.clone(), registry: registry.clone() };
@@ -111,8 +112,10 @@ impl Application {
             })
         };
         let scheduler = {
-            let (core, manager_id) = (core.clone(), manager_id.clone());
-            Scheduler::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| Scheduler::new(core, manager_id))
+            let (core, manager_id, registry) = (core.clone(), manager_id.clone(), registry.clone());
+            Scheduler::start_in_arbiter(&actix::Arbiter::new().handle(), move |_| {
+                Scheduler::new(core, registry, manager_id)
+            })
         };
         let event_hub = crate::streams::hub::EventHub::start(db.clone()).await?;
         let upload_budget = tokio::sync::Semaphore::new(settings.manager.upload_memory / 1024);

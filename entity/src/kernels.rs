@@ -85,6 +85,10 @@ pub struct Model {
     pub terminated_at: Option<DateTimeWithTimeZone>,
     /// When the scheduler placed it on its agent (none while it is PENDING).
     pub scheduled_at: Option<DateTimeWithTimeZone>,
+    /// When it first became RUNNING (its lifetime counts from then).
+    pub started_at: Option<DateTimeWithTimeZone>,
+    /// When it was last used (an execute, upload, PTY input...), as written in batches.
+    pub last_activity: Option<DateTimeWithTimeZone>,
     /// Reserved memory (MiB).
     pub mem_slot: i64,
     /// Reserved CPU cores.

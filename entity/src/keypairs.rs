@@ -33,6 +33,10 @@ pub struct Model {
     pub rate_limit: i32,
     /// Requests signed with this key, ever.
     pub num_queries: i64,
+    /// Seconds a session of the key may go unused before it is reclaimed; 0: never.
+    pub idle_timeout: i32,
+    /// Seconds a session of the key may run at all (from RUNNING); 0: no limit.
+    pub max_session_lifetime: i32,
 }
 
 impl std::fmt::Debug for Model {
@@ -50,6 +54,8 @@ impl std::fmt::Debug for Model {
             .field("concurrency_used", &self.concurrency_used)
             .field("rate_limit", &self.rate_limit)
             .field("num_queries", &self.num_queries)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_session_lifetime", &self.max_session_lifetime)
             .finish()
     }
 }

@@ -1,10 +1,12 @@
 use sea_orm_migration::prelude::*;
 
+use crate::m20261128_000001_create_keypairs::Keypairs;
 use crate::m20261128_000003_create_kernels::Kernels;
 
 /// The scheduler (issue 14): sessions wait in a queue (status PENDING, no agent yet)
-/// and are placed later, so a kernel records when it was placed; and the scheduler's
-/// fencing token, which every placement checks in its transaction.
+/// and are placed later, so a kernel records when it was placed, when it started
+/// running and when it was last used; a key's idle timeout and session lifetime; and
+/// the scheduler's fencing token, which every placement checks in its transaction.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -15,16 +17,37 @@ impl MigrationTrait for Migration {
             .alter_table(
                 Table::alter()
                     .table(Kernels::Table)
-                    .add_column(ColumnDef::new(Scheduled::ScheduledAt).timestamp_with_time_zone().null())
+                    .add_column(ColumnDef::new(KernelTimes::ScheduledAt).timestamp_with_time_zone().null())
                     .to_owned(),
             )
             .await?;
+        // One column per statement: SQLite adds one at a time.
+        for column in [KernelTimes::StartedAt, KernelTimes::LastActivity] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Kernels::Table)
+                        .add_column(ColumnDef::new(column).timestamp_with_time_zone().null())
+                        .to_owned(),
+                )
+                .await?;
+        }
+        for column in [Limits::IdleTimeout, Limits::MaxSessionLifetime] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Keypairs::Table)
+                        .add_column(ColumnDef::new(column).integer().not_null().default(0))
+                        .to_owned(),
+                )
+                .await?;
+        }
         // Sessions placed before the queue existed were placed when they were created.
         manager
             .exec_stmt(
                 Query::update()
                     .table(Kernels::Table)
-                    .value(Scheduled::ScheduledAt, Expr::col(Kernels::CreatedAt))
+                    .value(KernelTimes::ScheduledAt, Expr::col(Kernels::CreatedAt))
                     .and_where(Expr::col(Kernels::Agent).is_not_null())
                     .to_owned(),
             )
@@ -62,13 +85,27 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.drop_table(Table::drop().table(SchedulerFence::Table).to_owned()).await?;
         manager.drop_index(Index::drop().name("ix_kernels_status_created_at").table(Kernels::Table).to_owned()).await?;
-        manager.alter_table(Table::alter().table(Kernels::Table).drop_column(Scheduled::ScheduledAt).to_owned()).await
+        for column in [Limits::IdleTimeout, Limits::MaxSessionLifetime] {
+            manager.alter_table(Table::alter().table(Keypairs::Table).drop_column(column).to_owned()).await?;
+        }
+        for column in [KernelTimes::ScheduledAt, KernelTimes::StartedAt, KernelTimes::LastActivity] {
+            manager.alter_table(Table::alter().table(Kernels::Table).drop_column(column).to_owned()).await?;
+        }
+        Ok(())
     }
 }
 
 #[derive(DeriveIden)]
-enum Scheduled {
+enum KernelTimes {
     ScheduledAt,
+    StartedAt,
+    LastActivity,
+}
+
+#[derive(DeriveIden)]
+enum Limits {
+    IdleTimeout,
+    MaxSessionLifetime,
 }
 
 #[derive(DeriveIden)]

@@ -142,10 +142,11 @@ fn bench_plan(
         return;
     }
     let (shuffled, plan_) = time_plan(index, queue, usage, policy, placement);
-    let c: Vec<usize> = planner::index::blocks::C.iter().map(|c| c.swap(0, std::sync::atomic::Ordering::Relaxed) / RUNS).collect();
-    println!("choose {} scans {} entries {} splits {} moves {} ties {}", c[0], c[1], c[2], c[3], c[4], c[5]);
-    let mut in_order = queue.to_vec();
+    // Cloned in order, so that the access keys' strings lie in order in memory too,
+    // as when the manager loads the queue.
+    let mut in_order: Vec<&Pending> = queue.iter().collect();
     in_order.sort_by_key(|p| (p.seq, p.id));
+    let in_order: Vec<Pending> = in_order.into_iter().cloned().collect();
     let (sorted, same) = time_plan(index, &in_order, usage, policy, placement);
     assert_eq!(plan_, same, "{name}: the queue's order changed the plan");
     println!(

@@ -3,8 +3,7 @@
 
 use crate::{AgentSlots, Placement, Slots};
 
-/// x
-pub mod blocks;
+mod blocks;
 mod tree;
 
 use blocks::Blocks;
@@ -32,8 +31,8 @@ const SHAPES_PRUNED: usize = 256;
 impl Index {
     /// An index over `agents` (their order gives their indices). `O(n log n)`.
     pub fn new(agents: Vec<AgentSlots>) -> Self {
-        let free: Vec<Slots> = agents.iter().map(|a| a.capacity - a.used).collect();
-        let by_mem = Blocks::new(&free);
+        let slots: Vec<(Slots, Slots)> = agents.iter().map(|a| (a.capacity, a.used)).collect();
+        let by_mem = Blocks::new(&slots);
         let shapes = shapes(&agents);
         Self { agents, by_mem, shapes }
     }
@@ -68,7 +67,7 @@ impl Index {
             return;
         };
         a.used += slots;
-        self.by_mem.update(agent, a.capacity - a.used);
+        self.by_mem.update(agent, a.capacity, a.used);
     }
 
     /// Whether some agent's capacity could ever hold `slots` (false: it is bigger than

@@ -17,8 +17,7 @@
 #![deny(missing_docs)]
 
 mod explain;
-/// x
-pub mod index;
+mod index;
 mod plan;
 mod slots;
 #[cfg(test)]

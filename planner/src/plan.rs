@@ -30,7 +30,8 @@ mod drf;
 ///
 /// `Plan::waiting` holds every session not placed, in the order they were considered.
 ///
-/// Cost: `O(P log P)` to sort the queue, plus `O(log n)` per session placed or
+/// Cost: `O(P)` to read the queue (`O(P log P)` if it is not in (`seq`, `id`) order
+/// already, as the manager passes it), plus `O(log n)` per session placed or
 /// rejected by the index's fast paths. Sizes that failed in this pass are remembered
 /// (free slots only shrink within a pass and the reserved agent only adds to the
 /// excluded ones), so a session at least as large as one that failed is rejected
@@ -43,24 +44,42 @@ pub fn plan(
     policy: Policy,
     placement: Placement,
 ) -> Plan {
-    let order = arrival_order(queue);
     let mut pass = Pass::new(index, placement, queue.len());
     match policy {
         Policy::Fifo => {
-            for &i in &order {
-                pass.consider(queue[i].id, queue[i].slots);
+            for session in arrival_order(queue, |_| 0) {
+                pass.consider(session.id, session.slots);
             }
         }
-        Policy::Drf => drf::run(&mut pass, queue, &order, usage),
+        Policy::Drf => drf::run(&mut pass, queue, usage),
     }
     pass.plan
 }
 
-/// The indices of `queue` by (`seq`, `id`) (then position, to be deterministic).
-fn arrival_order(queue: &[Pending]) -> Vec<usize> {
-    let mut keys: Vec<(i64, u64, usize)> = queue.iter().enumerate().map(|(i, p)| (p.seq, p.id, i)).collect();
-    keys.sort_unstable();
-    keys.into_iter().map(|(_, _, i)| i).collect()
+/// What a pass needs of a pending session.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    seq: i64,
+    id: u64,
+    slots: Slots,
+    /// A number for its access key (or 0 when the policy does not need one).
+    key: u32,
+}
+
+/// The sessions of `queue` by (`seq`, `id`), then position; `key_of(i)` numbers the
+/// access key of `queue[i]` (called in queue order). `O(P)` when the queue is in that
+/// order already (as the manager passes it), `O(P log P)` otherwise.
+fn arrival_order(queue: &[Pending], mut key_of: impl FnMut(usize) -> u32) -> Vec<Session> {
+    let mut sessions: Vec<Session> = queue
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Session { seq: p.seq, id: p.id, slots: p.slots, key: key_of(i) })
+        .collect();
+    if !sessions.windows(2).all(|w| (w[0].seq, w[0].id) <= (w[1].seq, w[1].id)) {
+        // Stable: ties keep the queue's order.
+        sessions.sort_by_key(|s| (s.seq, s.id));
+    }
+    sessions
 }
 
 /// The state of one pass: the index, what was decided, and what is known to fail.

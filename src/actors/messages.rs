@@ -157,7 +157,11 @@ pub enum KernelRead {
 /// Session: destroy the kernel; the answer is its final stats.
 #[derive(Message)]
 #[rtype(result = "Result<Value, Error>")]
-pub struct Destroy;
+pub struct Destroy {
+    /// Why (the session's `status_info` once TERMINATED): `user-requested`, or a
+    /// reclaim (`idle-timeout`, `lifetime-exceeded`).
+    pub reason: &'static str,
+}
 
 /// Session: the agent reported the kernel's end.
 #[derive(Message)]

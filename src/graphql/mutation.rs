@@ -17,6 +17,9 @@ use crate::auth::generate_keypair;
 const DEFAULT_CONCURRENCY_LIMIT: i32 = 1;
 const DEFAULT_RATE_LIMIT: i32 = 1000;
 
+/// The longest idle timeout or session lifetime a key may have: 30 days.
+const MAX_LIMIT_SECS: i32 = 30 * 24 * 3600;
+
 /// The settable properties of a keypair; null fields are left unchanged (or
 /// take their default on creation).
 #[derive(InputObject, Default)]
@@ -32,6 +35,10 @@ pub struct KeyPairInput {
     pub concurrency_limit: Option<i32>,
     /// Requests allowed per 15-minute window (0 or more).
     pub rate_limit: Option<i32>,
+    /// Seconds a session may go unused before it is reclaimed (0: never; at most 30 days).
+    pub idle_timeout: Option<i32>,
+    /// Seconds a session may run at all, from RUNNING (0: no limit; at most 30 days).
+    pub max_session_lifetime: Option<i32>,
 }
 
 impl KeyPairInput {
@@ -41,6 +48,10 @@ impl KeyPairInput {
             Some("concurrency_limit must not be negative")
         } else if self.rate_limit.is_some_and(|v| v < 0) {
             Some("rate_limit must not be negative")
+        } else if self.idle_timeout.is_some_and(|v| !(0..=MAX_LIMIT_SECS).contains(&v)) {
+            Some("idle_timeout must be 0 to 2592000 seconds")
+        } else if self.max_session_lifetime.is_some_and(|v| !(0..=MAX_LIMIT_SECS).contains(&v)) {
+            Some("max_session_lifetime must be 0 to 2592000 seconds")
         } else {
             None
         }
@@ -63,6 +74,12 @@ impl KeyPairInput {
         }
         if let Some(v) = self.rate_limit {
             changes.push((keypairs::Column::RateLimit, Expr::value(v)));
+        }
+        if let Some(v) = self.idle_timeout {
+            changes.push((keypairs::Column::IdleTimeout, Expr::value(v)));
+        }
+        if let Some(v) = self.max_session_lifetime {
+            changes.push((keypairs::Column::MaxSessionLifetime, Expr::value(v)));
         }
         changes
     }
@@ -151,6 +168,8 @@ impl AdminMutation {
             concurrency_used: Set(0),
             rate_limit: Set(props.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT)),
             num_queries: Set(0),
+            idle_timeout: Set(props.idle_timeout.unwrap_or(0)),
+            max_session_lifetime: Set(props.max_session_lifetime.unwrap_or(0)),
         };
         let row = row.insert(&ctx.data::<GqlContext>()?.db).await.map_err(internal)?;
         Ok(CreateKeyPair { ok: true, msg: None, keypair: Some(KeyPair(row)) })

@@ -236,6 +236,14 @@ impl KeyPair {
     async fn rate_limit(&self) -> i32 {
         self.0.rate_limit
     }
+    /// Seconds a session of the key may go unused before it is reclaimed (0: never).
+    async fn idle_timeout(&self) -> i32 {
+        self.0.idle_timeout
+    }
+    /// Seconds a session of the key may run at all (0: no limit).
+    async fn max_session_lifetime(&self) -> i32 {
+        self.0.max_session_lifetime
+    }
     /// Requests signed with this key, ever.
     async fn num_queries(&self) -> i64 {
         self.0.num_queries

@@ -107,6 +107,22 @@ pub async fn record_event(
     Ok(())
 }
 
+/// Records a `warning` event of `kernel` (a reclaim is near), with `reason`.
+pub async fn record_warning(conn: &impl ConnectionTrait, kernel: &kernels::Model, reason: &str) -> Result<(), Error> {
+    session_events::ActiveModel {
+        access_key: Set(kernel.access_key.clone()),
+        kernel_id: Set(kernel.id),
+        sess_id: Set(kernel.sess_id.clone()),
+        name: Set("warning".to_owned()),
+        reason: Set(Some(reason.chars().take(256).collect())),
+        created_at: Set(Utc::now().fixed_offset()),
+        ..Default::default()
+    }
+    .insert(conn)
+    .await?;
+    Ok(())
+}
+
 /// Reads the usage an agent reports for a kernel (its destroy answer).
 pub fn parse_stats(stats: &serde_json::Value) -> Option<KernelStats> {
     serde_json::from_value(stats.clone()).ok()
@@ -128,6 +144,13 @@ pub async fn set_status(
             .filter(kernels::Column::Status.is_not_in(KernelStatus::ENDED));
         if let Some(container_id) = &container_id {
             update = update.col_expr(kernels::Column::ContainerId, Expr::value(container_id.clone()));
+        }
+        if status == KernelStatus::Running {
+            // Its lifetime counts from the first time it runs; its idle time from now.
+            let now = Expr::value(chrono::Utc::now().fixed_offset());
+            let first = sea_orm::sea_query::Func::coalesce([Expr::col(kernels::Column::StartedAt).into(), now.clone()]);
+            update =
+                update.col_expr(kernels::Column::StartedAt, first.into()).col_expr(kernels::Column::LastActivity, now);
         }
         let changed = update.exec(&txn).await?.rows_affected == 1;
         if changed {

@@ -135,6 +135,8 @@ async fn enqueue_in(txn: &DatabaseTransaction, request: &SessionRequest<'_>) -> 
         created_at: Set(Utc::now().fixed_offset()),
         terminated_at: Set(None),
         scheduled_at: Set(None),
+        started_at: Set(None),
+        last_activity: Set(None),
         mem_slot: Set(image.mem),
         cpu_slot: Set(image.cpu),
         gpu_slot: Set(image.gpu),

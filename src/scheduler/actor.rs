@@ -8,8 +8,11 @@ use actix::prelude::*;
 
 use super::pass::{self, Outcome};
 use super::{lease, WAKE_KEY};
+use crate::actors::registry::Registry;
 use crate::Core;
 
+/// How often this process's uses of sessions are written.
+const ACTIVITY_FLUSH: Duration = Duration::from_secs(1);
 /// How often the actor considers a pass.
 const TICK: Duration = Duration::from_millis(100);
 /// While sessions wait, a pass at least this often (room may free up anywhere).
@@ -21,6 +24,7 @@ const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The scheduler of one manager process.
 pub struct Scheduler {
     core: Arc<Core>,
+    registry: Addr<Registry>,
     manager_id: String,
     /// The term held after the latest pass (`None`: not the holder).
     term: Option<i64>,
@@ -38,8 +42,18 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for this manager, not started.
-    pub fn new(core: Arc<Core>, manager_id: String) -> Self {
-        Self { core, manager_id, term: None, busy: false, wanted: true, waiting: 0, last_pass: None, stopped: false }
+    pub fn new(core: Arc<Core>, registry: Addr<Registry>, manager_id: String) -> Self {
+        Self {
+            core,
+            registry,
+            manager_id,
+            term: None,
+            busy: false,
+            wanted: true,
+            waiting: 0,
+            last_pass: None,
+            stopped: false,
+        }
     }
 
     fn due(&self) -> bool {
@@ -55,8 +69,9 @@ impl Scheduler {
         self.busy = true;
         self.wanted = false;
         self.last_pass = Some(Instant::now());
-        let (core, manager_id, term) = (self.core.clone(), self.manager_id.clone(), self.term);
-        ctx.spawn(async move { pass::run(&core, &manager_id, term).await }.into_actor(self).map(
+        let (core, registry, manager_id, term) =
+            (self.core.clone(), self.registry.clone(), self.manager_id.clone(), self.term);
+        ctx.spawn(async move { pass::run(&core, &registry, &manager_id, term).await }.into_actor(self).map(
             |outcome, scheduler, ctx| {
                 scheduler.busy = false;
                 match outcome {
@@ -117,6 +132,11 @@ impl Actor for Scheduler {
             .into_actor(self),
         );
         ctx.run_interval(TICK, |scheduler, ctx| scheduler.start_pass(ctx));
+        // This process's uses of sessions, for the idle timeouts (every manager's).
+        ctx.run_interval(ACTIVITY_FLUSH, |scheduler, ctx| {
+            let core = scheduler.core.clone();
+            ctx.spawn(async move { core.activity.flush(&core.db).await }.into_actor(scheduler));
+        });
     }
 }
 

@@ -18,9 +18,11 @@ mod actor;
 mod explain;
 pub mod lease;
 mod pass;
+mod reclaim;
 
 pub use actor::{Scheduler, StopScheduling, Wake};
 pub use explain::{explain, pending_info, Explanation, PendingInfo};
+pub use reclaim::{due, Activity, Due};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -56,11 +58,18 @@ pub struct Scheduling {
     holder: AtomicBool,
     /// The sessions each pass decided (placed or cancelled).
     decided: broadcast::Sender<Arc<Vec<Uuid>>>,
+    /// The reclaim deadline each session was last warned of.
+    warned: std::sync::Mutex<std::collections::HashMap<Uuid, chrono::DateTime<chrono::FixedOffset>>>,
 }
 
 impl Default for Scheduling {
     fn default() -> Self {
-        Self { wake: Notify::new(), holder: AtomicBool::new(false), decided: broadcast::channel(64).0 }
+        Self {
+            wake: Notify::new(),
+            holder: AtomicBool::new(false),
+            decided: broadcast::channel(64).0,
+            warned: Default::default(),
+        }
     }
 }
 

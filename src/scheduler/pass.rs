@@ -10,7 +10,10 @@ use entity::kernels;
 use entity::scheduler_fence;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
+use actix::Addr;
+
 use super::{lease, slots_of, Scheduling, SUSPECTS_PREFIX};
+use crate::actors::registry::Registry;
 use crate::error::Error;
 use crate::ledger::{self, Placed};
 use crate::{placement, Core};
@@ -26,7 +29,12 @@ pub enum Outcome {
 
 /// Runs one pass if this manager holds (or takes) the lease. `term` is the term this
 /// manager held after its previous pass.
-pub async fn run(core: &Core, manager_id: &str, term: Option<i64>) -> Result<Outcome, Error> {
+pub async fn run(
+    core: &Core,
+    registry: &Addr<Registry>,
+    manager_id: &str,
+    term: Option<i64>,
+) -> Result<Outcome, Error> {
     let scheduling: &Scheduling = &core.scheduling;
     let fence = fence_token(core).await?;
     let Some(current) = lease::acquire(core.stores.config.as_ref(), manager_id, fence).await? else {
@@ -38,6 +46,11 @@ pub async fn run(core: &Core, manager_id: &str, term: Option<i64>) -> Result<Out
         return Ok(Outcome::NotHolder);
     }
     scheduling.set_holder(true);
+    match super::reclaim::check(core, registry, &scheduling.warned).await {
+        Ok(reclaimed) if !reclaimed.is_empty() => scheduling.nudge(),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "could not check the sessions' limits"),
+    }
     match place_queue(core, current).await? {
         Some(waiting) => Ok(Outcome::Ran { term: current, waiting }),
         None => {

@@ -291,7 +291,7 @@ pub async fn destroy(state: &AppState, access_key: &str, token: &str) -> Result<
             }
         }
     }
-    let stats = ask(state, access_key, token, || Destroy).await?;
+    let stats = ask(state, access_key, token, || Destroy { reason: "user-requested" }).await?;
     // Its room may fit a waiting session.
     state.core.scheduling.nudge();
     Ok(stats)

@@ -143,7 +143,9 @@ async fn pty(
     let (response, session, messages) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::new(Problem::GenericBadRequest).with_detail(e.to_string()))?;
     let events = state.event_hub.subscribe();
-    actix_web::rt::spawn(relay(session, messages, agent, events, kernel.id));
+    state.core.activity.note(kernel.id);
+    let activity = state.core.activity.clone();
+    actix_web::rt::spawn(relay(session, messages, agent, events, kernel.id, activity));
     Ok(response)
 }
 
@@ -182,11 +184,12 @@ async fn relay(
     agent: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
     mut events: broadcast::Receiver<Event>,
     kernel_id: Uuid,
+    activity: std::sync::Arc<crate::scheduler::Activity>,
 ) {
     let (mut agent_tx, mut agent_rx) = agent.split();
     let (code, reason) = loop {
         tokio::select! {
-            message = messages.next() => match message {
+            message = messages.next() => match message.inspect(|_| activity.note(kernel_id)) {
                 Some(Ok(Message::Text(text))) => {
                     if let Err(why) = validate(&text) {
                         let _ = client.text(json!({"type": "error", "data": why}).to_string()).await;

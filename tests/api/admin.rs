@@ -50,6 +50,8 @@ async fn add_session(state: &AppState, access_key: &str, sess_id: &str, status: 
         created_at: Set(Utc::now().fixed_offset()),
         terminated_at: Set(ended.then(|| Utc::now().fixed_offset())),
         scheduled_at: Set(None),
+        started_at: Set(None),
+        last_activity: Set(None),
         mem_slot: Set(256),
         cpu_slot: Set(1.0),
         gpu_slot: Set(0.0),

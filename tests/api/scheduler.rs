@@ -332,3 +332,130 @@ fn unknown_scheduler_settings_are_refused_naming_the_key() {
     assert!(validate_setting("config/scheduler/placement", "Dispersed").is_err());
     assert!(validate_setting("config/overbook/cpu", "anything").is_ok(), "not the scheduler's key");
 }
+
+/// The holder of the scheduler's lease, and its term.
+async fn scheduler_holder(app: &TestApp) -> Option<(String, i64)> {
+    use backendai_manager::scheduler::lease::{Lease, LEASE_KEY};
+    let stored = app.state.stores.config.get(LEASE_KEY).await.unwrap()?;
+    let lease = Lease::parse(&stored);
+    (lease.expires_ms > chrono::Utc::now().timestamp_millis()).then(|| (lease.holder.to_owned(), lease.term))
+}
+
+#[actix_web::test]
+async fn two_managers_have_one_scheduler_and_the_other_takes_over_with_a_new_term() {
+    let Some((mut settings, _dir)) = crate::helpers::test_settings(Backend::Services).await else { return };
+    quiet(&mut settings);
+    let first = crate::helpers::start_app(settings.clone()).await;
+    let second = crate::helpers::start_app(settings).await;
+    let config = first.state.stores.config.clone();
+    config.put("config/overbook/cpu", "1").await.unwrap();
+    config.put("config/overbook/mem", "1").await.unwrap();
+    fake_agent(&first, "i-0", json!({"cpu": 8, "mem": 8000, "gpu": 0})).await;
+    let ids = [first.state.manager_id.clone(), second.state.manager_id.clone()];
+    let (holder, term) =
+        eventually("one manager schedules", Duration::from_secs(15), || scheduler_holder(&first)).await;
+    assert!(ids.contains(&holder), "{holder}");
+    let (holder_app, other) = if holder == ids[0] { (first, second) } else { (second, first) };
+    // Creates through either manager are placed by the one scheduler.
+    for app in [&holder_app, &other] {
+        let token = unique("via");
+        assert_eq!(create_session(app, "python3", &token).await.status(), 201);
+        assert_eq!(session(app, &token).await.agent.as_deref(), Some("i-0"));
+    }
+    assert_eq!(scheduler_holder(&other).await.map(|(h, _)| h), Some(holder.clone()), "still one scheduler");
+    // The scheduler stops: the other takes the lease over in a new term, and places.
+    holder_app.stop().await;
+    let (next, next_term) = eventually("the other manager schedules", Duration::from_secs(15), || async {
+        scheduler_holder(&other).await.filter(|(h, _)| *h == other.state.manager_id)
+    })
+    .await;
+    assert_eq!(next, other.state.manager_id);
+    assert!(next_term > term, "{next_term} after {term}");
+    let token = unique("after");
+    assert_eq!(create_session(&other, "python3", &token).await.status(), 201);
+    assert_eq!(session(&other, &token).await.status, KernelStatus::Running);
+    let fence = entity::scheduler_fence::Entity::find_by_id(1).one(&other.state.db).await.unwrap().unwrap();
+    assert_eq!(fence.token, next_term, "the placement was fenced by the new term");
+    other.stop().await;
+}
+
+/// Sets the app key's limits as an operator would (`keypair set-limits` does the same).
+async fn set_limits(app: &TestApp, idle_timeout: i32, max_session_lifetime: i32) {
+    use sea_orm::sea_query::Expr;
+    let changes = vec![
+        (keypairs::Column::IdleTimeout, Expr::value(idle_timeout)),
+        (keypairs::Column::MaxSessionLifetime, Expr::value(max_session_lifetime)),
+    ];
+    let directory = &app.state.directory;
+    assert!(backendai_manager::actors::keypair::update_row(&app.state.db, directory, &app.access_key, changes)
+        .await
+        .unwrap());
+}
+
+async fn execute(app: &TestApp, token: &str) {
+    let body = json!({"mode": "query", "code": "print(1)", "runId": unique("run")});
+    let response = app.send(app.signed("POST", &format!("/v3/kernel/{token}"), Some(body))).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[actix_web::test]
+async fn an_idle_session_is_warned_then_reclaimed_and_a_used_one_is_not() {
+    for backend in BACKENDS {
+        let Some(app) = cluster(backend, &[(8.0, 8000)], |s| s.scheduler.reclaim_warning = 1.5).await else {
+            continue;
+        };
+        set_limits(&app, 3, 0).await;
+        let (idle, used) = (unique("idle"), unique("used"));
+        assert_eq!(create(&app, "small", &idle).await.status(), 201);
+        assert_eq!(create(&app, "small", &used).await.status(), 201);
+        let stream = crate::streams::open_events(&app, &format!("/v3/stream/kernel/{idle}/events"), Some(0)).await;
+        // The used one gets a call every half second for twice the idle timeout.
+        for _ in 0..12 {
+            execute(&app, &used).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let events = crate::streams::collect(stream, 6).await;
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["pending", "preparing", "running", "warning", "terminating", "terminated"], "{backend:?}");
+        let warning = &events[3];
+        assert!(warning.data["reason"].as_str().unwrap_or_default().starts_with("idle-timeout in "), "{:?}", warning);
+        assert_eq!(events[5].data["reason"], "idle-timeout", "{backend:?}");
+        let row = session(&app, &idle).await;
+        assert_eq!((row.status, row.status_info.as_deref()), (KernelStatus::Terminated, Some("idle-timeout")));
+        // Used all along: still running; once left alone, reclaimed too.
+        assert_eq!(session(&app, &used).await.status, KernelStatus::Running, "{backend:?}");
+        let reclaimed = eventually("the used session is reclaimed once idle", Duration::from_secs(15), || async {
+            let row = session(&app, &used).await;
+            (row.status == KernelStatus::Terminated).then_some(row)
+        })
+        .await;
+        assert_eq!(reclaimed.status_info.as_deref(), Some("idle-timeout"));
+        assert_eq!(concurrency_used(&app).await, 0, "the quota came back");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_session_past_its_lifetime_is_reclaimed_even_while_used() {
+    for backend in BACKENDS {
+        let Some(app) = cluster(backend, &[(8.0, 8000)], |s| s.scheduler.reclaim_warning = 1.0).await else {
+            continue;
+        };
+        set_limits(&app, 0, 3).await;
+        let token = unique("mortal");
+        assert_eq!(create(&app, "small", &token).await.status(), 201);
+        let ended =
+            eventually("the session is reclaimed at the end of its lifetime", Duration::from_secs(15), || async {
+                let row = session(&app, &token).await;
+                if row.status == KernelStatus::Running {
+                    execute(&app, &token).await;
+                }
+                (row.status == KernelStatus::Terminated).then_some(row)
+            })
+            .await;
+        assert_eq!(ended.status_info.as_deref(), Some("lifetime-exceeded"), "{backend:?}");
+        let lived = ended.terminated_at.unwrap() - ended.started_at.unwrap();
+        assert!(lived >= chrono::Duration::seconds(3), "{lived:?}");
+        app.stop().await;
+    }
+}

@@ -11,20 +11,20 @@ use crate::helpers::{add_keypair, assert_problem, spawn_app, test_settings, uniq
 
 /// One parsed SSE event.
 #[derive(Debug, Clone)]
-struct Sse {
-    id: i64,
-    name: String,
-    data: Value,
+pub struct Sse {
+    pub id: i64,
+    pub name: String,
+    pub data: Value,
 }
 
 /// Opens a stream and reads `count` events (keep-alive comments are skipped).
-async fn read_events(app: &TestApp, path: &str, last_event_id: Option<i64>, count: usize) -> Vec<Sse> {
+pub async fn read_events(app: &TestApp, path: &str, last_event_id: Option<i64>, count: usize) -> Vec<Sse> {
     collect(open_events(app, path, last_event_id).await, count).await
 }
 
 /// Opens a stream: once its answer's head is in, every later event will be sent on it
 /// (the stream subscribes and fixes where it resumes before answering).
-async fn open_events(app: &TestApp, path: &str, last_event_id: Option<i64>) -> reqwest::Response {
+pub async fn open_events(app: &TestApp, path: &str, last_event_id: Option<i64>) -> reqwest::Response {
     let mut request = app.signed("GET", path, None);
     request.content_type = "";
     let mut builder = app.client.get(format!("{}{path}", app.address));
@@ -41,7 +41,7 @@ async fn open_events(app: &TestApp, path: &str, last_event_id: Option<i64>) -> r
     response
 }
 
-async fn collect(mut response: reqwest::Response, count: usize) -> Vec<Sse> {
+pub async fn collect(mut response: reqwest::Response, count: usize) -> Vec<Sse> {
     let mut text = String::new();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

@@ -5,9 +5,6 @@
 //! free, which sit together in memory order).
 
 use super::tree::MaxTree;
-/// x
-pub static C: [std::sync::atomic::AtomicUsize; 6] = [const { std::sync::atomic::AtomicUsize::new(0) }; 6];
-fn bump(i: usize, n: usize) { C[i].fetch_add(n, std::sync::atomic::Ordering::Relaxed); }
 use crate::slots::ord_key;
 use crate::{Placement, Slots};
 
@@ -24,18 +21,52 @@ const BLOCK: usize = 32;
 /// [`crate::EPSILON`], far below any real request); the exact check comes after.
 const MARGIN: f64 = 1e-6;
 
-/// One agent's free slots.
+/// Below this magnitude, CPU and GPU amounts are exact enough that a request at least
+/// [`MARGIN`] below the free amount surely fits (rounding is below 2^-32 there).
+const SMALL: f64 = (1 << 20) as f64;
+
+/// Amounts that are multiples of this (and below [`SMALL`]) add and subtract exactly.
+const GRID: f64 = (1 << 20) as f64;
+
+/// Whether `x` is below [`SMALL`] and a multiple of 1 / [`GRID`].
+fn on_grid(x: f64) -> bool {
+    x.abs() < SMALL && (x * GRID).fract() == 0.0
+}
+
+/// One agent's free slots (`capacity - used`).
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     mem: i64,
     cpu: f64,
     gpu: f64,
     agent: usize,
+    /// Whether the free slots decide fitting without the exact check: the amounts are
+    /// finite and below [`SMALL`], and the free memory did not saturate, so that a
+    /// request of at most the free memory, and at least [`MARGIN`] below the free CPU
+    /// and GPU, fits.
+    sure: bool,
+    /// Whether the capacity and use of CPU and GPU are [`on_grid`], so that for a
+    /// request on the grid too, at most the free CPU and GPU fits.
+    grid: bool,
 }
 
 impl Entry {
-    fn new(agent: usize, free: Slots) -> Self {
-        Self { mem: free.mem, cpu: free.cpu, gpu: free.gpu, agent }
+    fn new(agent: usize, capacity: Slots, used: Slots) -> Self {
+        let free = capacity - used;
+        let small = [capacity.cpu, used.cpu, capacity.gpu, used.gpu].iter().all(|x| x.abs() < SMALL);
+        let sure = small && capacity.mem.checked_sub(used.mem).is_some();
+        let grid = [capacity.cpu, used.cpu, capacity.gpu, used.gpu].into_iter().all(on_grid);
+        Self { mem: free.mem, cpu: free.cpu, gpu: free.gpu, agent, sure, grid }
+    }
+
+    /// Whether a request the query admits surely fits (see [`Entry::sure`] and
+    /// [`Entry::grid`]), without the exact check.
+    fn surely_fits(&self, query: &Query) -> bool {
+        let need = query.need;
+        let exact = self.grid && query.grid;
+        self.sure
+            && (need.cpu <= self.cpu - MARGIN || (exact && need.cpu <= self.cpu))
+            && (need.gpu <= self.gpu - MARGIN || (exact && need.gpu <= self.gpu))
     }
 
     fn key(&self) -> Key {
@@ -50,6 +81,9 @@ impl Entry {
 
 /// What a search looks for.
 struct Query {
+    need: Slots,
+    /// Whether the request's CPU and GPU are [`on_grid`].
+    grid: bool,
     /// At least this much free memory.
     mem: i64,
     /// At least this much free CPU and GPU, less [`MARGIN`].
@@ -85,34 +119,40 @@ pub(super) struct Blocks {
 }
 
 impl Blocks {
-    /// Blocks over the free slots of agents `0..free.len()`. `O(n log n)`.
-    pub(super) fn new(free: &[Slots]) -> Self {
-        let mut entries: Vec<Entry> = free.iter().enumerate().map(|(i, f)| Entry::new(i, *f)).collect();
+    /// Blocks over agents `0..agents.len()` of (capacity, used). `O(n log n)`.
+    pub(super) fn new(agents: &[(Slots, Slots)]) -> Self {
+        let entries = agents.iter().enumerate().map(|(i, &(capacity, used))| Entry::new(i, capacity, used)).collect();
+        let mut blocks = Self::default();
+        blocks.fill(entries);
+        blocks
+    }
+
+    /// Fills empty blocks with `entries` (those of agents `0..entries.len()`).
+    fn fill(&mut self, mut entries: Vec<Entry>) {
         entries.sort_unstable_by_key(Entry::key);
         let count = entries.len().div_ceil(BLOCK);
-        let mut blocks = Self {
+        *self = Self {
             blocks: Vec::with_capacity(count),
             rank: (0..count).collect(),
             order: (0..count).collect(),
             upper: Vec::with_capacity(count),
-            at: vec![(0, 0); free.len()],
+            at: vec![(0, 0); entries.len()],
             tree: MaxTree::new(count),
         };
         for (id, chunk) in entries.chunks(BLOCK).enumerate() {
             let mut block = Vec::with_capacity(2 * BLOCK + 1);
             block.extend_from_slice(chunk);
             for (slot, e) in block.iter().enumerate() {
-                blocks.at[e.agent] = (id, slot);
+                self.at[e.agent] = (id, slot);
             }
-            blocks.upper.push(chunk.last().map_or(MAX_KEY, Entry::key));
-            blocks.blocks.push(block);
-            let (cpu, gpu) = blocks.maxima(id);
-            blocks.tree.set(id, cpu, gpu);
+            self.upper.push(chunk.last().map_or(MAX_KEY, Entry::key));
+            self.blocks.push(block);
+            let (cpu, gpu) = self.maxima(id);
+            self.tree.set(id, cpu, gpu);
         }
-        if let Some(last) = blocks.upper.last_mut() {
+        if let Some(last) = self.upper.last_mut() {
             *last = MAX_KEY;
         }
-        blocks
     }
 
     /// The agent chosen for `need` under `placement` (see [`super::Index::choose`]),
@@ -124,8 +164,8 @@ impl Blocks {
         exclude: Option<usize>,
         fits: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        bump(0, 1);
-        let query = Query { mem: need.mem, cpu: need.cpu - MARGIN, gpu: need.gpu - MARGIN, exclude };
+        let grid = on_grid(need.cpu) && on_grid(need.gpu);
+        let query = Query { need, grid, mem: need.mem, cpu: need.cpu - MARGIN, gpu: need.gpu - MARGIN, exclude };
         let from = self.upper.partition_point(|u| *u < (need.mem, i64::MIN, 0));
         let ranks = self.order.len();
         match placement {
@@ -160,7 +200,6 @@ impl Blocks {
         if r == 0 || (self.upper[r - 1].0, self.upper[r - 1].1) != group {
             return found.agent;
         }
-        bump(5, 1);
         let start = self.upper[..r].partition_point(|u| (u.0, u.1) < group);
         for rank in start..r {
             let (cpu, gpu) = self.tree.get(rank);
@@ -185,33 +224,42 @@ impl Blocks {
         group: Option<(i64, i64)>,
         fits: &impl Fn(usize) -> bool,
     ) -> Option<Entry> {
-        let mut best: Option<Entry> = None;
-        bump(1, 1); bump(2, self.blocks[self.order[r]].len());
-        for e in &self.blocks[self.order[r]] {
-            if !query.admits(e) || group.is_some_and(|g| e.group() != g) {
-                continue;
-            }
-            let better = best.is_none_or(|b| match placement {
-                Placement::Concentrated => e.key() < b.key(),
-                Placement::Dispersed => {
-                    let (eg, bg) = (e.group(), b.group());
-                    eg > bg || (eg == bg && e.agent < b.agent)
+        let block = &self.blocks[self.order[r]];
+        // The best that passes `check`, among those the query admits.
+        let pick = |check: &dyn Fn(usize) -> bool| {
+            let mut best: Option<Entry> = None;
+            for e in block {
+                if !query.admits(e) || group.is_some_and(|g| e.group() != g) {
+                    continue;
                 }
-            });
-            if better && fits(e.agent) {
-                best = Some(*e);
+                let better = best.is_none_or(|b| match placement {
+                    Placement::Concentrated => e.key() < b.key(),
+                    Placement::Dispersed => {
+                        let (eg, bg) = (e.group(), b.group());
+                        eg > bg || (eg == bg && e.agent < b.agent)
+                    }
+                });
+                if better && check(e.agent) {
+                    best = Some(*e);
+                }
             }
+            best
+        };
+        // The exact check only on the winner, unless it fails (rounding at the margin).
+        match pick(&|_| true) {
+            Some(e) if e.surely_fits(query) || fits(e.agent) => Some(e),
+            Some(_) => pick(fits),
+            None => None,
         }
-        best
     }
 
-    /// Records agent `agent`'s new free slots, moving it to another block if its key
-    /// leaves its block's range. `O(log n + BLOCK)`.
-    pub(super) fn update(&mut self, agent: usize, free: Slots) {
+    /// Records agent `agent`'s new `used` slots out of `capacity`, moving it to another
+    /// block if its key leaves its block's range. `O(log n + BLOCK)`.
+    pub(super) fn update(&mut self, agent: usize, capacity: Slots, used: Slots) {
         let Some(&(id, slot)) = self.at.get(agent) else {
             return;
         };
-        let new = Entry::new(agent, free);
+        let new = Entry::new(agent, capacity, used);
         let key = new.key();
         let r = self.rank[id];
         if key <= self.upper[r] && (r == 0 || self.upper[r - 1] < key) {
@@ -219,7 +267,6 @@ impl Blocks {
             self.refresh(r, id, old, Some(new));
             return;
         }
-        bump(4, 1);
         let old = self.blocks[id].swap_remove(slot);
         if let Some(moved) = self.blocks[id].get(slot) {
             self.at[moved.agent] = (id, slot);
@@ -268,7 +315,6 @@ impl Blocks {
             *self = self.rebuilt();
             return;
         }
-        bump(3, 1);
         let id = self.order[r];
         let mut lower = std::mem::take(&mut self.blocks[id]);
         let mid = lower.len() / 2;
@@ -301,11 +347,9 @@ impl Blocks {
 
     /// The same agents, blocked afresh.
     fn rebuilt(&self) -> Self {
-        let mut free = vec![Slots::ZERO; self.at.len()];
-        for e in self.blocks.iter().flatten() {
-            free[e.agent] = Slots { cpu: e.cpu, mem: e.mem, gpu: e.gpu };
-        }
-        Self::new(&free)
+        let mut blocks = Self::default();
+        blocks.fill(self.blocks.iter().flatten().copied().collect());
+        blocks
     }
 }
 

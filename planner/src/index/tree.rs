@@ -4,20 +4,22 @@
 //! logarithmic time instead of walking the leaves.
 
 /// An array-based segment tree: node 1 is the root, node `i` has children `2i` and
-/// `2i + 1`, and the leaves are nodes `size..2 * size` (`size` a power of two). A leaf
-/// with nothing in it holds negative infinity.
+/// `2i + 1`, and the leaves are nodes `size..2 * size` (`size` a power of two). Each
+/// node holds (largest free CPU, largest free GPU); a leaf with nothing in it holds
+/// negative infinities.
 #[derive(Clone, Debug, Default)]
 pub(super) struct MaxTree {
-    cpu: Vec<f64>,
-    gpu: Vec<f64>,
+    max: Vec<[f64; 2]>,
     size: usize,
 }
+
+const EMPTY: [f64; 2] = [f64::NEG_INFINITY; 2];
 
 impl MaxTree {
     /// A tree of at least `leaves` empty leaves.
     pub(super) fn new(leaves: usize) -> Self {
         let size = leaves.next_power_of_two().max(1);
-        Self { cpu: vec![f64::NEG_INFINITY; 2 * size], gpu: vec![f64::NEG_INFINITY; 2 * size], size }
+        Self { max: vec![EMPTY; 2 * size], size }
     }
 
     /// How many leaves it has room for.
@@ -28,91 +30,141 @@ impl MaxTree {
 
     /// The largest free CPU and GPU of leaf `leaf`.
     pub(super) fn get(&self, leaf: usize) -> (f64, f64) {
-        (self.cpu[self.size + leaf], self.gpu[self.size + leaf])
+        let [cpu, gpu] = self.max[self.size + leaf];
+        (cpu, gpu)
     }
 
     /// Sets leaf `leaf` and the maxima above it. `O(log n)`, less when they do not change.
     pub(super) fn set(&mut self, leaf: usize, cpu: f64, gpu: f64) {
         let mut i = self.size + leaf;
-        if self.cpu[i].total_cmp(&cpu).is_eq() && self.gpu[i].total_cmp(&gpu).is_eq() {
+        let same = |a: [f64; 2], b: [f64; 2]| a[0].total_cmp(&b[0]).is_eq() && a[1].total_cmp(&b[1]).is_eq();
+        if same(self.max[i], [cpu, gpu]) {
             return;
         }
-        self.cpu[i] = cpu;
-        self.gpu[i] = gpu;
+        self.max[i] = [cpu, gpu];
         while i > 1 {
             i /= 2;
-            let c = self.cpu[2 * i].max(self.cpu[2 * i + 1]);
-            let g = self.gpu[2 * i].max(self.gpu[2 * i + 1]);
-            if self.cpu[i].total_cmp(&c).is_eq() && self.gpu[i].total_cmp(&g).is_eq() {
+            let up = self.join(i);
+            if same(self.max[i], up) {
                 return;
             }
-            self.cpu[i] = c;
-            self.gpu[i] = g;
+            self.max[i] = up;
         }
+    }
+
+    /// The maxima of node `i`'s children.
+    fn join(&self, i: usize) -> [f64; 2] {
+        let (a, b) = (self.max[2 * i], self.max[2 * i + 1]);
+        [a[0].max(b[0]), a[1].max(b[1])]
     }
 
     /// Inserts an empty leaf at `at`, shifting leaves `at..len` one to the right
-    /// (growing if there is no room), then recomputes every maximum. `O(n)`.
+    /// (growing if there is no room), and recomputes the maxima above the leaves that
+    /// moved. `O(len - at + log n)` (`O(n)` when it grows).
     pub(super) fn insert_leaf(&mut self, at: usize, len: usize) {
         if len + 1 > self.size {
             let mut grown = Self::new(len + 1);
-            grown.cpu[grown.size..grown.size + len].copy_from_slice(&self.cpu[self.size..self.size + len]);
-            grown.gpu[grown.size..grown.size + len].copy_from_slice(&self.gpu[self.size..self.size + len]);
+            grown.max[grown.size..grown.size + len].copy_from_slice(&self.max[self.size..self.size + len]);
             *self = grown;
+            (1..self.size).rev().for_each(|i| self.max[i] = self.join(i));
         }
-        let (from, to) = (self.size + at, self.size + len);
-        self.cpu.copy_within(from..to, from + 1);
-        self.gpu.copy_within(from..to, from + 1);
-        self.cpu[from] = f64::NEG_INFINITY;
-        self.gpu[from] = f64::NEG_INFINITY;
-        self.rebuild();
+        let (mut lo, mut hi) = (self.size + at, self.size + len);
+        self.max.copy_within(lo..hi, lo + 1);
+        self.max[lo] = EMPTY;
+        hi += 1;
+        while lo > 1 {
+            (lo, hi) = (lo / 2, (hi - 1) / 2 + 1);
+            for i in lo..hi {
+                self.max[i] = self.join(i);
+            }
+        }
     }
 
-    /// Recomputes every maximum above the leaves. `O(n)`.
-    pub(super) fn rebuild(&mut self) {
-        for i in (1..self.size).rev() {
-            self.cpu[i] = self.cpu[2 * i].max(self.cpu[2 * i + 1]);
-            self.gpu[i] = self.gpu[2 * i].max(self.gpu[2 * i + 1]);
-        }
+    /// Whether node `i` may hold a leaf with `need`'s CPU and GPU (false for NaN).
+    fn admits(&self, i: usize, need: [f64; 2]) -> bool {
+        let [cpu, gpu] = self.max[i];
+        cpu >= need[0] && gpu >= need[1]
     }
 
     /// The first leaf in `lo..hi` whose largest free CPU is at least `cpu` and whose
-    /// largest free GPU is at least `gpu` (false for NaN).
+    /// largest free GPU is at least `gpu`.
     pub(super) fn first(&self, lo: usize, hi: usize, cpu: f64, gpu: f64) -> Option<usize> {
-        self.search(1, 0, self.size, lo, hi.min(self.size), (cpu, gpu), false)
+        self.find(lo, hi, [cpu, gpu], false)
     }
 
     /// The last such leaf in `lo..hi`.
     pub(super) fn last(&self, lo: usize, hi: usize, cpu: f64, gpu: f64) -> Option<usize> {
-        self.search(1, 0, self.size, lo, hi.min(self.size), (cpu, gpu), true)
+        self.find(lo, hi, [cpu, gpu], true)
     }
 
-    /// Descends from `node` (covering `nl..nr`) into the children whose maxima admit
-    /// `need`, rightmost first if `rightmost`.
-    #[allow(clippy::too_many_arguments)]
-    fn search(
-        &self,
-        node: usize,
-        nl: usize,
-        nr: usize,
-        lo: usize,
-        hi: usize,
-        need: (f64, f64),
-        rightmost: bool,
-    ) -> Option<usize> {
-        if nr <= lo || hi <= nl || !(self.cpu[node] >= need.0 && self.gpu[node] >= need.1) {
+    /// Walks up the nodes that exactly cover leaves `lo..hi`: those at the near end
+    /// (the right one if `last`) come in search order and are tried at once; those at
+    /// the far end come in reverse order and are tried after, last seen first.
+    fn find(&self, lo: usize, hi: usize, need: [f64; 2], last: bool) -> Option<usize> {
+        let mut far = [0_usize; 64];
+        let mut kept = 0;
+        let mut keep = |node: usize| {
+            if let Some(slot) = far.get_mut(kept) {
+                *slot = node;
+                kept += 1;
+            }
+        };
+        let (mut l, mut r) = (lo.min(self.size) + self.size, hi.min(self.size) + self.size);
+        while l < r {
+            if l & 1 == 1 {
+                if last {
+                    keep(l);
+                } else if let Some(leaf) = self.descend(l, need, false) {
+                    return Some(leaf);
+                }
+                l += 1;
+            }
+            if r & 1 == 1 {
+                r -= 1;
+                if !last {
+                    keep(r);
+                } else if let Some(leaf) = self.descend(r, need, true) {
+                    return Some(leaf);
+                }
+            }
+            (l, r) = (l / 2, r / 2);
+        }
+        far[..kept].iter().rev().find_map(|&node| self.descend(node, need, last))
+    }
+
+    /// The last (or first) leaf under `top` that admits `need`, backtracking when a
+    /// node's two maxima come from different children.
+    fn descend(&self, top: usize, need: [f64; 2], last: bool) -> Option<usize> {
+        if !self.admits(top, need) {
             return None;
         }
-        if node >= self.size {
-            return Some(nl);
-        }
-        let mid = (nl + nr) / 2;
-        if rightmost {
-            self.search(2 * node + 1, mid, nr, lo, hi, need, true)
-                .or_else(|| self.search(2 * node, nl, mid, lo, hi, need, true))
-        } else {
-            self.search(2 * node, nl, mid, lo, hi, need, false)
-                .or_else(|| self.search(2 * node + 1, mid, nr, lo, hi, need, false))
+        // The child tried first, and the other one.
+        let (first, second) = if last { (1, 0) } else { (0, 1) };
+        let mut node = top;
+        loop {
+            if node >= self.size {
+                return Some(node - self.size);
+            }
+            if self.admits(2 * node + first, need) {
+                node = 2 * node + first;
+                continue;
+            }
+            if self.admits(2 * node + second, need) {
+                node = 2 * node + second;
+                continue;
+            }
+            // Neither child: back up to the nearest first-tried child whose sibling
+            // has not been tried yet.
+            loop {
+                if node == top {
+                    return None;
+                }
+                if node & 1 == first && self.admits(node ^ 1, need) {
+                    node ^= 1;
+                    break;
+                }
+                node /= 2;
+            }
         }
     }
 }

@@ -6,17 +6,22 @@ use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use super::Pass;
+use super::{arrival_order, Pass, Session};
+use crate::slots::ord_key;
 use crate::{Pending, Slots};
 
-/// Considers the sessions of `queue` (`order`: their indices by (seq, id)) key by key,
-/// always taking the next session of the key with the smallest dominant share.
-/// `O(P + K)` to group by key, then `O(log K)` per session.
-pub(super) fn run(pass: &mut Pass<'_>, queue: &[Pending], order: &[usize], usage: &HashMap<String, Slots>) {
+/// Considers the sessions of `queue` key by key, always taking the next session (by
+/// (seq, id)) of the key with the smallest dominant share. `O(P + K)` to number and
+/// group the keys (and the sort of the queue if it is not in order), then `O(log K)`
+/// per session.
+pub(super) fn run(pass: &mut Pass<'_>, queue: &[Pending], usage: &HashMap<String, Slots>) {
     let total = pass.index.agents().iter().fold(Slots::ZERO, |sum, a| sum + a.capacity);
-    let keys = Keys::group(queue, order);
-    let mut used: Vec<Slots> = keys.names.iter().map(|name| usage.get(*name).copied().unwrap_or_default()).collect();
-    let mut heap: BinaryHeap<Turn> = (0..keys.names.len())
+    let mut names = Names::default();
+    let mut sessions = arrival_order(queue, |i| names.number(&queue[i].access_key));
+    let names = names.in_arrival_order(&mut sessions);
+    let keys = Keys::group(&sessions, names.len());
+    let mut used: Vec<Slots> = names.iter().map(|name| usage.get(*name).copied().unwrap_or_default()).collect();
+    let mut heap: BinaryHeap<Turn> = (0..names.len())
         .map(|key| {
             let first = &keys.sessions[keys.start[key]];
             Turn { share: share(used[key], total), seq: first.seq, id: first.id, key, next: keys.start[key] }
@@ -41,9 +46,14 @@ pub(super) fn run(pass: &mut Pass<'_>, queue: &[Pending], order: &[usize], usage
     }
 }
 
-/// The dominant share of `used`: its largest fraction of `total` over the resources
-/// the cluster has.
-fn share(used: Slots, total: Slots) -> f64 {
+/// The dominant share of `used` (its largest fraction of `total` over the resources
+/// the cluster has), as an [`ord_key`].
+fn share(used: Slots, total: Slots) -> i64 {
+    ord_key(dominant_share(used, total))
+}
+
+/// The dominant share of `used`.
+fn dominant_share(used: Slots, total: Slots) -> f64 {
     let mut share = 0.0_f64;
     if total.cpu > 0.0 {
         share = share.max(used.cpu / total.cpu);
@@ -57,65 +67,86 @@ fn share(used: Slots, total: Slots) -> f64 {
     share
 }
 
-/// The sessions grouped by access key, each group in (seq, id) order.
-struct Keys<'q> {
-    /// The access keys, by first appearance in arrival order.
-    names: Vec<&'q str>,
-    /// The sessions, key by key (copied, so that each key's are contiguous).
+/// The access keys of one pass, numbered by first appearance in the queue.
+#[derive(Default)]
+struct Names<'q> {
+    ids: HashMap<&'q str, u32, BuildHasherDefault<WordHash>>,
+    list: Vec<&'q str>,
+    /// The last one numbered (sessions of one key often come together).
+    last: Option<(&'q str, u32)>,
+}
+
+impl<'q> Names<'q> {
+    fn number(&mut self, name: &'q str) -> u32 {
+        if let Some((last, id)) = self.last {
+            if last == name {
+                return id;
+            }
+        }
+        let next = u32::try_from(self.list.len()).unwrap_or(u32::MAX);
+        let id = *self.ids.entry(name).or_insert(next);
+        if id == next {
+            self.list.push(name);
+        }
+        self.last = Some((name, id));
+        id
+    }
+
+    /// The names numbered again by first appearance in `sessions` (in arrival order:
+    /// ties in the heap go to the key that arrived first), renumbering the sessions.
+    fn in_arrival_order(self, sessions: &mut [Session]) -> Vec<&'q str> {
+        let mut renumber = vec![u32::MAX; self.list.len()];
+        let mut names = Vec::with_capacity(self.list.len());
+        for s in sessions {
+            let Some(new) = renumber.get_mut(s.key as usize) else {
+                continue;
+            };
+            if *new == u32::MAX {
+                *new = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                names.push(self.list[s.key as usize]);
+            }
+            s.key = *new;
+        }
+        names
+    }
+}
+
+/// The sessions grouped by access key, each group in arrival order.
+struct Keys {
+    /// The sessions, key by key.
     sessions: Vec<Session>,
     /// Where each key's sessions start in `sessions` (and one past the end).
     start: Vec<usize>,
 }
 
-impl<'q> Keys<'q> {
-    fn group(queue: &'q [Pending], order: &[usize]) -> Self {
-        let mut ids: HashMap<&str, usize, BuildHasherDefault<Fnv>> = HashMap::default();
-        let mut names = Vec::new();
-        let mut count: Vec<usize> = Vec::new();
-        let key_of: Vec<usize> = order
-            .iter()
-            .map(|&i| {
-                let name = queue[i].access_key.as_str();
-                let key = *ids.entry(name).or_insert_with(|| {
-                    names.push(name);
-                    count.push(0);
-                    names.len() - 1
-                });
-                count[key] += 1;
-                key
-            })
-            .collect();
-        let mut start = Vec::with_capacity(names.len() + 1);
-        let mut at = 0;
-        for c in &count {
-            start.push(at);
-            at += c;
+impl Keys {
+    /// Groups `sessions` (in arrival order) by their `key` (below `keys`): a stable
+    /// counting sort.
+    fn group(sessions: &[Session], keys: usize) -> Self {
+        let mut start = vec![0; keys + 1];
+        for s in sessions {
+            start[s.key as usize + 1] += 1;
         }
-        start.push(at);
+        for k in 0..keys {
+            start[k + 1] += start[k];
+        }
         let mut fill = start.clone();
-        let blank = Session { id: 0, seq: 0, slots: Slots::ZERO };
-        let mut sessions = vec![blank; order.len()];
-        for (&i, &key) in order.iter().zip(&key_of) {
-            let p = &queue[i];
-            sessions[fill[key]] = Session { id: p.id, seq: p.seq, slots: p.slots };
-            fill[key] += 1;
+        let blank = Session { seq: 0, id: 0, slots: Slots::ZERO, key: 0 };
+        let mut grouped = vec![blank; sessions.len()];
+        for s in sessions {
+            let at = &mut fill[s.key as usize];
+            grouped[*at] = *s;
+            *at += 1;
         }
-        Self { names, sessions, start }
+        Self { sessions: grouped, start }
     }
-}
-
-/// What the pass needs of a pending session.
-#[derive(Clone, Copy)]
-struct Session {
-    id: u64,
-    seq: i64,
-    slots: Slots,
 }
 
 /// A key's turn in the heap: ordered so that the heap's top is the smallest
 /// (share, seq, id) of the key's next session.
 struct Turn {
-    share: f64,
+    /// The key's dominant share, as an [`ord_key`].
+    share: i64,
     seq: i64,
     id: u64,
     key: usize,
@@ -125,12 +156,7 @@ struct Turn {
 
 impl Ord for Turn {
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .share
-            .total_cmp(&self.share)
-            .then(other.seq.cmp(&self.seq))
-            .then(other.id.cmp(&self.id))
-            .then(other.key.cmp(&self.key))
+        (other.share, other.seq, other.id, other.key).cmp(&(self.share, self.seq, self.id, self.key))
     }
 }
 
@@ -148,24 +174,40 @@ impl PartialEq for Turn {
 
 impl Eq for Turn {}
 
-/// FNV-1a: a fast hash for the access keys of one pass (they come from the database,
-/// not from an adversary choosing collisions against a per-pass table).
-struct Fnv(u64);
+/// A fast hash for the access keys of one pass, a word at a time (they come from the
+/// database, not from an adversary choosing collisions against a per-pass table).
+#[derive(Default)]
+struct WordHash(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+impl WordHash {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for WordHash {
     fn finish(&self) -> u64 {
-        self.0
+        // Spreads the high bits (where the multiplications put them) to the low ones.
+        let h = self.0;
+        (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (h >> 29)
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0; 8];
+            w.copy_from_slice(word);
+            self.add(u64::from_le_bytes(w));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = [0; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte) | 0x100);
     }
 }

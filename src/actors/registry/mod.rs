@@ -288,6 +288,7 @@ mod tests {
             bus: Arc::new(crate::bus::Bus::local()),
             directory: Arc::default(),
             scheduling: Arc::default(),
+            activity: Arc::default(),
         };
         let directory = core.directory.clone();
         Registry::start_supervised(Arc::new(core), directory)

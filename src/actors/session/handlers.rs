@@ -110,6 +110,8 @@ impl SessionActor {
         Fut: std::future::Future<Output = Result<T, AgentError>> + 'static,
     {
         self.touch();
+        // A call on the session: its idle timer starts again.
+        self.core.activity.note(self.kernel.id);
         let agent = match self.live_agent() {
             Ok(agent) => agent,
             Err(error) => return Box::pin(fut::ready(Err(error))),
@@ -260,8 +262,9 @@ impl Handler<Destroy> for SessionActor {
     type Result = AtomicResponse<Self, Result<Value, Error>>;
 
     #[tracing::instrument(name = "SessionActor::Destroy", skip_all, fields(kernel = %self.kernel.id))]
-    fn handle(&mut self, _msg: Destroy, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Destroy, _ctx: &mut Self::Context) -> Self::Result {
         self.touch();
+        let reason = msg.reason;
         let agent = match self.live_agent() {
             Ok(agent) => agent,
             Err(error) => return AtomicResponse::new(Box::pin(fut::ready(Err(error)))),
@@ -278,15 +281,12 @@ impl Handler<Destroy> for SessionActor {
                 let (status, info, stats, answer) = match result {
                     Ok(Ok(stats)) => {
                         let stats = if stats.is_object() { stats } else { Value::Object(Default::default()) };
-                        (KernelStatus::Terminated, "user-requested".to_owned(), ledger::parse_stats(&stats), Ok(stats))
+                        (KernelStatus::Terminated, reason.to_owned(), ledger::parse_stats(&stats), Ok(stats))
                     }
                     // Already gone on the agent: the session ends all the same.
-                    Ok(Err(AgentError::KernelNotFound)) => (
-                        KernelStatus::Terminated,
-                        "user-requested".to_owned(),
-                        None,
-                        Ok(Value::Object(Default::default())),
-                    ),
+                    Ok(Err(AgentError::KernelNotFound)) => {
+                        (KernelStatus::Terminated, reason.to_owned(), None, Ok(Value::Object(Default::default())))
+                    }
                     Ok(Err(agent_error)) => {
                         let error: Error = agent_error.into_api(Problem::KernelDestructionFailed).into();
                         (KernelStatus::Error, format!("destruction-failed: {error}"), None, Err(error))

@@ -183,6 +183,8 @@ mod tests {
             created_at: now,
             terminated_at: None,
             scheduled_at: Some(now),
+            started_at: Some(now),
+            last_activity: None,
             mem_slot: 1,
             cpu_slot: 1.0,
             gpu_slot: 0.0,

@@ -2,9 +2,14 @@
 
 use super::*;
 
-/// Fits on free slots alone (what the exact check of the index amounts to here).
+/// Fits on an agent of capacity `free` with nothing used.
 fn fits(free: Slots, need: Slots) -> bool {
-    need.cpu <= free.cpu + crate::EPSILON && need.gpu <= free.gpu + crate::EPSILON && need.mem <= free.mem
+    need.fits_in(free)
+}
+
+/// Blocks over agents of capacity `free`, nothing used.
+fn blocks_of(free: &[Slots]) -> Blocks {
+    Blocks::new(&free.iter().map(|&f| (f, Slots::ZERO)).collect::<Vec<_>>())
 }
 
 /// The documented rule, by brute force.
@@ -46,7 +51,7 @@ fn churn(n: usize, rounds: usize, seed: u64) -> usize {
     };
     let mut free: Vec<Slots> =
         (0..n).map(|_| Slots::new(0.5 * next(20) as f64, 256 * next(40) as i64, next(3) as f64)).collect();
-    let mut blocks = Blocks::new(&free);
+    let mut blocks = blocks_of(&free);
     check_invariants(&blocks, &free);
     let mut placed = 0;
     for round in 0..rounds {
@@ -70,7 +75,7 @@ fn churn(n: usize, rounds: usize, seed: u64) -> usize {
                 agent
             }
         };
-        blocks.update(agent, free[agent]);
+        blocks.update(agent, free[agent], Slots::ZERO);
         if round % 97 == 0 {
             check_invariants(&blocks, &free);
         }
@@ -93,7 +98,7 @@ fn a_large_group_of_ties_goes_to_its_lowest_index_that_fits() {
     // 300 identical agents (ten blocks of the same memory and CPU): only some have a GPU.
     let mut free: Vec<Slots> = (0..300).map(|i| Slots::new(4.0, 1024, if i % 7 == 6 { 1.0 } else { 0.0 })).collect();
     free[290] = Slots::new(4.0, 1024, 2.0);
-    let blocks = Blocks::new(&free);
+    let blocks = blocks_of(&free);
     let choose = |need: Slots, placement, exclude| blocks.choose(need, placement, exclude, |a| fits(free[a], need));
     let cpu = Slots::new(1.0, 100, 0.0);
     let gpu = Slots::new(1.0, 100, 1.0);
@@ -110,15 +115,47 @@ fn a_large_group_of_ties_goes_to_its_lowest_index_that_fits() {
 fn many_splits_rebuild_the_blocks() {
     // Everyone moves into one key range and back, over and over.
     let mut free: Vec<Slots> = (0..500).map(|i| Slots::new(1.0, i, 0.0)).collect();
-    let mut blocks = Blocks::new(&free);
+    let mut blocks = blocks_of(&free);
     for round in 0..20 {
-        for agent in 0..500 {
-            free[agent] = Slots::new(1.0, if round % 2 == 0 { 10_000 + agent as i64 % 3 } else { agent as i64 }, 0.0);
-            blocks.update(agent, free[agent]);
+        for (agent, f) in free.iter_mut().enumerate() {
+            *f = Slots::new(1.0, if round % 2 == 0 { 10_000 + agent as i64 % 3 } else { agent as i64 }, 0.0);
+            blocks.update(agent, *f, Slots::ZERO);
         }
         check_invariants(&blocks, &free);
         assert!(blocks.order.len() <= 4 * (500 / BLOCK + 1) + 1);
     }
-    let none = Blocks::new(&[]);
+    let none = blocks_of(&[]);
     assert_eq!(none.choose(Slots::ZERO, Placement::Dispersed, None, |_| true), None);
+}
+
+#[test]
+fn off_grid_and_near_margin_amounts_take_the_exact_check() {
+    // Tenths do not add up exactly; requests right at the free amount, a hair above
+    // or below, on and off the grid: the answer is always the exact rule's.
+    let agents: Vec<(Slots, Slots)> = (0..200)
+        .map(|i| {
+            let tenths = (i % 11) as f64 * 0.1;
+            (Slots::new(1.0, 1000, 1.0), Slots::new(tenths, i as i64, if i % 3 == 0 { tenths } else { 0.5 }))
+        })
+        .collect();
+    let blocks = Blocks::new(&agents);
+    for k in 0..=10 {
+        for delta in [0.0, 1e-10, -1e-10, 2e-9, 1e-7, 2e-6, -2e-6] {
+            for gpu in [0.0, 0.5, 0.5 + delta, (10 - k) as f64 * 0.1 + delta] {
+                let need = Slots::new((10 - k) as f64 * 0.1 + delta, 500, gpu);
+                for placement in [Placement::Dispersed, Placement::Concentrated] {
+                    let fits_on = |a: usize| need.fits(agents[a].1, agents[a].0);
+                    let want = (0..agents.len()).filter(|&a| fits_on(a)).min_by_key(|&a| {
+                        let free = agents[a].0 - agents[a].1;
+                        let group = (free.mem, ord_key(free.cpu));
+                        match placement {
+                            Placement::Dispersed => (std::cmp::Reverse(group), a),
+                            Placement::Concentrated => (std::cmp::Reverse((-group.0, -group.1)), a),
+                        }
+                    });
+                    assert_eq!(blocks.choose(need, placement, None, fits_on), want, "{need:?} {placement:?}");
+                }
+            }
+        }
+    }
 }
