@@ -139,6 +139,13 @@ enum Command {
     /// Read and write the config store (etcd, or the embedded store).
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Check that each agent's occupied slots and each key's session count match their
+    /// live sessions, repair what drifted, and print what was found.
+    Audit {
+        /// Only report [default: false]
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -341,6 +348,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Etcd(command) => etcd(command, &settings).await,
+        Command::Audit { dry_run } => {
+            let db = db::connect(&settings.db).await?;
+            let drifts = crate::ledger::audit(&db, dry_run).await?;
+            if drifts.is_empty() {
+                println!("no drift: every agent's slots and every key's sessions match their live sessions");
+            }
+            for d in &drifts {
+                let action = if d.repaired { "repaired" } else { "found" };
+                println!(
+                    "{action} {} {}: recorded cpu {} mem {} gpu {}, actual cpu {} mem {} gpu {}",
+                    d.kind, d.id, d.recorded.0, d.recorded.1, d.recorded.2, d.actual.0, d.actual.1, d.actual.2
+                );
+            }
+            Ok(())
+        }
     }
 }
 

@@ -251,6 +251,8 @@ pub struct SchedulerSettings {
     /// Seconds before a session is reclaimed (its key's idle timeout or session
     /// lifetime) that its event stream gets a `warning` event.
     pub reclaim_warning: f64,
+    /// Seconds between two slot audits (one manager per cluster: the scheduler).
+    pub audit_interval: f64,
 }
 
 impl Default for SchedulerSettings {
@@ -261,6 +263,7 @@ impl Default for SchedulerSettings {
             max_pending_per_key: 100,
             max_pending: 10_000,
             reclaim_warning: 60.0,
+            audit_interval: 60.0,
         }
     }
 }
@@ -389,6 +392,7 @@ impl Settings {
             ("scheduler.create_wait", self.scheduler.create_wait, 0.1),
             ("scheduler.max_wait", self.scheduler.max_wait, 1.0),
             ("scheduler.reclaim_warning", self.scheduler.reclaim_warning, 0.0),
+            ("scheduler.audit_interval", self.scheduler.audit_interval, 1.0),
         ] {
             if !(seconds.is_finite() && (least..=604_800.0).contains(&seconds)) {
                 return bad(key, &format!("must be {least} to 604800 seconds"));

@@ -140,7 +140,7 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
         // A live manager settles a create, restart or destroy within its agent call timeout.
         let manager = &core.settings.manager;
         let deadline = manager.agent_create_timeout.max(manager.agent_call_timeout) + STRANDED_MARGIN;
-        match ledger::end_stranded_sessions(&core.db, deadline).await {
+        match settle_stranded(&core, deadline).await {
             Ok(more) => ended.extend(more),
             Err(error) => tracing::error!(%error, "could not end the sessions managers left half-way"),
         }
@@ -165,6 +165,26 @@ async fn pass(core: Arc<Core>, manager_id: String, healthy_since: Option<Instant
     }
     hold.release(&ended);
     Pass::Checked { lost: lost.into_iter().map(|(agent, _)| agent).collect(), ended }
+}
+
+/// The watchdog: settles the sessions stuck PREPARING, RESTARTING or TERMINATING past
+/// `deadline` seconds. The agent call is tried again first: a stuck create or destroy
+/// asks the agent to destroy the kernel (it may have been made, or not yet removed), so
+/// no kernel outlives its session; then the session ends (see [`ledger::settle_stranded`]).
+async fn settle_stranded(core: &Core, deadline: f64) -> Result<Vec<uuid::Uuid>, Error> {
+    let stranded = ledger::stranded_sessions(&core.db, deadline).await?;
+    for kernel in &stranded {
+        let (entity::kernels::KernelStatus::Preparing | entity::kernels::KernelStatus::Terminating, Some(addr)) =
+            (kernel.status, kernel.agent_addr.as_deref())
+        else {
+            continue;
+        };
+        match core.agent_client(addr).destroy_kernel(&kernel.id.to_string()).await {
+            Ok(_) | Err(crate::agent_client::AgentError::KernelNotFound) => {}
+            Err(error) => tracing::warn!(kernel_id = %kernel.id, %error, "watchdog: the agent call failed again"),
+        }
+    }
+    ledger::settle_stranded(&core.db, stranded).await
 }
 
 /// Liveness checker: stop checking and hand the lease over (graceful shutdown).

@@ -275,15 +275,11 @@ pub async fn end_sessions_of_gone_agents(db: &DatabaseConnection) -> Result<Vec<
     Ok(ended)
 }
 
-/// Ends the sessions a manager left half-way, having died during their create, restart
-/// or destroy: a live manager settles each of those within its agent call timeout, so a
-/// session still PREPARING, RESTARTING or TERMINATING `deadline` seconds after it got
-/// that status is stranded. A create ends ERROR `creation-interrupted`, a destroy ends
-/// TERMINATED `user-requested`, a restart goes back to RUNNING (the kernel is there,
-/// restarted or not; a report that lacks it ends it). Kernels an agent still holds for
-/// sessions ended here are destroyed by its next report's reconciliation. Returns the
-/// sessions it ended.
-pub async fn end_stranded_sessions(db: &DatabaseConnection, deadline: f64) -> Result<Vec<Uuid>, Error> {
+/// The sessions a manager left half-way, having died during their create, restart or
+/// destroy (or whose agent call hangs): a live manager settles each of those within its
+/// agent call timeout, so a session still PREPARING, RESTARTING or TERMINATING
+/// `deadline` seconds after it got that status is stranded.
+pub async fn stranded_sessions(db: &DatabaseConnection, deadline: f64) -> Result<Vec<kernels::Model>, Error> {
     let stranded_states = [KernelStatus::Preparing, KernelStatus::Restarting, KernelStatus::Terminating];
     let candidates = kernels::Entity::find().filter(kernels::Column::Status.is_in(stranded_states)).all(db).await?;
     if candidates.is_empty() {
@@ -303,6 +299,15 @@ pub async fn end_stranded_sessions(db: &DatabaseConnection, deadline: f64) -> Re
             .unwrap_or(kernel.created_at);
         since.with_timezone(&Utc) < cutoff
     });
+    Ok(stranded.collect())
+}
+
+/// Settles `stranded` sessions (see [`stranded_sessions`]; the caller has retried their
+/// agent calls): a create ends ERROR `creation-interrupted`, a destroy ends TERMINATED
+/// `user-requested`, a restart goes back to RUNNING (the kernel is there, restarted or
+/// not; a report that lacks it ends it). Kernels an agent still holds for sessions ended
+/// here are destroyed by its next report's reconciliation. Returns the sessions it ended.
+pub async fn settle_stranded(db: &DatabaseConnection, stranded: Vec<kernels::Model>) -> Result<Vec<Uuid>, Error> {
     let (mut creates, mut destroys, mut restarts) = (Vec::new(), Vec::new(), Vec::new());
     for kernel in stranded {
         match kernel.status {

@@ -28,12 +28,14 @@ use sea_orm::{
 
 use crate::error::Error;
 
+mod audit;
 mod ending;
 mod queue;
 
+pub use audit::{audit, Drift};
 pub use ending::{
-    agent_sessions, declare_lost_agents, end_sessions, end_sessions_of_gone_agents, end_stranded_sessions, release,
-    AgentChange, Ending,
+    agent_sessions, declare_lost_agents, end_sessions, end_sessions_of_gone_agents, release, settle_stranded,
+    stranded_sessions, AgentChange, Ending,
 };
 use protocol::KernelStats;
 pub use queue::{

@@ -60,6 +60,10 @@ pub struct Scheduling {
     decided: broadcast::Sender<Arc<Vec<Uuid>>>,
     /// The reclaim deadline each session was last warned of.
     warned: std::sync::Mutex<std::collections::HashMap<Uuid, chrono::DateTime<chrono::FixedOffset>>>,
+    /// When this process last audited the slots.
+    audited: std::sync::Mutex<Option<Instant>>,
+    /// Drifts the audits of this process repaired.
+    repairs: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Scheduling {
@@ -69,6 +73,8 @@ impl Default for Scheduling {
             holder: AtomicBool::new(false),
             decided: broadcast::channel(64).0,
             warned: Default::default(),
+            audited: Default::default(),
+            repairs: Default::default(),
         }
     }
 }
@@ -90,6 +96,21 @@ impl Scheduling {
     /// waiting one).
     pub fn nudge(&self) {
         self.wake.notify_one();
+    }
+
+    /// Drifts the slot audits of this process repaired.
+    pub fn repairs(&self) -> u64 {
+        self.repairs.load(Ordering::Relaxed)
+    }
+
+    /// Whether a slot audit is due (and, if so, marks it done now).
+    fn audit_due(&self, interval: Duration) -> bool {
+        let Ok(mut audited) = self.audited.lock() else { return false };
+        let due = audited.is_none_or(|at| at.elapsed() >= interval);
+        if due {
+            *audited = Some(Instant::now());
+        }
+        due
     }
 
     fn set_holder(&self, holder: bool) {

@@ -51,6 +51,15 @@ pub async fn run(
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "could not check the sessions' limits"),
     }
+    if scheduling.audit_due(std::time::Duration::from_secs_f64(core.settings.scheduler.audit_interval)) {
+        match ledger::audit(&core.db, false).await {
+            Ok(drifts) => {
+                let repaired = drifts.iter().filter(|d| d.repaired).count() as u64;
+                scheduling.repairs.fetch_add(repaired, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, "the slot audit failed"),
+        }
+    }
     match place_queue(core, current).await? {
         Some(waiting) => Ok(Outcome::Ran { term: current, waiting }),
         None => {

@@ -216,7 +216,7 @@ async fn sessions_a_dead_manager_left_half_way_are_settled() {
     for backend in crate::helpers::BACKENDS {
         let Some(app) = app_without_agent(backend).await else { continue };
         let agent_id = unique("i-stranded");
-        fake_agent(&app, &agent_id, json!({"cpu": 8, "mem": 8192, "gpu": 0})).await;
+        let (fake, _) = fake_agent(&app, &agent_id, json!({"cpu": 8, "mem": 8192, "gpu": 0})).await;
         let [creating, restarting, destroying] = [unique("creating"), unique("restarting"), unique("destroying")];
         for token in [&creating, &restarting, &destroying] {
             assert_eq!(create(&app, token).await.status().as_u16(), 201, "{backend:?}");
@@ -249,6 +249,13 @@ async fn sessions_a_dead_manager_left_half_way_are_settled() {
         assert_eq!(session(&app, &creating).await.status_info.as_deref(), Some("creation-interrupted"));
         assert_eq!(session(&app, &destroying).await.status_info.as_deref(), Some("user-requested"));
         assert_eq!(session(&app, &fresh).await.status, KernelStatus::Preparing, "{backend:?}: too recent to judge");
+        // The watchdog tried the agent again first: the stuck create's and destroy's
+        // kernels were destroyed there (the restarted one was left alone).
+        let destroyed = fake.destroyed.lock().unwrap().clone();
+        for (token, expected) in [(&creating, true), (&destroying, true), (&restarting, false)] {
+            let id = session(&app, token).await.id.to_string();
+            assert_eq!(destroyed.contains(&id), expected, "{backend:?} {token}: {destroyed:?}");
+        }
         // Two live sessions hold quota and slots (restarting and fresh), no more.
         let key = keypairs::Entity::find_by_id(app.access_key.clone()).one(&app.state.db).await.unwrap().unwrap();
         assert_eq!(key.concurrency_used, 2, "{backend:?}");

@@ -459,3 +459,72 @@ async fn a_session_past_its_lifetime_is_reclaimed_even_while_used() {
         app.stop().await;
     }
 }
+
+/// Slots and session counts that no longer match the live sessions, as a bug or a
+/// manual edit would leave them.
+async fn inject_drift(app: &TestApp) {
+    use sea_orm::sea_query::Expr;
+    agents::Entity::update_many()
+        .col_expr(agents::Column::UsedMemSlots, Expr::value(777))
+        .col_expr(agents::Column::UsedCpuSlots, Expr::value(5.5))
+        .filter(agents::Column::Id.eq("i-0"))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+    keypairs::Entity::update_many()
+        .col_expr(keypairs::Column::ConcurrencyUsed, Expr::value(4))
+        .filter(keypairs::Column::AccessKey.eq(app.access_key.clone()))
+        .exec(&app.state.db)
+        .await
+        .unwrap();
+}
+
+#[actix_web::test]
+async fn drift_injected_in_the_database_is_repaired_by_the_periodic_audit() {
+    for backend in BACKENDS {
+        let Some(app) = cluster(backend, &[(8.0, 8000)], |s| s.scheduler.audit_interval = 1.0).await else { continue };
+        assert_eq!(create(&app, "small", &unique("live")).await.status(), 201);
+        let repairs_before = app.state.core.scheduling.repairs();
+        inject_drift(&app).await;
+        eventually("the audit repairs the drift", Duration::from_secs(15), || async {
+            let row = agent(&app, "i-0").await;
+            let repaired = row.used_mem_slots == 1000 && row.used_cpu_slots == 1.0 && concurrency_used(&app).await == 1;
+            repaired.then_some(())
+        })
+        .await;
+        assert!(app.state.core.scheduling.repairs() >= repairs_before + 2, "{backend:?}: the repairs are counted");
+        app.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn the_audit_command_reports_and_repairs_drift() {
+    // The periodic audit runs once at start, then not for a day: the command finds the drift.
+    let Some(app) = cluster(Backend::Services, &[(8.0, 8000)], |s| s.scheduler.audit_interval = 86_400.0).await else {
+        return;
+    };
+    assert_eq!(create(&app, "small", &unique("live")).await.status(), 201);
+    inject_drift(&app).await;
+    let found = ledger::audit(&app.state.db, true).await.unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(found.iter().all(|d| !d.repaired));
+    assert_eq!(agent(&app, "i-0").await.used_mem_slots, 777, "a dry run changes nothing");
+    let db_url = app.state.settings.db.url.as_ref().unwrap().expose().to_owned();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_backendai-manager"))
+            .args(["--db-url", &db_url])
+            .args(args)
+            .env_remove("BACKENDAI_CONFIG")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let report = run(&["audit"]);
+    assert!(report.contains("repaired agent i-0: recorded cpu 5.5 mem 777"), "{report}");
+    assert!(report.contains(&format!("repaired keypair {}: recorded cpu 4", app.access_key)), "{report}");
+    assert_eq!(agent(&app, "i-0").await.used_mem_slots, 1000);
+    assert_eq!(concurrency_used(&app).await, 1);
+    assert!(run(&["audit"]).contains("no drift"));
+    app.stop().await;
+}
