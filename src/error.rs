@@ -41,6 +41,8 @@ problems! {
     GenericNotFound => ("generic-not-found", NOT_FOUND, "Unknown URL path"),
     /// A malformed request.
     GenericBadRequest => ("generic-bad-request", BAD_REQUEST, "Bad request"),
+    /// The caller may not do this (an admin-only call with a user key).
+    GenericForbidden => ("generic-forbidden", FORBIDDEN, "Forbidden operation"),
     /// The path exists but not with this method.
     MethodNotAllowed => ("method-not-allowed", METHOD_NOT_ALLOWED, "Method not allowed"),
     /// The body exceeds the size cap.

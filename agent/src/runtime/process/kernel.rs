@@ -237,7 +237,7 @@ impl Kernel {
     /// Interrupts the run in flight: SIGINT to the kernel's processes once the runner has
     /// started the run's step (held until then, see `machine`). Without a run in flight,
     /// whatever the code left running in the background gets it.
-    pub async fn interrupt(&self) -> RuntimeResult<()> {
+    pub async fn interrupt(self: &Arc<Self>) -> RuntimeResult<()> {
         let pid = {
             let mut st = self.lock();
             let pid = st.proc.as_ref().map(|p| p.pid).ok_or(RuntimeError::KernelNotFound)?;
@@ -246,8 +246,37 @@ impl Kernel {
         };
         if let Some(pid) = pid {
             self.interrupt_group(pid).await;
+            self.repeat_interrupt(pid);
         }
         Ok(())
+    }
+
+    /// bash runs its INT trap only once the command it waits for ends, and a command
+    /// caught between fork and exec misses a SIGINT sent to the group: an interrupt that
+    /// lands in that window (as a held one does, right after the runner's `start`) would
+    /// wait for the command to end on its own. In shell kernels the interrupt is repeated
+    /// while the same step runs, a few times, as a user presses Ctrl-C again.
+    pub(super) fn repeat_interrupt(self: &Arc<Self>, pgid: u32) {
+        const REPEATS: usize = 8;
+        const EVERY: Duration = Duration::from_millis(250);
+        if self.spec.image.runner != RunnerKind::Shell {
+            return;
+        }
+        let step = |kernel: &Kernel| {
+            let st = kernel.lock();
+            st.run.as_ref().filter(|r| r.is_live()).map(|r| (r.generation, r.step_seq))
+        };
+        let Some(interrupted) = step(self) else { return };
+        let kernel = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..REPEATS {
+                tokio::time::sleep(EVERY).await;
+                if step(&kernel) != Some(interrupted) {
+                    return;
+                }
+                kernel.interrupt_group(pgid).await;
+            }
+        });
     }
 
     /// SIGINT to the kernel's processes. Inside bubblewrap the group leader is bwrap's

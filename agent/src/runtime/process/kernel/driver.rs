@@ -42,6 +42,7 @@ pub(super) async fn drive(
                     lines.extend_from_slice(&evt_buf[..n]);
                     while let Some(pgid) = handle_frames(&kernel, generation, &mut lines, &out, &err, &mut scratch) {
                         kernel.interrupt_group(pgid).await;
+                        kernel.repeat_interrupt(pgid);
                     }
                 }
                 _ => evt_open = false,
