@@ -88,6 +88,8 @@ pub struct GqlContext {
     pub caller: Arc<keypairs::Model>,
     /// The running key actors of this process, whose caches a change drops.
     pub directory: Arc<crate::actors::registry::Directory>,
+    /// What the actors share (the scheduler's view of the queue).
+    pub core: Arc<crate::Core>,
 }
 
 /// Runs one operation for `context.caller` against the schema its key may use.

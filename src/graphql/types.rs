@@ -14,6 +14,15 @@ fn timestamp(at: &DateTimeWithTimeZone) -> String {
     at.to_rfc3339()
 }
 
+/// The queue fields of a PENDING session (`None` for any other).
+async fn pending_info(ctx: &Context<'_>, kernel: &kernels::Model) -> Result<Option<crate::scheduler::PendingInfo>> {
+    if kernel.status != KernelStatus::Pending {
+        return Ok(None);
+    }
+    let core = &ctx.data::<super::GqlContext>()?.core;
+    crate::scheduler::pending_info(core, kernel).await.map(Some).map_err(|e| async_graphql::Error::new(e.to_string()))
+}
+
 /// Parses a session status argument (a String, as 1.0.x declared it).
 pub fn kernel_status(status: Option<String>) -> Result<Option<KernelStatus>> {
     status
@@ -97,6 +106,14 @@ macro_rules! kernel_object {
             /// Why it is in that status.
             async fn status_info(&self) -> Option<&str> {
                 self.0.status_info.as_deref()
+            }
+            /// While PENDING: its place in the queue (0: the head).
+            async fn queue_position(&self, ctx: &Context<'_>) -> Result<Option<i32>> {
+                Ok(pending_info(ctx, &self.0).await?.map(|info| i32::try_from(info.queue_position).unwrap_or(i32::MAX)))
+            }
+            /// While PENDING: why it waits.
+            async fn pending_reason(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+                Ok(pending_info(ctx, &self.0).await?.map(|info| info.pending_reason))
             }
             /// ISO 8601.
             async fn created_at(&self) -> String {

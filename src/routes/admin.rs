@@ -96,6 +96,7 @@ async fn graphql_handler(
         stats: state.stores.stats.clone(),
         caller: auth.keypair,
         directory: state.directory.clone(),
+        core: state.core.clone(),
     };
     let response = graphql::execute(&schemas, context, request).await;
     let standard = req

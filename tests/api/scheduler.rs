@@ -104,6 +104,18 @@ async fn a_create_without_room_waits_in_the_queue_and_starts_when_room_frees() {
         let reason = body["pendingReason"].as_str().unwrap_or_default();
         assert!(reason.contains("no agent has room") && reason.contains("mem by 2000"), "{body}");
         assert_eq!(concurrency_used(&app).await, 2, "the waiting session counts against the quota");
+        // GraphQL says the same.
+        let query = "{ compute_sessions(status: \"PENDING\") { sess_id status queue_position pending_reason } }";
+        let request = app.signed("POST", "/v3/admin/graphql", Some(json!({"query": query})));
+        let listed = ok_json(app.send(request).await, 200).await;
+        let row = &listed["compute_sessions"][0];
+        assert_eq!(
+            (row["sess_id"].as_str(), row["status"].as_str()),
+            (Some(second.as_str()), Some("PENDING")),
+            "{listed}"
+        );
+        assert_eq!(row["queue_position"], 0, "{listed}");
+        assert!(row["pending_reason"].as_str().unwrap_or_default().contains("mem by 2000"), "{listed}");
         assert_eq!(agent(&app, "i-0").await.used_mem_slots, 3000, "nothing reserved for it yet");
         // The running one ends: the waiting one is placed and its create answers.
         let destroyed = app.send(app.signed("DELETE", &format!("/v3/kernel/{first}"), None)).await;
@@ -529,6 +541,12 @@ async fn the_audit_command_reports_and_repairs_drift() {
     app.stop().await;
 }
 
+/// `GET /scheduler/config`, or `PUT` with `body`.
+async fn config(who: &TestApp, body: Option<Value>) -> reqwest::Response {
+    let method = if body.is_some() { "PUT" } else { "GET" };
+    who.send(who.signed(method, "/v3/scheduler/config", body)).await
+}
+
 #[actix_web::test]
 async fn drf_places_the_key_with_the_smallest_share_first_and_the_config_is_admin_only() {
     for backend in BACKENDS {
@@ -536,11 +554,6 @@ async fn drf_places_the_key_with_the_smallest_share_first_and_the_config_is_admi
         let admin = crate::helpers::add_key_of(&app, "admin@example.com", true).await;
         let light = crate::helpers::add_key_of(&app, "light@example.com", false).await;
         // The config: readable by any key, changed by admins only, names checked.
-        let config = |who: &TestApp, body: Option<Value>| {
-            let method = if body.is_some() { "PUT" } else { "GET" };
-            let request = who.signed(method, "/v3/scheduler/config", body);
-            async move { who.send(request).await }
-        };
         let current = ok_json(config(&app, None).await, 200).await;
         assert_eq!(current, json!({"policy": "fifo", "placement": "dispersed"}));
         assert_problem(config(&app, Some(json!({"policy": "drf"}))).await, 403, "generic-forbidden").await;
