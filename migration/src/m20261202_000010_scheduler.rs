@@ -52,6 +52,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Sessions already running were started when they were placed.
+        manager
+            .exec_stmt(
+                Query::update()
+                    .table(Kernels::Table)
+                    .value(KernelTimes::StartedAt, Expr::col(Kernels::CreatedAt))
+                    .value(KernelTimes::LastActivity, Expr::col(Kernels::CreatedAt))
+                    .and_where(Expr::col(Kernels::Agent).is_not_null())
+                    .and_where(Expr::col(Kernels::Status).is_not_in(["TERMINATED", "ERROR"]))
+                    .to_owned(),
+            )
+            .await?;
+        // A CANCELLED session is ended: its token may be used again.
+        live_session_index(manager, "'TERMINATED', 'ERROR', 'CANCELLED'").await?;
         manager
             .create_index(
                 Index::create()
@@ -83,6 +97,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        live_session_index(manager, "'TERMINATED', 'ERROR'").await?;
         manager.drop_table(Table::drop().table(SchedulerFence::Table).to_owned()).await?;
         manager.drop_index(Index::drop().name("ix_kernels_status_created_at").table(Kernels::Table).to_owned()).await?;
         for column in [Limits::IdleTimeout, Limits::MaxSessionLifetime] {
@@ -93,6 +108,27 @@ impl MigrationTrait for Migration {
         }
         Ok(())
     }
+}
+
+/// Makes the index that allows one live session per (access key, token) count the
+/// statuses not in `ended` as live. On SQLite one batch, so that both steps run on the
+/// same pooled connection (another one could still hold the schema from before).
+async fn live_session_index(manager: &SchemaManager<'_>, ended: &str) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    let drop = "DROP INDEX IF EXISTS uq_kernels_live_session";
+    let create = format!(
+        "CREATE UNIQUE INDEX uq_kernels_live_session ON kernels (access_key, sess_id) WHERE status NOT IN ({ended})"
+    );
+    match manager.get_database_backend() {
+        sea_orm_migration::sea_orm::DatabaseBackend::Sqlite => {
+            db.execute_unprepared(&format!("{drop}; {create};")).await?;
+        }
+        _ => {
+            db.execute_unprepared(drop).await?;
+            db.execute_unprepared(&create).await?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(DeriveIden)]

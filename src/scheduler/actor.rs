@@ -13,6 +13,8 @@ use crate::Core;
 
 /// How often this process's uses of sessions are written.
 const ACTIVITY_FLUSH: Duration = Duration::from_secs(1);
+/// After a failed pass (a store did not answer), the next one waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often the actor considers a pass.
 const TICK: Duration = Duration::from_millis(100);
 /// While sessions wait, a pass at least this often (room may free up anywhere).
@@ -36,6 +38,8 @@ pub struct Scheduler {
     waiting: usize,
     /// When the latest pass started.
     last_pass: Option<Instant>,
+    /// The latest pass failed: the next waits [`RETRY_AFTER`], wanted or not.
+    failed: bool,
     /// Set at shutdown: scheduling (and the lease) is left to other managers.
     stopped: bool,
 }
@@ -52,12 +56,16 @@ impl Scheduler {
             wanted: true,
             waiting: 0,
             last_pass: None,
+            failed: false,
             stopped: false,
         }
     }
 
     fn due(&self) -> bool {
         let since = self.last_pass.map(|at| at.elapsed());
+        if self.failed {
+            return since.is_none_or(|since| since >= RETRY_AFTER);
+        }
         let interval = if self.waiting > 0 { BUSY_INTERVAL } else { IDLE_INTERVAL };
         self.wanted || since.is_none_or(|since| since >= interval)
     }
@@ -74,6 +82,7 @@ impl Scheduler {
         ctx.spawn(async move { pass::run(&core, &registry, &manager_id, term).await }.into_actor(self).map(
             |outcome, scheduler, ctx| {
                 scheduler.busy = false;
+                scheduler.failed = outcome.is_err();
                 match outcome {
                     Ok(Outcome::Ran { term, waiting }) => {
                         if scheduler.term != Some(term) {
@@ -87,7 +96,10 @@ impl Scheduler {
                         scheduler.waiting = 0;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "scheduling pass failed: trying again");
+                        tracing::warn!(%error, "scheduling pass failed: trying again in a second");
+                        // Not known to hold the lease: this process's creates wake the holder too.
+                        scheduler.core.scheduling.set_holder(false);
+                        scheduler.term = None;
                         scheduler.wanted = true;
                     }
                 }
@@ -110,7 +122,8 @@ impl Actor for Scheduler {
             async move {
                 loop {
                     core.scheduling.wake.notified().await;
-                    if addr.try_send(Wake).is_err() {
+                    // A full mailbox already holds a wake.
+                    if let Err(SendError::Closed(_)) = addr.try_send(Wake) {
                         return;
                     }
                 }
@@ -124,7 +137,7 @@ impl Actor for Scheduler {
             async move {
                 let Ok(mut changes) = config.watch_prefix(WAKE_KEY).await else { return };
                 while changes.recv().await.is_some() {
-                    if addr.try_send(Wake).is_err() {
+                    if let Err(SendError::Closed(_)) = addr.try_send(Wake) {
                         return;
                     }
                 }

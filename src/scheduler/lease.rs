@@ -67,6 +67,13 @@ pub async fn acquire(config: &dyn ConfigStore, manager_id: &str, fence: i64) -> 
     Ok(config.compare_and_swap(LEASE_KEY, stored.as_deref(), &renewed).await?.then_some(term))
 }
 
+/// Whether another manager holds the lease now.
+pub async fn held_by_another(config: &dyn ConfigStore, manager_id: &str) -> Result<bool, Error> {
+    let now = Utc::now().timestamp_millis();
+    let stored = config.get(LEASE_KEY).await?;
+    Ok(stored.as_deref().map(Lease::parse).is_some_and(|lease| lease.holder != manager_id && lease.expires_ms > now))
+}
+
 /// Gives the lease up if `manager_id` holds it (graceful shutdown): it is left expired,
 /// with its term, so the next holder starts the next term at once.
 pub async fn release(config: &dyn ConfigStore, manager_id: &str) -> Result<(), Error> {

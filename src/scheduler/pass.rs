@@ -36,7 +36,17 @@ pub async fn run(
     term: Option<i64>,
 ) -> Result<Outcome, Error> {
     let scheduling: &Scheduling = &core.scheduling;
-    let fence = fence_token(core).await?;
+    // While another manager holds the lease, a pass costs one config store read.
+    if lease::held_by_another(core.stores.config.as_ref(), manager_id).await? {
+        scheduling.set_holder(false);
+        return Ok(Outcome::NotHolder);
+    }
+    // The database's fence matters when a term starts; a holder renewing its own lease
+    // meets a later term at its next placement.
+    let fence = match term {
+        Some(term) => term,
+        None => fence_token(core).await?,
+    };
     let Some(current) = lease::acquire(core.stores.config.as_ref(), manager_id, fence).await? else {
         scheduling.set_holder(false);
         return Ok(Outcome::NotHolder);

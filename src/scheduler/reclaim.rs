@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, FixedOffset, Utc};
 use entity::kernels::{self, KernelStatus};
 use entity::keypairs;
+use futures_util::StreamExt;
 use sea_orm::sea_query::{Condition, Expr};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
@@ -121,14 +122,12 @@ pub async fn check(
         .await?;
     let now = Utc::now().fixed_offset();
     let warning = chrono::Duration::milliseconds((core.settings.scheduler.reclaim_warning * 1000.0) as i64);
-    let mut reclaimed = Vec::new();
+    let mut overdue = Vec::new();
     for kernel in running {
         let (idle, lifetime) = limits.get(&kernel.access_key).copied().unwrap_or_default();
         let Some(due) = due(&kernel, idle, lifetime) else { continue };
         if now >= due.at {
-            if reclaim(registry, kernel.clone(), due.reason).await {
-                reclaimed.push(kernel.id);
-            }
+            overdue.push((kernel, (idle, lifetime)));
         } else if now + warning >= due.at && warned_once(warned, kernel.id, due.at) {
             let left = (due.at - now).num_seconds().max(0);
             let reason = format!("{} in {left} s", due.reason);
@@ -139,8 +138,26 @@ pub async fn check(
     if let Ok(mut warned) = warned.lock() {
         warned.retain(|_, at| *at > now - chrono::Duration::hours(1));
     }
-    Ok(reclaimed)
+    // A few at a time and a bounded number per pass: a slow agent holds up neither the
+    // placements of the pass nor the renewal of the lease for long.
+    overdue.truncate(MAX_PER_PASS);
+    let reclaims = overdue.into_iter().map(|(kernel, (idle, lifetime))| async move {
+        // Read again: a use since the check (written within a second) saves it.
+        let fresh = kernels::Entity::find_by_id(kernel.id).one(&core.db).await.ok().flatten()?;
+        let due = due(&fresh, idle, lifetime).filter(|due| Utc::now().fixed_offset() >= due.at)?;
+        (fresh.status == KernelStatus::Running && reclaim(registry, fresh, due.reason).await).then_some(kernel.id)
+    });
+    Ok(futures_util::stream::iter(reclaims)
+        .buffer_unordered(CONCURRENCY)
+        .filter_map(std::future::ready)
+        .collect()
+        .await)
 }
+
+/// Most sessions one check reclaims; the rest wait for the next pass.
+const MAX_PER_PASS: usize = 32;
+/// Reclaims under way at once.
+const CONCURRENCY: usize = 8;
 
 /// Whether this is the first warning for `kernel_id`'s deadline `at`.
 fn warned_once(

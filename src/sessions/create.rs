@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use actix::Addr;
 use entity::agents::{self, AgentStatus};
 use entity::kernels::{self, KernelStatus};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
@@ -13,7 +12,6 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use super::{clamp, session_actor, validate_token, CreateRequest};
 use crate::actors::keypair;
 use crate::actors::messages::{GetKernel, StartError, StartKernel};
-use crate::actors::registry::Registry;
 use crate::error::{ApiError, Error, Problem};
 use crate::images::{self, ResolvedImage};
 use crate::ledger::{self, QueueBounds};
@@ -129,12 +127,40 @@ async fn refuse_if_never_fits(state: &AppState, image: &ResolvedImage) -> Result
         .into())
 }
 
+/// Takes a waiting session out of the queue if its create call goes away before the
+/// session is placed (the client disconnected: the handler's future is dropped), so it
+/// holds no quota and is never placed for nobody.
+struct CancelUnlessPlaced {
+    waiting: Option<(sea_orm::DatabaseConnection, kernels::Model)>,
+}
+
+impl CancelUnlessPlaced {
+    fn disarm(mut self) {
+        self.waiting = None;
+    }
+}
+
+impl Drop for CancelUnlessPlaced {
+    fn drop(&mut self) {
+        if let Some((db, kernel)) = self.waiting.take() {
+            tokio::spawn(async move {
+                if let Err(error) = ledger::cancel_pending(&db, &[kernel], "create-abandoned").await {
+                    tracing::warn!(%error, "could not cancel the session of an abandoned create");
+                }
+            });
+        }
+    }
+}
+
 /// Wakes the scheduler and waits for it to place `kernel` (its row then, PREPARING on
 /// an agent). Past `scheduler.create_wait` the session leaves the queue: 503.
 async fn placed(state: &AppState, kernel: kernels::Model) -> Result<kernels::Model, Error> {
+    let guard = CancelUnlessPlaced { waiting: Some((state.db.clone(), kernel.clone())) };
     state.core.scheduling.wake(state.stores.config.as_ref()).await;
     let wait = Duration::from_secs_f64(state.settings.scheduler.create_wait);
-    let row = match scheduler::await_placement(&state.core, kernel.id, wait).await? {
+    let placement = scheduler::await_placement(&state.core, kernel.id, wait).await;
+    guard.disarm();
+    let row = match placement? {
         Some(row) => row,
         None => {
             if !ledger::cancel_pending(&state.db, std::slice::from_ref(&kernel), "create-timeout").await?.is_empty() {
@@ -182,16 +208,32 @@ async fn reuse(state: &AppState, existing: kernels::Model, image: &ResolvedImage
     } else {
         existing
     };
-    wait_until_started(&state.registry, existing).await?;
+    wait_until_started(state, existing).await?;
     Ok(false)
 }
 
-/// Waits until a session another caller is starting is ready (its actor handles
-/// the start first); a start that failed ended the session and stopped the actor.
-async fn wait_until_started(registry: &Addr<Registry>, kernel: kernels::Model) -> Result<(), Error> {
-    match session_actor(registry, kernel).await?.send(GetKernel).await {
-        Ok(ready) => ready.map(|_| ()),
-        Err(actix::MailboxError::Closed) => Err(ApiError::new(Problem::KernelCreationFailed).into()),
-        Err(error) => Err(error.into()),
+/// Waits until a session another caller is starting is ready: no longer PREPARING (a
+/// start that failed ended the session and stopped the actor), at most the agent's
+/// create timeout and a margin.
+async fn wait_until_started(state: &AppState, kernel: kernels::Model) -> Result<(), Error> {
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs_f64(state.settings.manager.agent_create_timeout)
+        + Duration::from_secs(5);
+    let actor = session_actor(&state.registry, kernel).await?;
+    loop {
+        let row = match actor.send(GetKernel).await {
+            Ok(row) => row?,
+            Err(actix::MailboxError::Closed) => return Err(ApiError::new(Problem::KernelCreationFailed).into()),
+            Err(error) => return Err(error.into()),
+        };
+        if row.status != KernelStatus::Preparing {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::new(Problem::KernelCreationFailed)
+                .with_detail("the session did not start in time")
+                .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

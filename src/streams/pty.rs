@@ -187,9 +187,17 @@ async fn relay(
     activity: std::sync::Arc<crate::scheduler::Activity>,
 ) {
     let (mut agent_tx, mut agent_rx) = agent.split();
+    // Traffic either way is a use of the session (at most one note a second).
+    let mut noted = std::time::Instant::now();
+    let mut note = || {
+        if noted.elapsed() >= Duration::from_secs(1) {
+            noted = std::time::Instant::now();
+            activity.note(kernel_id);
+        }
+    };
     let (code, reason) = loop {
         tokio::select! {
-            message = messages.next() => match message.inspect(|_| activity.note(kernel_id)) {
+            message = messages.next() => match message.inspect(|_| note()) {
                 Some(Ok(Message::Text(text))) => {
                     if let Err(why) = validate(&text) {
                         let _ = client.text(json!({"type": "error", "data": why}).to_string()).await;
@@ -210,7 +218,7 @@ async fn relay(
                 Some(Err(_)) => break (CloseCode::Protocol, "protocol error"),
                 Some(Ok(_)) => {}
             },
-            frame = agent_rx.next() => match frame {
+            frame = agent_rx.next() => match frame.inspect(|_| note()) {
                 Some(Ok(awc::ws::Frame::Text(bytes))) => {
                     let text = String::from_utf8_lossy(&bytes).into_owned();
                     match tokio::time::timeout(SLOW_CLIENT, client.text(text)).await {

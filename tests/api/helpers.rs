@@ -148,6 +148,29 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// TCP connections with `port` at either end (loopback, both ends in this process count
+/// once each), not listening and not in TIME_WAIT: the open connections of one server,
+/// whatever the other tests of this process open meanwhile.
+pub fn tcp_connections(port: u16) -> usize {
+    let port_of = |address: &str| address.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3
+                        && (port_of(fields[1]) == Some(port) || port_of(fields[2]) == Some(port))
+                        && !matches!(fields[3], "0A" | "06")
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// Polls this process's open files for up to `polls` tenths of a second until they are
 /// at most `before + margin`; the last count.
 pub async fn fds_settled(before: usize, margin: usize, polls: usize) -> usize {

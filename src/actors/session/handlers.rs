@@ -74,7 +74,16 @@ impl Handler<StartKernel> for SessionActor {
                 let created = agent.create_kernel(&spec).await;
                 if let Ok(runtime) = &created {
                     let container = runtime.get("id").and_then(Value::as_str).map(str::to_owned);
-                    ledger::set_status(&core.db, &kernel, KernelStatus::Running, container).await?;
+                    if !ledger::set_status(&core.db, &kernel, KernelStatus::Running, container).await? {
+                        // The session ended while the kernel was made (a destroy, an agent
+                        // report): the kernel must not outlive it.
+                        if let Err(error) = agent.destroy_kernel(&spec.kernel_id).await {
+                            tracing::warn!(%error, kernel_id = %spec.kernel_id, "could not destroy the kernel of an ended session");
+                        }
+                        return Err(ApiError::new(Problem::KernelCreationFailed)
+                            .with_detail("the session ended while its kernel was being created")
+                            .into());
+                    }
                 }
                 Ok::<_, Error>(created)
             }
