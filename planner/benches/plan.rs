@@ -160,6 +160,12 @@ fn bench_plan(
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this binary too (without `--bench`): only `cargo
+    // bench` measures.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("run with `cargo bench -p backendai-planner` to measure");
+        return;
+    }
     let mut rng = Rng(2024);
     println!("{AGENTS} agents, {SESSIONS} pending sessions, median of {RUNS} runs\n");
     println!("{:<46} {:>10} {:>10}", "", "shuffled", "sorted");

@@ -60,6 +60,8 @@ pub struct Scheduling {
     decided: broadcast::Sender<Arc<Vec<Uuid>>>,
     /// The reclaim deadline each session was last warned of.
     warned: std::sync::Mutex<std::collections::HashMap<Uuid, chrono::DateTime<chrono::FixedOffset>>>,
+    /// The sessions this process is reclaiming now.
+    reclaiming: std::sync::Mutex<std::collections::HashSet<Uuid>>,
     /// When this process last audited the slots.
     audited: std::sync::Mutex<Option<Instant>>,
     /// Drifts the audits of this process repaired.
@@ -73,6 +75,7 @@ impl Default for Scheduling {
             holder: AtomicBool::new(false),
             decided: broadcast::channel(64).0,
             warned: Default::default(),
+            reclaiming: Default::default(),
             audited: Default::default(),
             repairs: Default::default(),
         }
@@ -96,6 +99,17 @@ impl Scheduling {
     /// waiting one).
     pub fn nudge(&self) {
         self.wake.notify_one();
+    }
+
+    /// Marks `kernel_id` as being reclaimed; false when it already is.
+    fn start_reclaim(&self, kernel_id: Uuid) -> bool {
+        self.reclaiming.lock().is_ok_and(|mut reclaiming| reclaiming.insert(kernel_id))
+    }
+
+    fn end_reclaim(&self, kernel_id: Uuid) {
+        if let Ok(mut reclaiming) = self.reclaiming.lock() {
+            reclaiming.remove(&kernel_id);
+        }
     }
 
     /// Drifts the slot audits of this process repaired.

@@ -3,6 +3,7 @@
 //! placement fenced by the holder's term.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::Utc;
 use entity::agents::{self, AgentStatus};
@@ -30,7 +31,7 @@ pub enum Outcome {
 /// Runs one pass if this manager holds (or takes) the lease. `term` is the term this
 /// manager held after its previous pass.
 pub async fn run(
-    core: &Core,
+    core: &Arc<Core>,
     registry: &Addr<Registry>,
     manager_id: &str,
     term: Option<i64>,
@@ -56,10 +57,8 @@ pub async fn run(
         return Ok(Outcome::NotHolder);
     }
     scheduling.set_holder(true);
-    match super::reclaim::check(core, registry, &scheduling.warned).await {
-        Ok(reclaimed) if !reclaimed.is_empty() => scheduling.nudge(),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%error, "could not check the sessions' limits"),
+    if let Err(error) = super::reclaim::check(core, registry).await {
+        tracing::warn!(%error, "could not check the sessions' limits");
     }
     if scheduling.audit_due(std::time::Duration::from_secs_f64(core.settings.scheduler.audit_interval)) {
         match ledger::audit(&core.db, false).await {

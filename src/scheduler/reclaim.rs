@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, FixedOffset, Utc};
 use entity::kernels::{self, KernelStatus};
 use entity::keypairs;
@@ -97,13 +99,11 @@ pub fn due(kernel: &kernels::Model, idle_timeout: i32, max_lifetime: i32) -> Opt
 }
 
 /// One check of every running session of the keys with limits: warns those due within
-/// the warning time (once per deadline) and reclaims those due. Returns the sessions it
-/// reclaimed.
-pub async fn check(
-    core: &Core,
-    registry: &Addr<Registry>,
-    warned: &Mutex<HashMap<Uuid, DateTime<FixedOffset>>>,
-) -> Result<Vec<Uuid>, Error> {
+/// the warning time (once per deadline) and starts the reclaim of those due, in a task
+/// of its own (a slow agent holds up neither the pass's placements nor the lease's
+/// renewal); a session being reclaimed is not started again.
+pub async fn check(core: &Arc<Core>, registry: &Addr<Registry>) -> Result<(), Error> {
+    let warned = &core.scheduling.warned;
     let limited = keypairs::Entity::find()
         .filter(
             Condition::any().add(keypairs::Column::IdleTimeout.gt(0)).add(keypairs::Column::MaxSessionLifetime.gt(0)),
@@ -111,7 +111,7 @@ pub async fn check(
         .all(&core.db)
         .await?;
     if limited.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let limits: HashMap<String, (i32, i32)> =
         limited.into_iter().map(|k| (k.access_key, (k.idle_timeout, k.max_session_lifetime))).collect();
@@ -127,7 +127,9 @@ pub async fn check(
         let (idle, lifetime) = limits.get(&kernel.access_key).copied().unwrap_or_default();
         let Some(due) = due(&kernel, idle, lifetime) else { continue };
         if now >= due.at {
-            overdue.push((kernel, (idle, lifetime)));
+            if core.scheduling.start_reclaim(kernel.id) {
+                overdue.push((kernel, (idle, lifetime)));
+            }
         } else if now + warning >= due.at && warned_once(warned, kernel.id, due.at) {
             let left = (due.at - now).num_seconds().max(0);
             let reason = format!("{} in {left} s", due.reason);
@@ -138,24 +140,32 @@ pub async fn check(
     if let Ok(mut warned) = warned.lock() {
         warned.retain(|_, at| *at > now - chrono::Duration::hours(1));
     }
-    // A few at a time and a bounded number per pass: a slow agent holds up neither the
-    // placements of the pass nor the renewal of the lease for long.
-    overdue.truncate(MAX_PER_PASS);
-    let reclaims = overdue.into_iter().map(|(kernel, (idle, lifetime))| async move {
-        // Read again: a use since the check (written within a second) saves it.
-        let fresh = kernels::Entity::find_by_id(kernel.id).one(&core.db).await.ok().flatten()?;
-        let due = due(&fresh, idle, lifetime).filter(|due| Utc::now().fixed_offset() >= due.at)?;
-        (fresh.status == KernelStatus::Running && reclaim(registry, fresh, due.reason).await).then_some(kernel.id)
+    if overdue.is_empty() {
+        return Ok(());
+    }
+    let (core, registry) = (core.clone(), registry.clone());
+    tokio::spawn(async move {
+        let reclaims = overdue.into_iter().map(|(kernel, (idle, lifetime))| {
+            let (core, registry) = (&core, &registry);
+            async move {
+                // Read again: a use since the check (written within a second) saves it.
+                let fresh = kernels::Entity::find_by_id(kernel.id).one(&core.db).await.ok().flatten();
+                let due = fresh.as_ref().and_then(|f| due(f, idle, lifetime));
+                if let (Some(fresh), Some(due)) = (fresh, due) {
+                    if fresh.status == KernelStatus::Running && Utc::now().fixed_offset() >= due.at {
+                        reclaim(registry, fresh, due.reason).await;
+                    }
+                }
+                core.scheduling.end_reclaim(kernel.id);
+                // Its room may fit a waiting session.
+                core.scheduling.nudge();
+            }
+        });
+        futures_util::stream::iter(reclaims).buffer_unordered(CONCURRENCY).collect::<Vec<()>>().await;
     });
-    Ok(futures_util::stream::iter(reclaims)
-        .buffer_unordered(CONCURRENCY)
-        .filter_map(std::future::ready)
-        .collect()
-        .await)
+    Ok(())
 }
 
-/// Most sessions one check reclaims; the rest wait for the next pass.
-const MAX_PER_PASS: usize = 32;
 /// Reclaims under way at once.
 const CONCURRENCY: usize = 8;
 

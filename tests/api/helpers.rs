@@ -143,11 +143,6 @@ pub async fn fd_counting() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// This process's open files.
-pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
 /// TCP connections with `port` at either end (loopback, both ends in this process count
 /// once each), not listening and not in TIME_WAIT: the open connections of one server,
 /// whatever the other tests of this process open meanwhile.
@@ -171,16 +166,21 @@ pub fn tcp_connections(port: u16) -> usize {
         .sum()
 }
 
-/// Polls this process's open files for up to `polls` tenths of a second until they are
-/// at most `before + margin`; the last count.
-pub async fn fds_settled(before: usize, margin: usize, polls: usize) -> usize {
-    let mut after = open_fds();
-    for _ in 0..polls {
+/// The port `app` listens on.
+pub fn port_of(app: &TestApp) -> u16 {
+    app.host.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
+
+/// Waits up to 3 s for the connections of `port` to be back to at most `before + margin`
+/// (see [`tcp_connections`]); the last count.
+pub async fn connections_settled(port: u16, before: usize, margin: usize) -> usize {
+    let mut after = tcp_connections(port);
+    for _ in 0..30 {
         if after <= before + margin {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        after = open_fds();
+        after = tcp_connections(port);
     }
     after
 }

@@ -223,7 +223,7 @@ async fn streams_free_their_sockets() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The connections to this app's port only: other tests of this process open and
     // close their own files meanwhile.
-    let port: u16 = app.host.rsplit(':').next().unwrap().parse().unwrap();
+    let port = crate::helpers::port_of(&app);
     let before = crate::helpers::tcp_connections(port);
     for _ in 0..100 {
         let mut socket = open(&app, &token).await.unwrap();
@@ -260,7 +260,10 @@ async fn dropped_terminal_streams_are_released_at_once() {
     // Fixed on purpose: it only lets the warm-up socket close before the baseline is
     // taken; one closed late raises the baseline (a looser check), never fails it.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = crate::helpers::open_fds();
+    // The connections of this app's port: other tests of this process open and close
+    // files meanwhile.
+    let port = crate::helpers::port_of(&app);
+    let before = crate::helpers::tcp_connections(port);
     let mut sockets = Vec::new();
     for _ in 0..N {
         let mut socket = open(&key, &token).await.unwrap();
@@ -269,10 +272,9 @@ async fn dropped_terminal_streams_are_released_at_once() {
     }
     // The TCP connection goes away, without a WebSocket close.
     drop(sockets);
-    // Other tests run in this process too: a margin far below the 1,000 to 2,000 fds
-    // a late release would leave.
-    let after = crate::helpers::fds_settled(before, 100, 30).await;
-    assert!(after <= before + 100, "file descriptors went from {before} to {after} and stayed");
+    // A late release would leave 2,000 (a client and a server end each).
+    let after = crate::helpers::connections_settled(port, before, 10).await;
+    assert!(after <= before + 10, "connections went from {before} to {after} and stayed");
     app.stop().await;
 }
 

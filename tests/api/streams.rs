@@ -283,7 +283,10 @@ async fn assert_dropped_streams_are_released(app: &TestApp, tls: Option<&tokio_r
     // Fixed on purpose: it only lets the warm-up stream close before the baseline is
     // taken; one closed late raises the baseline (a looser check), never fails it.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = crate::helpers::open_fds();
+    // The connections of this app's port: other tests of this process open and close
+    // files meanwhile.
+    let port = crate::helpers::port_of(app);
+    let before = crate::helpers::tcp_connections(port);
     let mut streams = Vec::new();
     for _ in 0..1000 {
         streams.push(open_event_stream(app, &key, tls).await);
@@ -291,10 +294,9 @@ async fn assert_dropped_streams_are_released(app: &TestApp, tls: Option<&tokio_r
     for (i, stream) in streams.into_iter().enumerate() {
         stream.drop_abruptly(i % 2 == 0);
     }
-    // Other tests run in this process too: a margin far below the 2,000 to 3,000 fds
-    // (client, server and watch sockets) a late release would leave.
-    let after = crate::helpers::fds_settled(before, 100, 30).await;
-    assert!(after <= before + 100, "file descriptors went from {before} to {after} and stayed");
+    // A late release would leave 2,000 (a client and a server end each).
+    let after = crate::helpers::connections_settled(port, before, 10).await;
+    assert!(after <= before + 10, "connections went from {before} to {after} and stayed");
 }
 
 /// Clients that go away mid-stream (half closing, half resetting the connection) are
