@@ -18,6 +18,7 @@ mod later_clients;
 mod lifecycle;
 mod pty;
 mod ratelimit;
+mod reclaim;
 mod scheduler;
 mod sdk;
 mod slow_redis;
