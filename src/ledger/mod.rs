@@ -95,28 +95,26 @@ pub async fn record_event(
     status: KernelStatus,
     reason: Option<&str>,
 ) -> Result<(), Error> {
-    session_events::ActiveModel {
-        access_key: Set(kernel.access_key.clone()),
-        kernel_id: Set(kernel.id),
-        sess_id: Set(kernel.sess_id.clone()),
-        name: Set(format!("{status:?}").to_lowercase()),
-        reason: Set(reason.map(|r| r.chars().take(256).collect())),
-        created_at: Set(Utc::now().fixed_offset()),
-        ..Default::default()
-    }
-    .insert(conn)
-    .await?;
-    Ok(())
+    record(conn, kernel, format!("{status:?}").to_lowercase(), reason).await
 }
 
 /// Records a `warning` event of `kernel` (a reclaim is near), with `reason`.
 pub async fn record_warning(conn: &impl ConnectionTrait, kernel: &kernels::Model, reason: &str) -> Result<(), Error> {
+    record(conn, kernel, "warning".to_owned(), Some(reason)).await
+}
+
+async fn record(
+    conn: &impl ConnectionTrait,
+    kernel: &kernels::Model,
+    name: String,
+    reason: Option<&str>,
+) -> Result<(), Error> {
     session_events::ActiveModel {
         access_key: Set(kernel.access_key.clone()),
         kernel_id: Set(kernel.id),
         sess_id: Set(kernel.sess_id.clone()),
-        name: Set("warning".to_owned()),
-        reason: Set(Some(reason.chars().take(256).collect())),
+        name: Set(name),
+        reason: Set(reason.map(|r| r.chars().take(256).collect())),
         created_at: Set(Utc::now().fixed_offset()),
         ..Default::default()
     }

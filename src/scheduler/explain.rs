@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use chrono::Utc;
-use entity::agents::{self, AgentStatus};
 use entity::kernels::{self, KernelStatus};
 use entity::keypairs;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
@@ -92,8 +91,7 @@ async fn verdict(
 ) -> Result<Verdict, Error> {
     let queue = ledger::pending_sessions(&core.db, core.settings.scheduler.max_pending).await?;
     let (policy, placement_mode) = super::policy(core.stores.config.as_ref()).await?;
-    let alive = agents::Entity::find().filter(agents::Column::Status.eq(AgentStatus::Alive)).all(&core.db).await?;
-    let agents = placement::eligible(alive, &[], Utc::now());
+    let agents = super::eligible_agents(core, &[]).await?;
     let mut index = planner::Index::new(agents.iter().map(placement::slots_of).collect());
     let fits = planner::explain(&index, slots)
         .into_iter()
@@ -104,16 +102,7 @@ async fn verdict(
             short: shortfall.short.into_iter().collect(),
         })
         .collect();
-    let mut pending: Vec<planner::Pending> = queue
-        .iter()
-        .enumerate()
-        .map(|(i, kernel)| planner::Pending {
-            id: i as u64,
-            access_key: kernel.access_key.clone(),
-            slots: super::slots_of(kernel),
-            seq: kernel.created_at.timestamp_micros(),
-        })
-        .collect();
+    let mut pending = super::planner_queue(&queue);
     let me = match existing.and_then(|id| queue.iter().position(|k| k.id == id)) {
         Some(position) => position as u64,
         None => {
@@ -123,11 +112,7 @@ async fn verdict(
             id
         }
     };
-    let usage = ledger::key_usage(&core.db)
-        .await?
-        .into_iter()
-        .map(|(key, (cpu, mem, gpu))| (key, planner::Slots { cpu, mem, gpu }))
-        .collect();
+    let usage = super::usage_for(core, policy).await?;
     let plan = planner::plan(&mut index, &pending, &usage, policy, placement_mode);
     let agent_id = |index_of: usize| agents.get(index_of).map(|a| a.id.clone());
     let placed_on = plan.placements.iter().find(|(id, _)| *id == me).and_then(|(_, agent)| agent_id(*agent));

@@ -216,6 +216,40 @@ pub fn validate_setting(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// The planner's view of the queue (oldest first): each session's id is its index.
+fn planner_queue(queue: &[kernels::Model]) -> Vec<planner::Pending> {
+    queue
+        .iter()
+        .enumerate()
+        .map(|(i, kernel)| planner::Pending {
+            id: i as u64,
+            access_key: kernel.access_key.clone(),
+            slots: slots_of(kernel),
+            seq: kernel.created_at.timestamp_micros(),
+        })
+        .collect()
+}
+
+/// What each key's placed sessions hold, as `policy` needs it (drf only; fifo: none).
+async fn usage_for(
+    core: &Core,
+    policy: planner::Policy,
+) -> Result<std::collections::HashMap<String, planner::Slots>, Error> {
+    if policy == planner::Policy::Fifo {
+        return Ok(Default::default());
+    }
+    let usage = crate::ledger::key_usage(&core.db).await?;
+    Ok(usage.into_iter().map(|(key, (cpu, mem, gpu))| (key, planner::Slots { cpu, mem, gpu })).collect())
+}
+
+/// The agents that may take sessions now (alive, heard lately, not in `avoid`).
+async fn eligible_agents(core: &Core, avoid: &[String]) -> Result<Vec<entity::agents::Model>, Error> {
+    use entity::agents::{self, AgentStatus};
+    use sea_orm::{ColumnTrait, QueryFilter};
+    let alive = agents::Entity::find().filter(agents::Column::Status.eq(AgentStatus::Alive)).all(&core.db).await?;
+    Ok(crate::placement::eligible(alive, avoid, chrono::Utc::now()))
+}
+
 /// The planner's view of a session's slots.
 pub fn slots_of(kernel: &kernels::Model) -> planner::Slots {
     planner::Slots { cpu: kernel.cpu_slot, mem: kernel.mem_slot, gpu: kernel.gpu_slot }

@@ -2,18 +2,16 @@
 //! plan the queue over the eligible agents, and place what the plan says, each
 //! placement fenced by the holder's term.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::Utc;
-use entity::agents::{self, AgentStatus};
 use entity::kernels;
 use entity::scheduler_fence;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::EntityTrait;
 
 use actix::Addr;
 
-use super::{lease, slots_of, Scheduling, SUSPECTS_PREFIX};
+use super::{lease, Scheduling, SUSPECTS_PREFIX};
 use crate::actors::registry::Registry;
 use crate::error::Error;
 use crate::ledger::{self, Placed};
@@ -108,28 +106,10 @@ async fn place_queue(core: &Core, term: i64) -> Result<Option<usize>, Error> {
     let queue = waiting;
     let (policy, placement) = super::policy(core.stores.config.as_ref()).await?;
     let suspects = suspects(core).await?;
-    let alive = agents::Entity::find().filter(agents::Column::Status.eq(AgentStatus::Alive)).all(&core.db).await?;
-    let agents = placement::eligible(alive, &suspects, now);
+    let agents = super::eligible_agents(core, &suspects).await?;
     let mut index = planner::Index::new(agents.iter().map(placement::slots_of).collect());
-    let usage = match policy {
-        planner::Policy::Drf => ledger::key_usage(&core.db)
-            .await?
-            .into_iter()
-            .map(|(key, (cpu, mem, gpu))| (key, planner::Slots { cpu, mem, gpu }))
-            .collect(),
-        planner::Policy::Fifo => HashMap::new(),
-    };
-    let pending: Vec<planner::Pending> = queue
-        .iter()
-        .enumerate()
-        .map(|(i, kernel)| planner::Pending {
-            id: i as u64,
-            access_key: kernel.access_key.clone(),
-            slots: slots_of(kernel),
-            seq: kernel.created_at.timestamp_micros(),
-        })
-        .collect();
-    let plan = planner::plan(&mut index, &pending, &usage, policy, placement);
+    let usage = super::usage_for(core, policy).await?;
+    let plan = planner::plan(&mut index, &super::planner_queue(&queue), &usage, policy, placement);
     let mut left = Some(plan.waiting.len());
     for (session, agent) in plan.placements {
         let (Some(kernel), Some(agent)) = (queue.get(session as usize), agents.get(agent)) else { continue };
